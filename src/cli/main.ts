@@ -1,0 +1,145 @@
+/**
+ * The hotstack command line. Every user error ends as one line naming the
+ * errno and what to do, with exit status 1 (2 for EBUSY/EAGAIN, worth
+ * retrying); never a stack trace.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { HotstackError, toHotstackError } from '../errors.js';
+import type { Engine } from '../core/engine.js';
+import { checkExit, printCheck, runCheck } from './check.js';
+import { errorLine, exitCodeFor } from './format.js';
+import { printInspect, runInspect } from './inspect.js';
+import { cmdAction, cmdList, cmdLoad, cmdUpload, type Io } from './lifecycle.js';
+
+const io: Io = {
+  out: (s) => process.stdout.write(s),
+  err: (s) => process.stderr.write(s),
+};
+
+function parseIntArg(what: string, min: number) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${what} must be a whole number`);
+    const n = Number(v);
+    if (n < min) throw new InvalidArgumentError(`${what} must be at least ${min}`);
+    return n;
+  };
+}
+
+/** Open the engine for a live process, run `fn`, always release the process. */
+async function withLive(pidOpt: number | undefined, fn: (e: Engine) => number): Promise<number> {
+  if (pidOpt === undefined) throw new HotstackError('EINVAL', 'this command acts on a live process: give --pid PID');
+  const { openProcessEngine } = await import('../targets/process/session.js');
+  return openProcessEngine(pidOpt, (engine) => {
+    for (const n of engine.notices) io.err(`hotstack: ${n}\n`);
+    return fn(engine);
+  });
+}
+
+function timeoutOption(): Option {
+  return new Option('--timeout <ms>', 'how long to keep retrying for a safe moment, in ms').default(1000).argParser(parseIntArg('--timeout', 1));
+}
+
+export function buildProgram(setExit: (n: number) => void): Command {
+  const program = new Command();
+  program
+    .name('hotstack')
+    .description("Live patching with Xen's payload format and build-id stacks: live processes and offline images.")
+    .option('--pid <pid>', 'the live process to act on', parseIntArg('--pid', 1))
+    .showHelpAfterError()
+    .exitOverride();
+  const pid = (): number | undefined => program.opts<{ pid?: number }>().pid;
+
+  program
+    .command('inspect')
+    .description('show what a payload holds: build-ids, functions, hooks, metadata, sections')
+    .argument('<file>', 'payload file')
+    .option('--json', 'machine-readable output')
+    .action((file: string, o: { json?: boolean }) => {
+      try {
+        const r = runInspect(file);
+        if (o.json) io.out(JSON.stringify({ file, ...r }) + '\n');
+        else printInspect(file, r, io);
+        setExit(0);
+      } catch (e) {
+        const err = toHotstackError(e);
+        if (o.json) io.out(JSON.stringify({ file, error: { errno: err.errno, code: err.code, message: err.message, offset: err.offset ?? null } }) + '\n');
+        else io.err(`${file}: invalid payload: ${errorLine(err)}${err.offset !== undefined && err.offset >= 0 ? ` (at file offset 0x${err.offset.toString(16)})` : ''}\n`);
+        setExit(1);
+      }
+    });
+
+  program
+    .command('check')
+    .description('dry run on an offline image: would these payloads load and apply, in order?')
+    .requiredOption('--image <elf>', 'the base image (an ELF executable, e.g. xen-syms)')
+    .option('--nodeps', 'apply without the dependency-on-top check')
+    .option('--replace <file>', 'upload this payload last and REPLACE the stack with it')
+    .option('--json', 'print one JSON object')
+    .argument('<files...>', 'payloads, bottom of the stack first')
+    .action((files: string[], o: { image: string; nodeps?: boolean; replace?: string; json?: boolean }) => {
+      const progress = !o.json && process.stderr.isTTY && files.length > 20
+        ? (d: number, t: number) => process.stderr.write(`\r${d}/${t} payloads${d === t ? '\n' : ''}`)
+        : undefined;
+      const r = runCheck({ image: o.image, files, replace: o.replace, nodeps: o.nodeps, progress });
+      if (o.json) io.out(JSON.stringify(r) + '\n');
+      else printCheck(r, io);
+      setExit(checkExit(r));
+    });
+
+  program
+    .command('list')
+    .description('list loaded payloads: the applied stack bottom to top, then checked ones')
+    .option('--json', 'one JSON array')
+    .action(async (o: { json?: boolean }) => setExit(await withLive(pid(), (e) => cmdList(e, !!o.json, io))));
+
+  program
+    .command('upload')
+    .description('load a payload and check it (state CHECKED)')
+    .argument('<name>', 'name to give it')
+    .argument('<file>', 'payload file')
+    .action(async (name: string, file: string) => setExit(await withLive(pid(), (e) => cmdUpload(e, name, file, io))));
+
+  for (const [action, help] of [
+    ['apply', 'apply a checked payload on top of the stack'],
+    ['revert', 'revert the top of the stack'],
+    ['unload', 'free a checked payload'],
+    ['replace', 'revert the whole stack and apply this cumulative payload'],
+  ] as const) {
+    const c = program.command(action).description(help).argument('<name>', 'payload name').addOption(timeoutOption());
+    if (action === 'apply') c.option('--nodeps', 'skip the dependency-on-top check');
+    c.action(async (name: string, o: { timeout: number; nodeps?: boolean }) =>
+      setExit(await withLive(pid(), (e) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, io))),
+    );
+  }
+
+  program
+    .command('load')
+    .description('upload FILE under its base name and apply it; unload again if the apply fails')
+    .argument('<file>', 'payload file')
+    .option('--nodeps', 'skip the dependency-on-top check')
+    .addOption(timeoutOption())
+    .action(async (file: string, o: { timeout: number; nodeps?: boolean }) =>
+      setExit(await withLive(pid(), (e) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, io))),
+    );
+
+  return program;
+}
+
+/** Run the CLI; resolves to the exit status. */
+export async function main(argv: string[]): Promise<number> {
+  let status = 0;
+  const program = buildProgram((n) => (status = n));
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return status;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version are not errors; commander already printed the message.
+      return e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help' ? 0 : 1;
+    }
+    const err = toHotstackError(e);
+    io.err(`hotstack: ${errorLine(err)}\n`);
+    if (process.env.HOTSTACK_DEBUG && e instanceof Error) io.err(`${e.stack}\n`);
+    return exitCodeFor(err);
+  }
+}

@@ -1,0 +1,380 @@
+/**
+ * The livepatch core: upload / get / list / action over a Target, with
+ * Xen's build-id stack rules. Target-agnostic: the same engine drives an
+ * offline image and a live process.
+ *
+ * Crash safety: every action that writes code journals its writes in the
+ * state first (pending), then writes, then commits. Opening an engine on
+ * a state with a pending journal undoes whatever part of it reached
+ * memory, so no payload is ever left half-applied.
+ */
+import { ERRNO, errnoName, fail, HotstackError, type ErrnoName } from '../errors.js';
+import { fromHex } from '../elf/bytes.js';
+import { encodeHookArg, HOOK_ARG_SIZE } from './hookarg.js';
+import {
+  commitWrites, Overlay, patchRanges, planApply, planRevert, toJournal, type PlannedWrite,
+} from './patching.js';
+import * as rules from './rules.js';
+import { emptyState, type EngineState, type PayloadRecord, type PayloadStateName } from './state.js';
+import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
+import { upload } from './upload.js';
+
+export type ActionCmd = 'APPLY' | 'REVERT' | 'REPLACE' | 'UNLOAD';
+
+export interface ActionOptions {
+  /** How long to retry for a safe moment, ms; 0 or absent: the target's default. */
+  timeoutMs?: number;
+  /** APPLY without the dependency-on-top check. */
+  nodeps?: boolean;
+}
+
+/** What an action did about hooks: which ran, which could not run (offline). */
+export interface ActionOutcome {
+  hooksCalled: HookKind[];
+  hooksSkipped: HookKind[];
+}
+
+/** The payload an action or get refers to does not exist. */
+function unknown(name: string): never {
+  return fail('ENOENT', `no payload named ${name} is loaded`);
+}
+
+/** A hook's non-zero return value as an error with its errno. */
+function hookError(kind: HookKind, p: PayloadRecord, rc: number, what: string): HotstackError {
+  const name = errnoName(rc);
+  const errno = (name in ERRNO ? name : 'EINVAL') as ErrnoName;
+  return new HotstackError(errno, `${kind} hook of ${p.name} ${what} (returned ${rc}${name in ERRNO ? ` ${name}` : ''})`);
+}
+
+export class Engine {
+  readonly target: Target;
+  private state: EngineState;
+  /** Things a person should know about (repairs done on open). */
+  readonly notices: string[] = [];
+  private exportsIndex = new Map<string, bigint>();
+  private outcome: ActionOutcome = { hooksCalled: [], hooksSkipped: [] };
+
+  constructor(target: Target) {
+    this.target = target;
+    this.state = target.store.load() ?? emptyState();
+    this.reindex();
+    if (this.state.pending) this.repair();
+  }
+
+  // ---- queries -------------------------------------------------------
+
+  find(name: string): PayloadRecord | undefined {
+    return this.state.payloads.find((p) => p.name === name);
+  }
+
+  get(name: string): { state: PayloadStateName; rc: number } {
+    const p = this.find(name) ?? unknown(name);
+    return { state: p.state, rc: p.rc };
+  }
+
+  /** Applied stacks bottom to top, then checked payloads in upload order. */
+  list(): PayloadRecord[] {
+    const stacks = Object.values(this.state.stacks)
+      .filter((s) => s.length)
+      .map((s) => s.map((n) => this.find(n)!))
+      .sort((a, b) => a[0]!.uploadSeq - b[0]!.uploadSeq);
+    const applied = stacks.flat();
+    const checked = this.state.payloads.filter((p) => p.state !== 'APPLIED').sort((a, b) => a.uploadSeq - b.uploadSeq);
+    return [...applied, ...checked];
+  }
+
+  /** The top of the applied stack of a base (by build-id hex). */
+  top(baseBuildId: string): PayloadRecord | undefined {
+    const s = this.state.stacks[baseBuildId];
+    return s && s.length ? this.find(s[s.length - 1]!) : undefined;
+  }
+
+  // ---- upload --------------------------------------------------------
+
+  upload(name: string, bytes: Uint8Array): PayloadRecord {
+    rules.checkName(name);
+    rules.checkUniqueName(name, this.find(name));
+    const seq = this.state.nextSeq;
+    this.state.pending = { action: 'upload', payload: name, writes: [], regions: [] };
+    const persist = this.target.kind === 'process';
+    if (persist) this.save();
+    try {
+      const rec = upload(
+        {
+          target: this.target,
+          exportedSymbol: (n) => this.exportsIndex.get(n),
+          payloadWithBuildId: (hex) => this.state.payloads.find((p) => p.buildId === hex),
+          onAlloc: (r) => {
+            this.state.pending!.regions.push(r);
+            if (persist) this.save();
+          },
+          seq,
+        },
+        name,
+        bytes,
+      );
+      this.state.payloads.push(rec);
+      this.state.nextSeq = seq + 1;
+      for (const s of rec.symbols) this.exportsIndex.set(s.name, s.addr);
+      return rec;
+    } finally {
+      this.state.pending = null;
+      this.save();
+    }
+  }
+
+  // ---- actions -------------------------------------------------------
+
+  action(name: string, cmd: ActionCmd, opts: ActionOptions = {}): ActionOutcome {
+    const p = this.find(name) ?? unknown(name);
+    const timeout = opts.timeoutMs && opts.timeoutMs > 0 ? opts.timeoutMs : this.target.defaultTimeoutMs;
+    this.outcome = { hooksCalled: [], hooksSkipped: [] };
+    switch (cmd) {
+      case 'APPLY':
+        this.apply(p, timeout, !!opts.nodeps);
+        break;
+      case 'REVERT':
+        this.revert(p, timeout);
+        break;
+      case 'REPLACE':
+        this.replace(p, timeout);
+        break;
+      case 'UNLOAD':
+        this.unload(p, timeout);
+        break;
+      default:
+        fail('EINVAL', `unknown action ${String(cmd)}`);
+    }
+    return this.outcome;
+  }
+
+  private apply(p: PayloadRecord, timeout: number, nodeps: boolean): void {
+    rules.checkState(p, 'CHECKED', 'apply');
+    rules.checkReapply(p);
+    if (!nodeps) rules.checkDependsOnTop(p, this.top(p.baseBuildId));
+    for (const f of p.funcs) rules.checkExpectation(f, (a, l) => this.target.read(a, l));
+    this.preHook('preapply', p, 'vetoed the apply');
+    try {
+      this.scheduled(p, [p], () =>
+        this.target.quiesce(patchRanges(p, false), timeout, (q) => {
+          const writes = p.hooks.apply !== undefined ? [] : planApply(p, new Overlay((a, l) => this.target.read(a, l)));
+          if (p.hooks.apply !== undefined) {
+            this.actionHook(q, 'apply', p.hooks.apply, p);
+          } else {
+            for (const fn of p.hooks.load) this.hook(q, 'load', fn, p);
+          }
+          this.performWrites('apply', p, writes);
+          p.state = 'APPLIED';
+          this.stack(p.baseBuildId).push(p.name);
+          commitWrites(writes);
+          this.commit();
+        }),
+      );
+    } finally {
+      this.postHook('postapply', p);
+    }
+  }
+
+  private revert(p: PayloadRecord, timeout: number): void {
+    rules.checkState(p, 'APPLIED', 'revert');
+    rules.checkIsTop(p, this.top(p.baseBuildId));
+    this.preHook('prerevert', p, 'vetoed the revert');
+    try {
+      this.scheduled(p, [p], () =>
+        this.target.quiesce(patchRanges(p, true), timeout, (q) => {
+          this.revertInWindow(q, p, planRevert(p, new Overlay((a, l) => this.target.read(a, l))), true);
+          this.commit();
+        }),
+      );
+    } finally {
+      this.postHook('postrevert', p);
+    }
+  }
+
+  /** Revert one payload inside the window: restore (or revert hook), then unload hooks. */
+  private revertInWindow(q: Quiesced, p: PayloadRecord, writes: PlannedWrite[], journal: boolean): void {
+    if (p.hooks.revert !== undefined) {
+      this.actionHook(q, 'revert', p.hooks.revert, p);
+    } else {
+      if (journal) this.performWrites('revert', p, writes);
+      else for (const w of writes) this.target.write(w.addr, w.after);
+      for (const fn of p.hooks.unload) this.hook(q, 'unload', fn, p);
+    }
+    commitWrites(writes);
+    p.state = 'CHECKED';
+    p.reverted = true;
+    const s = this.stack(p.baseBuildId);
+    s.splice(s.lastIndexOf(p.name), 1);
+  }
+
+  private replace(p: PayloadRecord, timeout: number): void {
+    rules.checkState(p, 'CHECKED', 'replace');
+    rules.checkDependsOnBase(p);
+    const applied = [...this.stack(p.baseBuildId)].reverse().map((n) => this.find(n)!);
+    const vetoing = [p, ...applied].filter(rules.hasVetoingHooks);
+    if (vetoing.length) {
+      fail('EOPNOTSUPP', `REPLACE is refused: ${vetoing.map((x) => x.name).join(', ')} ${vetoing.length > 1 ? 'have' : 'has'} pre/post (vetoing) hooks`);
+    }
+    const busy: AddrRange[] = [...patchRanges(p, false), ...applied.flatMap((o) => patchRanges(o, true))];
+    this.scheduled(p, [p, ...applied], () =>
+      this.target.quiesce(busy, timeout, (q) => {
+        // Simulate first: reverts top-down, then the expectations, then the new patch.
+        const mem = new Overlay((a, l) => this.target.read(a, l));
+        const reverts = applied.map((o) => ({ o, writes: planRevert(o, mem) }));
+        for (const f of p.funcs) rules.checkExpectation(f, (a, l) => mem.read(a, l));
+        const writes = p.hooks.apply !== undefined ? [] : planApply(p, mem);
+        const all = [...reverts.flatMap((r) => r.writes), ...writes];
+        this.journal('replace', p, all);
+        for (const r of reverts) this.revertInWindow(q, r.o, r.writes, false);
+        if (p.hooks.apply !== undefined) this.actionHook(q, 'apply', p.hooks.apply, p);
+        else for (const fn of p.hooks.load) this.hook(q, 'load', fn, p);
+        for (const w of writes) this.target.write(w.addr, w.after);
+        commitWrites(writes);
+        p.state = 'APPLIED';
+        this.stack(p.baseBuildId).push(p.name);
+        this.commit();
+      }),
+    );
+  }
+
+  private unload(p: PayloadRecord, timeout: number): void {
+    rules.checkState(p, 'CHECKED', 'unload');
+    const busy: AddrRange[] = p.text ? [{ start: p.text.start, end: p.text.end, label: `code of payload ${p.name}` }] : [];
+    const release = (): void => {
+      for (const r of p.regions) this.target.free(r.addr, r.size);
+    };
+    if (busy.length) this.target.quiesce(busy, timeout, release);
+    else release();
+    this.state.payloads = this.state.payloads.filter((x) => x !== p);
+    this.reindex();
+    this.save();
+  }
+
+  // ---- the quiesced part ---------------------------------------------
+
+  /**
+   * Run the part Xen schedules. A failure here sets the payload's rc (as
+   * Xen's data->rc) and puts back the records it touched (only those, so
+   * an action costs O(its payloads), not O(all payloads)).
+   */
+  private scheduled(p: PayloadRecord, involved: PayloadRecord[], fn: () => void): void {
+    const stacks = structuredClone(this.state.stacks);
+    const saved = involved.map((r) => structuredClone(r));
+    try {
+      fn();
+      p.rc = 0;
+      this.save();
+    } catch (e) {
+      if (this.state.pending) this.rollbackPending();
+      this.state.stacks = stacks;
+      for (const r of saved) {
+        const i = this.state.payloads.findIndex((x) => x.name === r.name);
+        if (i >= 0) this.state.payloads[i] = r;
+      }
+      const cur = this.find(p.name);
+      if (cur && e instanceof HotstackError) cur.rc = e.code;
+      this.save();
+      throw e;
+    }
+  }
+
+  private journal(action: string, p: PayloadRecord, writes: PlannedWrite[]): void {
+    this.state.pending = { action, payload: p.name, writes: toJournal(writes), regions: [] };
+    this.save();
+  }
+
+  private performWrites(action: string, p: PayloadRecord, writes: PlannedWrite[]): void {
+    if (!writes.length) return;
+    this.journal(action, p, writes);
+    for (const w of writes) this.target.write(w.addr, w.after);
+  }
+
+  private commit(): void {
+    this.state.pending = null;
+    this.save();
+  }
+
+  /** Undo, last first, every journaled write that reached memory. */
+  private rollbackPending(): void {
+    const j = this.state.pending!;
+    for (const w of [...j.writes].reverse()) {
+      const after = fromHex(w.after);
+      const cur = this.target.read(w.addr, after.length);
+      if (Buffer.compare(cur, after) === 0) this.target.write(w.addr, fromHex(w.before));
+    }
+    for (const r of j.regions) {
+      try {
+        this.target.free(r.addr, r.size);
+      } catch {
+        /* already gone */
+      }
+    }
+    this.state.pending = null;
+  }
+
+  /** Repair after a tool was killed mid-action: undo the interrupted action. */
+  private repair(): void {
+    const j = this.state.pending!;
+    const ranges: AddrRange[] = j.writes.map((w) => ({ start: w.addr, end: w.addr + BigInt(w.after.length / 2), label: `interrupted ${j.action} of ${j.payload}` }));
+    const run = (): void => this.rollbackPending();
+    if (ranges.length) this.target.quiesce(ranges, this.target.defaultTimeoutMs, run);
+    else run();
+    this.save();
+    this.notices.push(`repaired an interrupted ${j.action} of ${j.payload}: ${j.writes.length ? `${j.writes.length} write(s) undone` : 'its memory was freed'}`);
+  }
+
+  // ---- hooks ---------------------------------------------------------
+
+  private writeHookArg(p: PayloadRecord): void {
+    if (p.hookArg === 0n || !this.target.canRunHooks) return;
+    this.target.write(p.hookArg, encodeHookArg(p, p.funcsAddr, p.funcs.length).subarray(0, HOOK_ARG_SIZE));
+  }
+
+  private note(kind: HookKind, r: HookResult): void {
+    (r === null ? this.outcome.hooksSkipped : this.outcome.hooksCalled).push(kind);
+  }
+
+  private hook(q: Quiesced, kind: HookKind, fn: bigint, p: PayloadRecord): HookResult {
+    this.writeHookArg(p);
+    const r = q.callHook(kind, fn, p.hookArg);
+    this.note(kind, r);
+    return r;
+  }
+
+  private actionHook(q: Quiesced, kind: 'apply' | 'revert', fn: bigint, p: PayloadRecord): void {
+    const r = this.hook(q, kind, fn, p);
+    if (r !== null && r !== 0) throw hookError(kind, p, r, `failed the ${kind}`);
+  }
+
+  private preHook(kind: 'preapply' | 'prerevert', p: PayloadRecord, what: string): void {
+    const fn = p.hooks[kind];
+    if (fn === undefined) return;
+    this.writeHookArg(p);
+    const r = this.target.callHook(kind, fn, p.hookArg);
+    this.note(kind, r);
+    if (r !== null && r !== 0) throw hookError(kind, p, r, what);
+  }
+
+  private postHook(kind: 'postapply' | 'postrevert', p: PayloadRecord): void {
+    const fn = p.hooks[kind];
+    if (fn === undefined) return;
+    const cur = this.find(p.name) ?? p;
+    this.writeHookArg(cur);
+    this.note(kind, this.target.callHook(kind, fn, cur.hookArg));
+  }
+
+  // ---- state ---------------------------------------------------------
+
+  private stack(base: string): string[] {
+    return (this.state.stacks[base] ??= []);
+  }
+
+  private reindex(): void {
+    this.exportsIndex = new Map();
+    for (const p of this.state.payloads) for (const s of p.symbols) this.exportsIndex.set(s.name, s.addr);
+  }
+
+  private save(): void {
+    this.target.store.save(this.state);
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * The payload linker: lays sections out in three W^X regions (text RX,
+ * rodata R, data RW, as Xen's move_payload), resolves symbols in the
+ * spec's order, and applies RELA relocations, building GOT slots and jump
+ * veneers for code that needs them. Everything is computed in local
+ * buffers; the engine writes them to the target only once every check
+ * has passed, so a failed upload leaves nothing behind but freed memory.
+ */
+import { fail } from '../errors.js';
+import {
+  alignUp, readRelas, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHN_COMMON, SHN_LORESERVE,
+  SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, type ElfSymbol, type Section,
+} from '../elf/index.js';
+import { encodeVeneer, fitsI32 } from '../arch/x86_64/insn.js';
+import { RELOC_KIND, relocName, relocWidth, writeReloc } from '../arch/x86_64/relocs.js';
+import type { CheckedElf } from '../payload/elf-checks.js';
+import type { BaseObject, Perm, Target } from './target.js';
+
+const PAGE = 4096;
+const GOT_ENTRY = 8;
+
+export interface LinkedRegion {
+  perm: Perm;
+  addr: bigint;
+  size: number;
+  bytes: Uint8Array;
+}
+
+/** Where an undefined symbol was found, for messages and `inspect`. */
+export type SymbolSource = 'base' | 'payload' | 'external' | 'local';
+
+export interface Linked {
+  regions: LinkedRegion[];
+  /** Run-time address per section index (undefined: not loaded). */
+  sectionAddr: (bigint | undefined)[];
+  /** Local (relocated) bytes per loaded section index. */
+  sectionBytes: (Uint8Array | undefined)[];
+  /** Resolved value per symbol index. */
+  symbolValue: bigint[];
+  /** Offsets written by a relocation, per section index. */
+  relocated: Map<number, Set<number>>;
+  text: { start: bigint; end: bigint } | null;
+  /** Address of the reserved data bytes (0n when none were asked for). */
+  reserved: bigint;
+  /** Read from the payload's own (local) memory; undefined when outside it. */
+  readLocal(addr: bigint, len: number): Uint8Array | undefined;
+  /** Up to `max` bytes from `addr` to the end of its region; undefined when outside. */
+  readLocalUpTo(addr: bigint, max: number): Uint8Array | undefined;
+}
+
+/** Resolves undefined symbols exported by already-loaded payloads. */
+export type ExportLookup = (name: string) => bigint | undefined;
+
+/** Sections that are not loaded: not allocated, or empty (Xen: livepatch_elf_ignore_section). */
+export function isLoaded(s: Section): boolean {
+  return (s.flags & SHF_ALLOC) !== 0n && s.size !== 0n;
+}
+
+/** Which region a loaded section goes to. */
+export function regionOf(s: Section): Perm {
+  if ((s.flags & SHF_EXECINSTR) !== 0n) return 'rx';
+  if ((s.flags & SHF_WRITE) !== 0n) return 'rw';
+  return 'r';
+}
+
+interface Layout {
+  sizes: Record<Perm, number>;
+  offset: number[];
+  gotOffset: number;
+  gotSlots: Map<number, number>;
+  veneerOffset: number;
+  veneerSlots: Map<number, number>;
+  reserveOffset: number;
+}
+
+/** Relocation sections that apply to loaded sections, after Xen's skip rules. */
+function activeRelocSections(c: CheckedElf): { rel: Section; target: Section }[] {
+  const out: { rel: Section; target: Section }[] = [];
+  for (const r of c.elf.sections) {
+    if (r.type !== SHT_RELA && r.type !== SHT_REL) continue;
+    if (r.info >= c.elf.sections.length) continue;
+    const target = c.elf.sections[r.info]!;
+    if ((target.flags & SHF_ALLOC) === 0n) continue; // debug info: skipped
+    if (r.link !== c.symtab.index) {
+      fail('EINVAL', `relocation section [${r.index}] ${r.name} links to section ${r.link}, not the symbol table ${c.symtab.index}`, r.headerOffset);
+    }
+    if (r.type === SHT_REL) fail('EOPNOTSUPP', `relocation section [${r.index}] ${r.name} is SHT_REL; only RELA is supported`, r.headerOffset);
+    out.push({ rel: r, target });
+  }
+  return out;
+}
+
+function layout(c: CheckedElf, reserveRw: number): Layout {
+  const sizes: Record<Perm, number> = { rx: 0, r: 0, rw: 0 };
+  const offset: number[] = [];
+  for (const s of c.elf.sections) {
+    if (s.index === 0 || !isLoaded(s)) continue;
+    const p = regionOf(s);
+    const o = alignUp(sizes[p], Number(s.addralign));
+    offset[s.index] = o;
+    sizes[p] = o + Number(s.size);
+  }
+  // GOT slots and veneers, sized from a scan of the relocations.
+  const gotSlots = new Map<number, number>();
+  const veneerSlots = new Map<number, number>();
+  for (const { rel } of activeRelocSections(c)) {
+    for (const r of readRelas(c.elf, rel)) {
+      const kind = RELOC_KIND[r.type];
+      const sym = c.symbols[r.sym];
+      if (kind === 'gotpc32' && !gotSlots.has(r.sym)) gotSlots.set(r.sym, gotSlots.size);
+      if (kind === 'plt32' && sym && sym.shndx === SHN_UNDEF && !veneerSlots.has(r.sym)) veneerSlots.set(r.sym, veneerSlots.size);
+    }
+  }
+  const reserveOffset = alignUp(sizes.rw, 16);
+  if (reserveRw) sizes.rw = reserveOffset + reserveRw;
+  const gotOffset = alignUp(sizes.r, GOT_ENTRY);
+  if (gotSlots.size) sizes.r = gotOffset + gotSlots.size * GOT_ENTRY;
+  const veneerOffset = alignUp(sizes.rx, 16);
+  if (veneerSlots.size) sizes.rx = veneerOffset + veneerSlots.size * 16;
+  return { sizes, offset, gotOffset, gotSlots, veneerOffset, veneerSlots, reserveOffset };
+}
+
+/**
+ * Allocate the regions in the target near `base`. On failure, frees what
+ * was allocated and rethrows. `onAlloc` lets the engine journal each
+ * allocation before anything else can fail.
+ */
+function allocate(target: Target, base: BaseObject, sizes: Record<Perm, number>, onAlloc: (r: LinkedRegion) => void): Record<Perm, LinkedRegion | undefined> {
+  const out: Record<Perm, LinkedRegion | undefined> = { rx: undefined, r: undefined, rw: undefined };
+  for (const perm of ['rx', 'r', 'rw'] as Perm[]) {
+    const size = sizes[perm];
+    if (!size) continue;
+    const rounded = alignUp(size, PAGE);
+    const addr = target.allocate(rounded, perm, base);
+    const region = { perm, addr, size: rounded, bytes: new Uint8Array(rounded) };
+    out[perm] = region;
+    onAlloc(region);
+  }
+  return out;
+}
+
+export interface LinkContext {
+  target: Target;
+  base: BaseObject;
+  exports: ExportLookup;
+  onAlloc: (r: LinkedRegion) => void;
+  /** Extra bytes to reserve at the end of the data region (the hook argument). */
+  reserveRw: number;
+}
+
+/** Lay out, allocate, resolve and relocate a checked payload. */
+export function link(c: CheckedElf, ctx: LinkContext): Linked {
+  const lay = layout(c, ctx.reserveRw);
+  const regs = allocate(ctx.target, ctx.base, lay.sizes, ctx.onAlloc);
+  const sectionAddr: (bigint | undefined)[] = [];
+  const sectionBytes: (Uint8Array | undefined)[] = [];
+  for (const s of c.elf.sections) {
+    if (s.index === 0 || !isLoaded(s)) continue;
+    const reg = regs[regionOf(s)]!;
+    const off = lay.offset[s.index]!;
+    sectionAddr[s.index] = reg.addr + BigInt(off);
+    const dst = reg.bytes.subarray(off, off + Number(s.size));
+    if (s.type !== SHT_NOBITS) dst.set(c.elf.data(s));
+    sectionBytes[s.index] = dst;
+  }
+  const symbolValue = resolveSymbols(c, sectionAddr, ctx);
+  const relocated = relocate(c, lay, regs, sectionAddr, sectionBytes, symbolValue);
+  const regions = [regs.rx, regs.r, regs.rw].filter((r): r is LinkedRegion => !!r);
+  const text = regs.rx ? { start: regs.rx.addr, end: regs.rx.addr + BigInt(lay.sizes.rx) } : null;
+  return {
+    regions,
+    sectionAddr,
+    sectionBytes,
+    symbolValue,
+    relocated,
+    text,
+    reserved: ctx.reserveRw && regs.rw ? regs.rw.addr + BigInt(lay.reserveOffset) : 0n,
+    readLocal(addr, len) {
+      for (const r of regions) {
+        if (addr >= r.addr && addr + BigInt(len) <= r.addr + BigInt(r.size)) {
+          const o = Number(addr - r.addr);
+          return r.bytes.subarray(o, o + len);
+        }
+      }
+      return undefined;
+    },
+    readLocalUpTo(addr, max) {
+      for (const r of regions) {
+        if (addr >= r.addr && addr < r.addr + BigInt(r.size)) {
+          const o = Number(addr - r.addr);
+          return r.bytes.subarray(o, Math.min(r.size, o + max));
+        }
+      }
+      return undefined;
+    },
+  };
+}
+
+/** Resolve one undefined symbol: base, then loaded payloads, then other objects. */
+export function resolveUndefined(name: string, ctx: Pick<LinkContext, 'base' | 'exports' | 'target'>): bigint | undefined {
+  const b = ctx.base.lookup(name);
+  if (b) return b.addr;
+  const p = ctx.exports(name);
+  if (p !== undefined) return p;
+  return ctx.target.lookupExternal(name);
+}
+
+function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext): bigint[] {
+  const out: bigint[] = new Array(c.symbols.length).fill(0n);
+  const shnum = c.elf.sections.length;
+  for (let i = 1; i < c.symbols.length; i++) {
+    const s = c.symbols[i]!;
+    out[i] = symbolValue(s, shnum, sectionAddr, c, ctx);
+  }
+  return out;
+}
+
+function symbolValue(s: ElfSymbol, shnum: number, sectionAddr: (bigint | undefined)[], c: CheckedElf, ctx: LinkContext): bigint {
+  const at = Number(c.symtab.offset) + s.index * Number(c.symtab.entsize);
+  switch (s.shndx) {
+    case SHN_COMMON:
+      return fail('EINVAL', `symbol ${s.name} is a common symbol (compile with -fno-common)`, at);
+    case SHN_UNDEF: {
+      const v = resolveUndefined(s.name, ctx);
+      if (v === undefined) {
+        fail('ENOENT', `unknown symbol ${s.name}: not in the base ${ctx.base.path}, nor exported by a loaded payload${ctx.target.kind === 'process' ? ', nor in another loaded object' : ''}`, at);
+      }
+      return v;
+    }
+    case SHN_ABS:
+      return s.value;
+    default:
+      if (s.shndx >= SHN_LORESERVE) fail('EOPNOTSUPP', `symbol ${s.name || `[${s.index}]`} has reserved section index 0x${s.shndx.toString(16)}`, at);
+      if (s.shndx >= shnum) fail('EINVAL', `symbol ${s.name || `[${s.index}]`} refers to section ${s.shndx}, past the last section`, at);
+      if ((c.elf.sections[s.shndx]!.flags & SHF_ALLOC) === 0n) return s.value;
+      return s.value + (sectionAddr[s.shndx] ?? 0n);
+  }
+}
+
+function relocate(
+  c: CheckedElf,
+  lay: Layout,
+  regs: Record<Perm, LinkedRegion | undefined>,
+  sectionAddr: (bigint | undefined)[],
+  sectionBytes: (Uint8Array | undefined)[],
+  symbolValue: bigint[],
+): Map<number, Set<number>> {
+  const relocated = new Map<number, Set<number>>();
+  // GOT slots hold the symbol values.
+  for (const [sym, slot] of lay.gotSlots) {
+    const o = lay.gotOffset + slot * GOT_ENTRY;
+    new DataView(regs.r!.bytes.buffer).setBigUint64(o, BigInt.asUintN(64, symbolValue[sym] ?? 0n), true);
+  }
+  for (const { rel, target } of activeRelocSections(c)) {
+    const buf = sectionBytes[target.index];
+    const base = sectionAddr[target.index] ?? 0n;
+    const done = new Set<number>();
+    relocated.set(target.index, done);
+    for (const r of readRelas(c.elf, rel)) {
+      const what = `relocation at 0x${r.at.toString(16)} (${relocName(r.type)} in ${rel.name})`;
+      if (r.sym === 0) fail('EOPNOTSUPP', `${what} uses symbol 0 (STN_UNDEF)`, r.at);
+      if (r.sym >= c.symbols.length) fail('EINVAL', `${what} refers to symbol ${r.sym}, past the end of the symbol table`, r.at);
+      const kind = RELOC_KIND[r.type];
+      const width = kind ? relocWidth(kind) : 4;
+      if (!buf || r.offset + BigInt(width) > BigInt(buf.length)) {
+        fail('EINVAL', `${what}: offset 0x${r.offset.toString(16)} is outside section ${target.name} (${target.size} bytes)`, r.at);
+      }
+      if (!kind) fail('EOPNOTSUPP', `${what}: unsupported relocation type`, r.at);
+      const off = Number(r.offset);
+      const P = base + r.offset;
+      let value = symbolValue[r.sym]! + r.addend;
+      if (kind === 'gotpc32') {
+        value = regs.r!.addr + BigInt(lay.gotOffset + lay.gotSlots.get(r.sym)! * GOT_ENTRY) + r.addend;
+      } else if (kind === 'plt32' && !fitsI32(BigInt.asIntN(64, value - P)) && lay.veneerSlots.has(r.sym)) {
+        const vo = lay.veneerOffset + lay.veneerSlots.get(r.sym)! * 16;
+        regs.rx!.bytes.set(encodeVeneer(symbolValue[r.sym]!), vo);
+        value = regs.rx!.addr + BigInt(vo) + r.addend;
+      }
+      const symName = c.symbols[r.sym]!.name || `section ${c.elf.sections[c.symbols[r.sym]!.shndx]?.name ?? '?'}`;
+      writeReloc(buf, off, kind, value, P, `${what} against ${symName}`);
+      done.add(off);
+    }
+  }
+  return relocated;
+}

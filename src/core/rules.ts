@@ -1,0 +1,117 @@
+/**
+ * One small check per rule of actions.md and payload-format.md, each
+ * throwing a HotstackError with the rule's errno. The engine calls them in
+ * Xen's order.
+ */
+import { fail } from '../errors.js';
+import { bytesEqual, fromHex, toHex } from '../elf/bytes.js';
+import { ENDBR64_LEN, fitsI32, isEndbr64, JMP_LEN } from '../arch/x86_64/insn.js';
+import { MAX_NAME, MAX_OPAQUE, MAX_PAYLOAD_SIZE, PAYLOAD_VERSION } from '../payload/sections.js';
+import type { FuncRecordRaw } from '../payload/funcs.js';
+import type { FuncRecord, PayloadRecord, PayloadStateName } from './state.js';
+
+/** Payload names: 1..127 characters, no NUL. */
+export function checkName(name: string): void {
+  if (name.length === 0) fail('EINVAL', 'payload name is empty');
+  if (Buffer.byteLength(name) > MAX_NAME) fail('EINVAL', `payload name is ${Buffer.byteLength(name)} bytes; at most ${MAX_NAME}`);
+  if (name.includes('\0')) fail('EINVAL', 'payload name contains a NUL byte');
+}
+
+export function checkUniqueName(name: string, existing: PayloadRecord | undefined): void {
+  if (existing) fail('EEXIST', `a payload named ${name} is already loaded (${existing.state})`);
+}
+
+export function checkSize(len: number): void {
+  if (len === 0) fail('EINVAL', 'payload file is empty');
+  if (len > MAX_PAYLOAD_SIZE) fail('EINVAL', `payload is ${len} bytes; at most ${MAX_PAYLOAD_SIZE} (2 MiB)`);
+}
+
+export function checkVersion(f: FuncRecordRaw, name: string): void {
+  if (f.version !== PAYLOAD_VERSION) fail('EOPNOTSUPP', `function ${name}: livepatch_func version ${f.version}, only version ${PAYLOAD_VERSION} is supported`);
+}
+
+export function checkOldSize(f: FuncRecordRaw, name: string): void {
+  if (f.oldSize === 0) fail('EINVAL', `function ${name}: old_size is 0`);
+}
+
+/**
+ * NOP and jump size rules; `code` is the first bytes of the old function
+ * (for endbr64). Returns the patch offset (4 after endbr64).
+ */
+export function checkPatchSize(f: { newAddr: bigint; newSize: number; oldSize: number }, code: Uint8Array, name: string): number {
+  const off = isEndbr64(code) ? ENDBR64_LEN : 0;
+  if (f.newAddr === 0n) {
+    if (f.newSize > MAX_OPAQUE) fail('EOPNOTSUPP', `function ${name}: NOP patch of ${f.newSize} bytes; at most ${MAX_OPAQUE}`);
+    if (f.oldSize < f.newSize) fail('EINVAL', `function ${name}: NOP patch of ${f.newSize} bytes is larger than the function (old_size ${f.oldSize})`);
+  } else {
+    const needed = JMP_LEN + off;
+    if (f.oldSize < needed) {
+      fail('EINVAL', `function ${name} is ${f.oldSize} bytes, too small for a ${JMP_LEN}-byte jump${off ? ' after its endbr64' : ''} (needs ${needed})`);
+    }
+  }
+  return off;
+}
+
+export function checkDistance(f: { oldAddr: bigint; newAddr: bigint }, name: string): void {
+  if (f.newAddr === 0n) return;
+  const d = BigInt.asIntN(64, f.oldAddr - f.newAddr);
+  if (!fitsI32(d)) {
+    fail('EOVERFLOW', `function ${name}: replacement at 0x${f.newAddr.toString(16)} is too far from 0x${f.oldAddr.toString(16)} for a rel32 jump`);
+  }
+}
+
+/** APPLY rule 1: a reverted payload with writable data must be re-uploaded. */
+export function checkReapply(p: PayloadRecord): void {
+  if (p.reverted && !p.safeToReapply) {
+    fail('EINVAL', `${p.name} was reverted and has writable data (.data/.bss) that is no longer pristine: unload and upload it again`);
+  }
+}
+
+/** APPLY rule 2: depends on the top of the applied stack (or on the base when empty). */
+export function checkDependsOnTop(p: PayloadRecord, top: PayloadRecord | undefined): void {
+  const want = top ? top.buildId : p.baseBuildId;
+  if (p.depends !== want) {
+    const against = top ? `the top of the applied stack, ${top.name} (build-id ${top.buildId})` : `the base ${p.basePath} (build-id ${p.baseBuildId}), as nothing is applied`;
+    fail('EINVAL', `${p.name} depends on build-id ${p.depends}, but it was checked against ${against}`);
+  }
+}
+
+/** REPLACE: a cumulative payload must stand on the bare base. */
+export function checkDependsOnBase(p: PayloadRecord): void {
+  if (p.depends !== p.baseBuildId) {
+    fail('EINVAL', `${p.name} depends on build-id ${p.depends}, not on the base ${p.basePath} (build-id ${p.baseBuildId}): REPLACE needs a cumulative payload built on the base`);
+  }
+}
+
+/** REVERT: only the top of the stack. */
+export function checkIsTop(p: PayloadRecord, top: PayloadRecord | undefined): void {
+  if (top && top.name !== p.name) fail('EBUSY', `${p.name} is not the top of the applied stack: revert ${top.name} first`);
+}
+
+/** Wrong state: the action does not apply in this state. */
+export function checkState(p: PayloadRecord, allowed: PayloadStateName, verb: string): void {
+  if (p.state !== allowed) fail('EINVAL', `${p.name} is ${p.state}; ${verb} needs ${allowed}`);
+}
+
+export function hasVetoingHooks(p: PayloadRecord): boolean {
+  return p.hooks.preapply !== undefined || p.hooks.postapply !== undefined || p.hooks.prerevert !== undefined || p.hooks.postrevert !== undefined;
+}
+
+/**
+ * The old-code check of one function against `live` (the bytes at
+ * old_addr). Xen's order: EFAULT, EOVERFLOW, EINVAL (reserved), ERANGE,
+ * EINVAL (mismatch).
+ */
+export function checkExpectation(f: FuncRecord, live: (addr: bigint, len: number) => Uint8Array): void {
+  const e = f.expect;
+  if (!e.enabled) return;
+  if (f.oldAddr === 0n) fail('EFAULT', `function ${f.name}: expectation enabled but old_addr is 0`);
+  if (e.len > MAX_OPAQUE) fail('EOVERFLOW', `function ${f.name}: expectation length ${e.len} is more than ${MAX_OPAQUE}`);
+  if (e.rsv !== 0) fail('EINVAL', `function ${f.name}: expectation reserved bits are set (${e.rsv})`);
+  if (f.oldSize < e.len) fail('ERANGE', `function ${f.name}: expectation of ${e.len} bytes is longer than the function (${f.oldSize})`);
+  const want = fromHex(e.data).subarray(0, e.len);
+  const got = live(f.oldAddr, e.len);
+  if (!bytesEqual(want, got)) {
+    fail('EINVAL', `function ${f.name}: expected code ${toHex(want)} at 0x${f.oldAddr.toString(16)}, found ${toHex(got)}`);
+  }
+}

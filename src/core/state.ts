@@ -1,0 +1,134 @@
+/**
+ * Engine state: everything needed to act on loaded payloads later, in a
+ * plain-data form so a process target can persist it between commands
+ * (see serializeState) and an image target can keep it in memory.
+ */
+import type { Perm } from './target.js';
+
+export type PayloadStateName = 'CHECKED' | 'APPLIED';
+
+/** Xen's numeric states, as hooks see them. */
+export const STATE_NUMBER: Record<PayloadStateName, number> = { CHECKED: 1, APPLIED: 2 };
+
+export interface ExpectationRecord {
+  enabled: boolean;
+  len: number;
+  rsv: number;
+  /** Hex of expect.data (31 bytes). */
+  data: string;
+}
+
+export interface FuncRecord {
+  name: string;
+  oldAddr: bigint;
+  /** 0n for NOP patching. */
+  newAddr: bigint;
+  oldSize: number;
+  newSize: number;
+  /** 4 when the old function starts with endbr64, else 0. */
+  patchOffset: number;
+  expect: ExpectationRecord;
+  /** Hex of the bytes saved at oldAddr+patchOffset when applied; '' when not applied. */
+  undo: string;
+  applied: boolean;
+}
+
+export interface RegionRecord {
+  addr: bigint;
+  size: number;
+  perm: Perm;
+}
+
+export interface HookAddrs {
+  load: bigint[];
+  unload: bigint[];
+  preapply?: bigint;
+  postapply?: bigint;
+  prerevert?: bigint;
+  postrevert?: bigint;
+  apply?: bigint;
+  revert?: bigint;
+}
+
+export interface ExportedSymbol {
+  name: string;
+  addr: bigint;
+  size: bigint;
+}
+
+export interface PayloadRecord {
+  name: string;
+  state: PayloadStateName;
+  rc: number;
+  /** Reverted at least once (Xen's `reverted`). */
+  reverted: boolean;
+  /** No non-empty writable section other than .livepatch.funcs. */
+  safeToReapply: boolean;
+  /** Hex build-ids. */
+  buildId: string;
+  depends: string;
+  baseBuildId: string;
+  basePath: string;
+  metadata: string[];
+  regions: RegionRecord[];
+  funcs: FuncRecord[];
+  hooks: HookAddrs;
+  /** New symbols exported to later payloads (overriding symbols excluded). */
+  symbols: ExportedSymbol[];
+  /** Address of the struct hotstack_payload handed to hooks (0n when none). */
+  hookArg: bigint;
+  /** Run-time address of the payload's .livepatch.funcs (0n when none). */
+  funcsAddr: bigint;
+  /** Text range of the payload (code being removed on unload). */
+  text: { start: bigint; end: bigint } | null;
+  uploadSeq: number;
+}
+
+/** One memory write of an action in progress, for crash repair. */
+export interface JournalWrite {
+  addr: bigint;
+  before: string;
+  after: string;
+}
+
+/**
+ * Intent written before an action touches target memory. A later command
+ * that finds it undoes whatever of it reached memory, so no payload is
+ * ever left half-applied.
+ */
+export interface Journal {
+  action: string;
+  payload: string;
+  writes: JournalWrite[];
+  /** Regions allocated by an upload in progress: freed on repair. */
+  regions: RegionRecord[];
+}
+
+export interface EngineState {
+  version: 1;
+  payloads: PayloadRecord[];
+  /** Applied stacks, keyed by base build-id hex, bottom to top. */
+  stacks: Record<string, string[]>;
+  pending: Journal | null;
+  nextSeq: number;
+}
+
+export function emptyState(): EngineState {
+  return { version: 1, payloads: [], stacks: {}, pending: null, nextSeq: 1 };
+}
+
+const BIG_TAG = '\u0000big:';
+
+/** JSON with bigints kept exact (tagged strings). */
+export function serializeState(s: EngineState): string {
+  return JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? BIG_TAG + v.toString(16) : v));
+}
+
+/** Inverse of serializeState. Throws on malformed text (callers treat that as corrupt state). */
+export function deserializeState(text: string): EngineState {
+  const s = JSON.parse(text, (_k, v) =>
+    typeof v === 'string' && v.startsWith(BIG_TAG) ? BigInt('0x' + v.slice(BIG_TAG.length)) : v,
+  ) as EngineState;
+  if (!s || s.version !== 1 || !Array.isArray(s.payloads)) throw new Error('unrecognised state');
+  return s;
+}

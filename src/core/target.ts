@@ -1,0 +1,113 @@
+/**
+ * The small interface the core engine drives. The engine knows nothing
+ * about ptrace or files: a target is something with memory, base objects
+ * to patch, a way to stop the world, and a place to keep engine state.
+ */
+import type { EngineState } from './state.js';
+
+/** Final protection of a payload region (W^X: never writable and executable). */
+export type Perm = 'rx' | 'r' | 'rw';
+
+/** A symbol of a base object, at its run-time address (load bias applied). */
+export interface BaseSymbol {
+  name: string;
+  addr: bigint;
+  size: bigint;
+  isFunc: boolean;
+}
+
+/** One ELF object that payloads can patch: Xen itself, or an object mapped in a process. */
+export interface BaseObject {
+  /** Path shown to people (the file, or the mapped object's path). */
+  readonly path: string;
+  /** GNU build-id, or null when the object has none. */
+  readonly buildId: Uint8Array | null;
+  /** Added to link-time addresses to get run-time ones (0 for Xen and non-PIE executables). */
+  readonly bias: bigint;
+  /**
+   * Find a symbol by name: global/weak symbols by plain name, local symbols
+   * as `FILE#NAME`, and a local by plain name when it is the only one so named.
+   */
+  lookup(name: string): BaseSymbol | undefined;
+  /** True when `name` is a global (or weak) defined symbol of this object: the EEXIST rule. */
+  hasGlobal(name: string): boolean;
+}
+
+/** A range of run-time addresses [start, end). */
+export interface AddrRange {
+  start: bigint;
+  end: bigint;
+  /** What it is, for messages: a function name or "payload hello text". */
+  label: string;
+}
+
+/** Which hook is being run, for messages and for targets that care. */
+export type HookKind =
+  | 'load'
+  | 'unload'
+  | 'preapply'
+  | 'postapply'
+  | 'prerevert'
+  | 'postrevert'
+  | 'apply'
+  | 'revert';
+
+/** Result of running a hook: its int return value, or null when the target cannot run hooks (offline). */
+export type HookResult = number | null;
+
+/** Where the engine keeps its state between commands. */
+export interface StateStore {
+  load(): EngineState | null;
+  save(state: EngineState): void;
+}
+
+/** The world while it is stopped: what the engine may do inside the quiesced window. */
+export interface Quiesced {
+  /** Run a hook inside the target while stopped. */
+  callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult;
+}
+
+export interface Target {
+  /** 'image' (offline) or 'process' (live). */
+  readonly kind: 'image' | 'process';
+  /** Human description: "image xen-syms" or "process 1234 (server)". */
+  readonly description: string;
+  /** Whether hooks can actually run (false offline). */
+  readonly canRunHooks: boolean;
+  /** Default timeout in ms for reaching a safe moment when an action gives 0. */
+  readonly defaultTimeoutMs: number;
+
+  /** The base object whose GNU build-id equals `buildId`, if any. */
+  findBase(buildId: Uint8Array): BaseObject | undefined;
+  /** Every base object, for messages ("no object with build-id X; loaded: ..."). */
+  bases(): BaseObject[];
+  /**
+   * Resolve a symbol in objects other than the bases (a process: dynamic
+   * symbols of libc and friends). Returns the run-time address.
+   */
+  lookupExternal(name: string): bigint | undefined;
+
+  read(addr: bigint, len: number): Uint8Array;
+  write(addr: bigint, data: Uint8Array): void;
+  /**
+   * Reserve `size` bytes with final permission `perm`, within +-2 GiB of
+   * `near` so rel32 jumps and PC-relative relocations reach. Contents are
+   * zero; the engine fills them with write() (which works on read-only
+   * memory for a tracer).
+   */
+  allocate(size: number, perm: Perm, near: BaseObject): bigint;
+  free(addr: bigint, size: number): void;
+
+  /**
+   * Stop the world so that no thread is executing in, or will return into,
+   * any of `busy`; then run `fn` and resume. Retries until `timeoutMs`,
+   * then throws HotstackError EBUSY naming the thread and the range.
+   */
+  quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T;
+
+  /** Run a hook outside the quiesced window (pre/post hooks). */
+  callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult;
+
+  /** Engine state storage (in memory for images; persistent for processes). */
+  readonly store: StateStore;
+}

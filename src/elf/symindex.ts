@@ -1,0 +1,74 @@
+/**
+ * Name lookup over an object's symbol table, the way payloads resolve
+ * against a base: globals by name, locals as `FILE#NAME`, and a local by
+ * plain name when no global has that name and it is the only local so named.
+ */
+import { SHN_UNDEF, STB_LOCAL, STT_FILE, STT_SECTION, STT_TLS, SHT_DYNSYM, SHT_SYMTAB } from './constants.js';
+import type { ElfFile } from './file.js';
+import { readSymbols, type ElfSymbol } from './symbols.js';
+import { STT_FUNC, STT_GNU_IFUNC } from './constants.js';
+
+export interface IndexedSymbol {
+  name: string;
+  /** Link-time value. */
+  value: bigint;
+  size: bigint;
+  isFunc: boolean;
+  global: boolean;
+}
+
+export class SymbolIndex {
+  private readonly globals = new Map<string, IndexedSymbol>();
+  private readonly locals = new Map<string, IndexedSymbol>();
+  /** Plain-name locals: null when ambiguous. */
+  private readonly plainLocals = new Map<string, IndexedSymbol | null>();
+  readonly count: number;
+
+  constructor(symbols: ElfSymbol[]) {
+    let n = 0;
+    for (const s of symbols) {
+      if (s.index === 0 || s.shndx === SHN_UNDEF || !s.name) continue;
+      if (s.type === STT_FILE || s.type === STT_SECTION || s.type === STT_TLS) continue;
+      const rec: IndexedSymbol = {
+        name: s.name,
+        value: s.value,
+        size: s.size,
+        isFunc: s.type === STT_FUNC || s.type === STT_GNU_IFUNC,
+        global: s.bind !== STB_LOCAL,
+      };
+      n++;
+      if (rec.global) {
+        // Prefer a strong definition over a weak one seen first.
+        if (!this.globals.has(s.name) || s.bind === 1) this.globals.set(s.name, rec);
+      } else {
+        if (s.file !== undefined) this.locals.set(`${s.file}#${s.name}`, rec);
+        this.plainLocals.set(s.name, this.plainLocals.has(s.name) ? null : rec);
+      }
+    }
+    this.count = n;
+  }
+
+  /** Index of `.symtab`, else `.dynsym`; empty when the object has neither. */
+  static fromElf(elf: ElfFile): SymbolIndex {
+    const tab = elf.sections.find((s) => s.type === SHT_SYMTAB) ?? elf.sections.find((s) => s.type === SHT_DYNSYM);
+    return new SymbolIndex(tab ? readSymbols(elf, tab) : []);
+  }
+
+  /** Only the dynamic symbol table (what other objects of a process export). */
+  static dynamicOf(elf: ElfFile): SymbolIndex {
+    const tab = elf.sections.find((s) => s.type === SHT_DYNSYM);
+    return new SymbolIndex(tab ? readSymbols(elf, tab).filter((s) => s.bind !== STB_LOCAL) : []);
+  }
+
+  lookup(name: string): IndexedSymbol | undefined {
+    const g = this.globals.get(name);
+    if (g) return g;
+    const l = this.locals.get(name);
+    if (l) return l;
+    return this.plainLocals.get(name) ?? undefined;
+  }
+
+  hasGlobal(name: string): boolean {
+    return this.globals.has(name);
+  }
+}
