@@ -1,0 +1,61 @@
+/**
+ * The low-level process layer: ptrace, address space, memory, stopping the
+ * world, remote system calls and function calls, and the per-process lock.
+ * The process Target is built on top of these.
+ */
+export * as ptrace from './ptrace.js';
+export type { Regs, RegName, WaitStatus } from './ptrace.js';
+export {
+  parseMaps,
+  readMaps,
+  readProcFile,
+  isFileBacked,
+  mapFilesName,
+  groupObjects,
+  readObjects,
+  findFreeGaps,
+  findFreeGapsFor,
+  readBrk,
+  readStackLimit,
+  PAGE,
+  type MapEntry,
+  type MappedObject,
+  type GapOptions,
+} from './maps.js';
+export { ProcessMemory, readMemory, writeMemory } from './memory.js';
+export {
+  StoppedProcess,
+  StoppedThread,
+  listTids,
+  threadSchedState,
+  type OwedSignal,
+  type ThreadState,
+} from './threads.js';
+export {
+  SYS,
+  PROT_READ,
+  PROT_WRITE,
+  PROT_EXEC,
+  MAP_SHARED,
+  MAP_PRIVATE,
+  MAP_FIXED,
+  MAP_ANONYMOUS,
+  MAP_FIXED_NOREPLACE,
+  findSyscallInsn,
+  remoteSyscall,
+  remoteMmap,
+  remoteMunmap,
+  remoteMprotect,
+  remoteCall,
+  type SyscallResult,
+  type CallResult,
+} from './remote.js';
+export {
+  processStartTime,
+  processIdentity,
+  stateDir,
+  ensureStateDir,
+  lockProcess,
+  ProcessLock,
+  type ProcessIdentity,
+} from './lock.js';

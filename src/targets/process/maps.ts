@@ -1,0 +1,254 @@
+/**
+ * The address space of a process, from /proc/PID/maps: which objects are
+ * mapped where, and where there is room for payload memory within rel32
+ * reach (+-2 GiB) of a base object.
+ */
+import * as fs from 'node:fs';
+import { fail } from '../../errors.js';
+
+/** One line of /proc/PID/maps. */
+export interface MapEntry {
+  start: bigint;
+  end: bigint;
+  /** e.g. "r-xp" */
+  perms: string;
+  offset: bigint;
+  /** "major:minor" in hex, as the kernel prints it. */
+  dev: string;
+  inode: bigint;
+  /** File path (with " (deleted)" as the kernel prints it), "[stack]", "[vdso]", or "" for anonymous memory. */
+  path: string;
+}
+
+/** A file mapped into the process (an executable, a library, a data file), with all its mappings. */
+export interface MappedObject {
+  /** Path without the " (deleted)" suffix. */
+  path: string;
+  /** True when the file was deleted or replaced on disk after being mapped. */
+  deleted: boolean;
+  dev: string;
+  inode: bigint;
+  /** Mappings in address order. */
+  mappings: MapEntry[];
+  /**
+   * /proc/PID/map_files/<start>-<end> of the first mapping: opens the very
+   * inode that is mapped, even if the path now names another file (upgraded
+   * package) or nothing (deleted).
+   */
+  mapFilesPath: string;
+}
+
+const LINE = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)(?: +(.*))?$/;
+
+/** Parse the text of a maps file; pure, for tests and for callers that already read it. */
+export function parseMaps(text: string): MapEntry[] {
+  const out: MapEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    const m = LINE.exec(line);
+    if (!m) fail('EIO', `unexpected line in /proc/PID/maps: ${JSON.stringify(line)}`);
+    out.push({
+      start: BigInt('0x' + m[1]),
+      end: BigInt('0x' + m[2]),
+      perms: m[3]!,
+      offset: BigInt('0x' + m[4]),
+      dev: m[5]!,
+      inode: BigInt(m[6]!),
+      path: m[7] ?? '',
+    });
+  }
+  return out;
+}
+
+/** Read a /proc file of a process, turning "no such directory" into a clear ESRCH. */
+export function readProcFile(pid: number, name: string): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/${name}`, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') fail('ESRCH', `process ${pid} does not exist (or exited)`);
+    if (code === 'EACCES' || code === 'EPERM') {
+      fail('EPERM', `not permitted to read /proc/${pid}/${name}: run as root or as the process's user`);
+    }
+    fail('EIO', `cannot read /proc/${pid}/${name}: ${(e as Error).message}`);
+  }
+}
+
+/** Current mappings of a process. */
+export function readMaps(pid: number): MapEntry[] {
+  return parseMaps(readProcFile(pid, 'maps'));
+}
+
+/** True for mappings backed by a file on a filesystem (not [heap], [vdso], anonymous or anon_inode memory). */
+export function isFileBacked(e: MapEntry): boolean {
+  return e.inode !== 0n && e.path.startsWith('/');
+}
+
+const DELETED = ' (deleted)';
+
+/** The map_files entry name for a mapping (unpadded hex, unlike maps itself). */
+export function mapFilesName(e: MapEntry): string {
+  return `${e.start.toString(16)}-${e.end.toString(16)}`;
+}
+
+/** Group file-backed mappings by the file (device + inode) they map, in order of first appearance. */
+export function groupObjects(pid: number, entries: MapEntry[]): MappedObject[] {
+  const byKey = new Map<string, MappedObject>();
+  for (const e of entries) {
+    if (!isFileBacked(e)) continue;
+    const key = `${e.dev}/${e.inode}`;
+    let o = byKey.get(key);
+    if (!o) {
+      const deleted = e.path.endsWith(DELETED);
+      o = {
+        path: deleted ? e.path.slice(0, -DELETED.length) : e.path,
+        deleted,
+        dev: e.dev,
+        inode: e.inode,
+        mappings: [],
+        mapFilesPath: `/proc/${pid}/map_files/${mapFilesName(e)}`,
+      };
+      byKey.set(key, o);
+    }
+    o.mappings.push(e);
+  }
+  return [...byKey.values()];
+}
+
+/** Mapped files of a live process. */
+export function readObjects(pid: number): MappedObject[] {
+  return groupObjects(pid, readMaps(pid));
+}
+
+// ---------------------------------------------------------------------------
+// free gaps
+
+export const PAGE = 0x1000n;
+const MiB = 0x100000n;
+
+export interface GapOptions {
+  /** Largest distance allowed between any byte of `near` and any byte of the allocation. Default 2 GiB - 64 KiB (margin for instruction lengths). */
+  reach?: bigint;
+  /**
+   * Room the main stack may still grow into, measured down from the top of
+   * the [stack] mapping (RLIMIT_STACK, default 8 MiB). The kernel's 1 MiB
+   * stack guard gap is added below it: a mapping there would make stack
+   * growth fail with SIGSEGV.
+   */
+  stackLimit?: bigint;
+  /** Room kept free above the end of the brk heap so malloc can still grow it. Default 256 MiB. */
+  brkReserve?: bigint;
+  /** [start_brk, brk) of the process, if known (see readBrk); the [heap] mapping is used otherwise. */
+  brk?: { start: bigint; end: bigint };
+  /** Lowest usable address (vm.mmap_min_addr). Default 64 KiB. */
+  minAddr?: bigint;
+  /** End of the user address space. Default 0x7ffffffff000 (47-bit, as mmap uses without a high hint). */
+  maxAddr?: bigint;
+  /** Other ranges to keep free. */
+  avoid?: { start: bigint; end: bigint }[];
+}
+
+const STACK_GUARD_GAP = 1n * MiB;
+
+function alignUp(x: bigint): bigint {
+  return (x + PAGE - 1n) & ~(PAGE - 1n);
+}
+function alignDown(x: bigint): bigint {
+  return x & ~(PAGE - 1n);
+}
+
+/**
+ * Page-aligned addresses where `size` bytes could be mapped without touching
+ * anything mapped (or reserved for stack/heap growth), such that the whole
+ * allocation lies within `reach` of the whole `near` range: candidates for
+ * mmap(MAP_FIXED_NOREPLACE) hints, nearest first, one per free gap.
+ */
+export function findFreeGaps(
+  maps: MapEntry[],
+  near: { start: bigint; end: bigint },
+  size: bigint | number,
+  opts: GapOptions = {},
+): bigint[] {
+  const len = alignUp(BigInt(size));
+  if (len <= 0n) return [];
+  const reach = opts.reach ?? 0x7fff0000n;
+  const minAddr = opts.minAddr ?? 0x10000n;
+  const maxAddr = opts.maxAddr ?? 0x7ffffffff000n;
+
+  const busy: { start: bigint; end: bigint }[] = maps.map((m) => ({ start: m.start, end: m.end }));
+  const stack = maps.find((m) => m.path === '[stack]');
+  if (stack) {
+    const limit = opts.stackLimit ?? 8n * MiB;
+    const lowest = stack.end - limit < stack.start ? stack.end - limit : stack.start;
+    busy.push({ start: lowest - STACK_GUARD_GAP, end: stack.start });
+  }
+  const heap = opts.brk ?? maps.find((m) => m.path === '[heap]');
+  if (heap) {
+    const top = heap.end > heap.start ? heap.end : heap.start;
+    busy.push({ start: heap.start, end: top + (opts.brkReserve ?? 256n * MiB) });
+  }
+  for (const a of opts.avoid ?? []) busy.push(a);
+  busy.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+
+  // The window every allocated byte must stay in.
+  const winLo = near.end - reach > minAddr ? near.end - reach : minAddr;
+  const winHi = near.start + reach < maxAddr ? near.start + reach : maxAddr;
+
+  const found: { addr: bigint; dist: bigint }[] = [];
+  let cursor = 0n;
+  const consider = (gs: bigint, ge: bigint): void => {
+    const s = alignUp(gs > winLo ? gs : winLo);
+    const e = alignDown(ge < winHi ? ge : winHi);
+    if (e - s < len) return;
+    let addr: bigint;
+    if (e <= near.start) addr = e - len; // below: as high as possible
+    else if (s >= near.end) addr = s; // above: as low as possible
+    else addr = s; // the gap overlaps near itself (near is not mapped): anywhere fits
+    const dist = addr >= near.end ? addr - near.end : addr + len <= near.start ? near.start - (addr + len) : 0n;
+    found.push({ addr, dist });
+  };
+  for (const b of busy) {
+    if (b.start > cursor) consider(cursor, b.start);
+    if (b.end > cursor) cursor = b.end;
+  }
+  if (cursor < maxAddr) consider(cursor, maxAddr);
+  found.sort((a, b) => (a.dist < b.dist ? -1 : a.dist > b.dist ? 1 : 0));
+  return found.map((f) => f.addr);
+}
+
+/** [start_brk, brk) of a process (fields 47 and 48 of /proc/PID/stat), or undefined on kernels that hide them. */
+export function readBrk(pid: number): { start: bigint; end: bigint } | undefined {
+  const stat = readProcFile(pid, 'stat');
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).trim().split(' ');
+  // rest[0] is field 3.
+  const s = rest[47 - 3];
+  const e = rest[48 - 3];
+  if (s === undefined || e === undefined) return undefined;
+  const start = BigInt(s);
+  const end = BigInt(e);
+  return start === 0n ? undefined : { start, end };
+}
+
+/** RLIMIT_STACK (soft) of a process from /proc/PID/limits (2^64-1 when unlimited), or undefined when unknown. */
+export function readStackLimit(pid: number): bigint | undefined {
+  const m = /^Max stack size\s+(\S+)/m.exec(readProcFile(pid, 'limits'));
+  if (!m) return undefined;
+  return m[1] === 'unlimited' ? (1n << 64n) - 1n : BigInt(m[1]!);
+}
+
+/** findFreeGaps for a live process, with its real stack limit and brk. */
+export function findFreeGapsFor(
+  pid: number,
+  near: { start: bigint; end: bigint },
+  size: bigint | number,
+  opts: GapOptions = {},
+): bigint[] {
+  const stackLimit = opts.stackLimit ?? readStackLimit(pid) ?? 8n * MiB;
+  // An unlimited stack would reserve everything; cap what we keep free at 1 GiB.
+  const capped = stackLimit > 1024n * MiB ? 1024n * MiB : stackLimit;
+  return findFreeGaps(readMaps(pid), near, size, {
+    ...opts,
+    stackLimit: capped,
+    brk: opts.brk ?? readBrk(pid),
+  });
+}

@@ -1,0 +1,339 @@
+/**
+ * Thin, synchronous bindings to the libc calls the process target needs
+ * (ptrace, waitpid, flock, tgkill), through koffi.
+ *
+ * Everything here is per *thread* (Linux tid): ptrace acts on tasks, not
+ * processes. All failures become HotstackError with the errno name the
+ * kernel gave, and a message a person can act on.
+ *
+ * Hazard for callers embedding this in a Node program that spawned the
+ * target itself: libuv reaps its own children with waitpid(pid, WNOHANG) when
+ * SIGCHLD arrives, and that call also consumes ptrace-stop notifications of
+ * the thread-group leader (and reports them as a bogus 'exit' event). Keep
+ * every window in which a traced thread may run (between a restart and the
+ * wait for its next stop) inside synchronous code, as this module does.
+ */
+import koffi from 'koffi';
+import { ERRNO, errnoName, fail, type ErrnoName } from '../../errors.js';
+
+// ---------------------------------------------------------------------------
+// libc
+
+const libc = koffi.load('libc.so.6');
+
+/** glibc declares ptrace variadic; call it that way so %al is set correctly. */
+const c_ptrace = libc.func('long ptrace(int request, int pid, ...)');
+const c_waitpid = libc.func('int waitpid(int pid, void *status, int options)');
+const c_flock = libc.func('int flock(int fd, int operation)');
+const c_tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
+const c_kill = libc.func('int kill(int pid, int sig)');
+
+// ---------------------------------------------------------------------------
+// constants
+
+export const PTRACE_CONT = 7;
+export const PTRACE_SINGLESTEP = 9;
+export const PTRACE_GETREGS = 12;
+export const PTRACE_SETREGS = 13;
+export const PTRACE_DETACH = 17;
+export const PTRACE_GETSIGINFO = 0x4202;
+export const PTRACE_SETSIGINFO = 0x4203;
+export const PTRACE_SEIZE = 0x4206;
+export const PTRACE_INTERRUPT = 0x4207;
+export const PTRACE_LISTEN = 0x4208;
+export const PTRACE_EVENT_STOP = 128;
+
+const WNOHANG = 1;
+const __WALL = 0x40000000;
+
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/** Signal numbers (x86-64 Linux) used by the process layer. */
+export const SIG = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGILL: 4,
+  SIGTRAP: 5,
+  SIGABRT: 6,
+  SIGBUS: 7,
+  SIGFPE: 8,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+  SIGSTKFLT: 16,
+  SIGCHLD: 17,
+  SIGCONT: 18,
+  SIGSTOP: 19,
+  SIGTSTP: 20,
+  SIGTTIN: 21,
+  SIGTTOU: 22,
+  SIGURG: 23,
+  SIGXCPU: 24,
+  SIGXFSZ: 25,
+  SIGVTALRM: 26,
+  SIGPROF: 27,
+  SIGWINCH: 28,
+  SIGIO: 29,
+  SIGPWR: 30,
+  SIGSYS: 31,
+} as const;
+
+const SIG_NAMES = new Map<number, string>(Object.entries(SIG).map(([k, v]) => [v, k]));
+
+/** "SIGSEGV" for 11, "SIGRT5" for realtime ones, "signal N" otherwise. */
+export function signalName(sig: number): string {
+  const n = SIG_NAMES.get(sig);
+  if (n) return n;
+  if (sig >= 32 && sig <= 64) return `SIGRT${sig - 32}`;
+  return `signal ${sig}`;
+}
+
+// ---------------------------------------------------------------------------
+// errors
+
+/** errno names the kernel may give us that are not in the shared ERRNO table map to EIO, keeping the number in the text. */
+function errnoKey(e: number): ErrnoName {
+  const name = errnoName(e);
+  return name in ERRNO ? (name as ErrnoName) : 'EIO';
+}
+
+const OP_NAMES: Record<number, string> = {
+  [PTRACE_CONT]: 'PTRACE_CONT',
+  [PTRACE_SINGLESTEP]: 'PTRACE_SINGLESTEP',
+  [PTRACE_GETREGS]: 'PTRACE_GETREGS',
+  [PTRACE_SETREGS]: 'PTRACE_SETREGS',
+  [PTRACE_DETACH]: 'PTRACE_DETACH',
+  [PTRACE_GETSIGINFO]: 'PTRACE_GETSIGINFO',
+  [PTRACE_SETSIGINFO]: 'PTRACE_SETSIGINFO',
+  [PTRACE_SEIZE]: 'PTRACE_SEIZE',
+  [PTRACE_INTERRUPT]: 'PTRACE_INTERRUPT',
+  [PTRACE_LISTEN]: 'PTRACE_LISTEN',
+};
+
+function ptraceFailure(op: number, tid: number, e: number): never {
+  const opName = OP_NAMES[op] ?? `ptrace request ${op}`;
+  if (e === ERRNO.EPERM) {
+    fail(
+      'EPERM',
+      `not permitted to trace process ${tid}: run as root, or check /proc/sys/kernel/yama/ptrace_scope, ` +
+        `or another tracer (gdb, strace, another hotstack) is attached`,
+    );
+  }
+  if (e === ERRNO.ESRCH) {
+    fail('ESRCH', `thread ${tid} does not exist or is not stopped under hotstack's control (${opName})`);
+  }
+  fail(errnoKey(e), `${opName} on thread ${tid} failed: ${errnoName(e)}`);
+}
+
+function call(op: number, tid: number, addr: bigint, data: bigint | Buffer): void {
+  const r =
+    typeof data === 'bigint'
+      ? c_ptrace(op, tid, 'uint64_t', addr, 'uint64_t', data)
+      : c_ptrace(op, tid, 'uint64_t', addr, 'void *', data);
+  // koffi.errno() is only meaningful after a failure: it is not cleared on success.
+  if (Number(r) === -1) ptraceFailure(op, tid, koffi.errno());
+}
+
+// ---------------------------------------------------------------------------
+// requests
+
+/**
+ * Attach without stopping the thread and without sending SIGSTOP, so no stray
+ * stop can be left behind if we die. No options: EXITKILL would kill the
+ * target with us, the opposite of what a live patcher wants.
+ */
+export function seize(tid: number, options = 0): void {
+  call(PTRACE_SEIZE, tid, 0n, BigInt(options));
+}
+
+/** Ask a seized thread to enter a PTRACE_EVENT_STOP at its next chance (interrupting blocking syscalls, which restart later). */
+export function interrupt(tid: number): void {
+  call(PTRACE_INTERRUPT, tid, 0n, 0n);
+}
+
+/** Restart a stopped thread; `sig` is delivered only when restarting from a signal-delivery-stop. */
+export function cont(tid: number, sig = 0): void {
+  call(PTRACE_CONT, tid, 0n, BigInt(sig));
+}
+
+/** Execute exactly one instruction, then stop with SIGTRAP. */
+export function singlestep(tid: number, sig = 0): void {
+  call(PTRACE_SINGLESTEP, tid, 0n, BigInt(sig));
+}
+
+/** Keep a thread that is in a group-stop stopped, but let it report the end of the stop (for SIGSTOPped targets). */
+export function listen(tid: number): void {
+  call(PTRACE_LISTEN, tid, 0n, 0n);
+}
+
+/** Stop tracing a (stopped) thread; `sig` is delivered only from a signal-delivery-stop. */
+export function detach(tid: number, sig = 0): void {
+  call(PTRACE_DETACH, tid, 0n, BigInt(sig));
+}
+
+/** sizeof(siginfo_t) on Linux. */
+export const SIGINFO_SIZE = 128;
+
+/** Raw siginfo of the signal a thread is stopped for: kept so a re-injected signal carries its original sender and code. */
+export function getSiginfo(tid: number): Buffer {
+  const b = Buffer.alloc(SIGINFO_SIZE);
+  call(PTRACE_GETSIGINFO, tid, 0n, b);
+  return b;
+}
+
+/** Replace the siginfo of the signal about to be delivered (signal-delivery-stop only). */
+export function setSiginfo(tid: number, info: Buffer): void {
+  call(PTRACE_SETSIGINFO, tid, 0n, info);
+}
+
+// ---------------------------------------------------------------------------
+// registers
+
+/** x86-64 `struct user_regs_struct`, field order as the kernel lays it out. */
+export const REG_NAMES = [
+  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8',
+  'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax', 'rip', 'cs', 'eflags',
+  'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+] as const;
+
+export type RegName = (typeof REG_NAMES)[number];
+
+/** General registers of a thread, as unsigned 64-bit values. */
+export type Regs = Record<RegName, bigint>;
+
+const REGS_SIZE = REG_NAMES.length * 8;
+
+/** All general registers of a stopped thread. */
+export function getRegs(tid: number): Regs {
+  const b = Buffer.alloc(REGS_SIZE);
+  call(PTRACE_GETREGS, tid, 0n, b);
+  const r = {} as Regs;
+  REG_NAMES.forEach((n, i) => {
+    r[n] = b.readBigUInt64LE(i * 8);
+  });
+  return r;
+}
+
+/** Set all general registers of a stopped thread (values are taken modulo 2^64, so -1n works for orig_rax). */
+export function setRegs(tid: number, regs: Regs): void {
+  const b = Buffer.alloc(REGS_SIZE);
+  REG_NAMES.forEach((n, i) => {
+    b.writeBigUInt64LE(BigInt.asUintN(64, regs[n]), i * 8);
+  });
+  call(PTRACE_SETREGS, tid, 0n, b);
+}
+
+// ---------------------------------------------------------------------------
+// waiting
+
+/** What waitpid told us about a traced thread. */
+export type WaitStatus =
+  /** The thread exited (its exit code; for a whole process the exit_group code). */
+  | { kind: 'exited'; code: number }
+  /** The thread was killed by a signal. */
+  | { kind: 'killed'; signal: number }
+  /** Signal-delivery-stop: `signal` is about to be delivered; restart with it to deliver, 0 to suppress. */
+  | { kind: 'signal'; signal: number }
+  /**
+   * PTRACE_EVENT_STOP: our PTRACE_INTERRUPT (signal SIGTRAP) or a group-stop
+   * (signal SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU) of a seized thread.
+   */
+  | { kind: 'event-stop'; signal: number; groupStop: boolean }
+  /** Any other ptrace event stop (only with options we never set). */
+  | { kind: 'event'; event: number; signal: number };
+
+/** Decode a raw waitpid status word (exported for tests). */
+export function decodeStatus(status: number): WaitStatus {
+  const low = status & 0x7f;
+  if (low === 0) return { kind: 'exited', code: (status >> 8) & 0xff };
+  if ((status & 0xff) === 0x7f) {
+    const sig = (status >> 8) & 0xff;
+    const event = (status >> 16) & 0xff;
+    if (event === 0) return { kind: 'signal', signal: sig };
+    if (event === PTRACE_EVENT_STOP) {
+      const groupStop =
+        sig === SIG.SIGSTOP || sig === SIG.SIGTSTP || sig === SIG.SIGTTIN || sig === SIG.SIGTTOU;
+      return { kind: 'event-stop', signal: sig, groupStop };
+    }
+    return { kind: 'event', event, signal: sig };
+  }
+  return { kind: 'killed', signal: low };
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+
+/** Synchronous sleep: the whole layer is synchronous so the event loop (and libuv's waitpid) never runs while a traced thread might report. */
+export function sleepMs(ms: number): void {
+  if (ms > 0) Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+/** One non-blocking waitpid for `tid`: null when it has nothing to report. */
+export function pollWait(tid: number): WaitStatus | null {
+  const st = Buffer.alloc(4);
+  for (;;) {
+    const r = c_waitpid(tid, st, __WALL | WNOHANG) as number;
+    if (r === 0) return null;
+    if (r === tid) return decodeStatus(st.readInt32LE(0));
+    const e = koffi.errno();
+    if (r === -1 && e === 4 /* EINTR */) continue;
+    if (r === -1 && e === 10 /* ECHILD */) {
+      fail('ESRCH', `thread ${tid} is gone or not traced by hotstack (waitpid: ECHILD)`);
+    }
+    fail('EIO', `waitpid(${tid}) failed: ${errnoName(e)}`);
+  }
+}
+
+/**
+ * Wait until `tid` reports a state change, polling (no blocking waitpid, so
+ * a timeout is possible). Returns null when nothing happened within
+ * `timeoutMs`. Polls immediately, then sleeps 50 us doubling up to 2 ms, so
+ * a single-step costs microseconds while a long wait stays cheap.
+ */
+export function waitFor(tid: number, timeoutMs: number): WaitStatus | null {
+  const deadline = performance.now() + timeoutMs;
+  let delay = 0.05;
+  for (;;) {
+    const s = pollWait(tid);
+    if (s) return s;
+    const left = deadline - performance.now();
+    if (left <= 0) return null;
+    sleepMs(Math.min(delay, left));
+    delay = Math.min(delay * 2, 2);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// signals and locks
+
+/** Queue `sig` for one thread (used to re-inject signals we had to take out of the kernel's queue). */
+export function tgkill(tgid: number, tid: number, sig: number): void {
+  if (c_tgkill(tgid, tid, sig) === -1) {
+    const e = koffi.errno();
+    if (e === ERRNO.ESRCH) fail('ESRCH', `thread ${tid} of process ${tgid} exited`);
+    fail(errnoKey(e), `tgkill(${tgid}, ${tid}, ${signalName(sig)}) failed: ${errnoName(e)}`);
+  }
+}
+
+/** True when a process (or thread group) with this id exists (kill with signal 0). */
+export function processAlive(pid: number): boolean {
+  if (c_kill(pid, 0) === 0) return true;
+  return koffi.errno() === ERRNO.EPERM;
+}
+
+/** flock on a Node fd: true on success, false when LOCK_NB and the lock is held elsewhere. */
+export function flock(fd: number, operation: number): boolean {
+  for (;;) {
+    if (c_flock(fd, operation) === 0) return true;
+    const e = koffi.errno();
+    if (e === 4 /* EINTR */) continue;
+    if (e === ERRNO.EAGAIN) return false;
+    fail(errnoKey(e), `flock failed: ${errnoName(e)}`);
+  }
+}

@@ -1,0 +1,395 @@
+/**
+ * Making a stopped process do things for us: system calls (mmap, mprotect)
+ * and function calls (hooks), run on one thread while every other thread
+ * stays stopped. No code is written for system calls: an existing `syscall`
+ * instruction of the target is borrowed.
+ */
+import { errnoName, fail, ERRNO, isHotstackError, type ErrnoName } from '../../errors.js';
+import * as pt from './ptrace.js';
+import { readMaps, type MapEntry } from './maps.js';
+import type { StoppedProcess } from './threads.js';
+
+/** Linux x86-64 system call numbers used here (and handy for callers). */
+export const SYS = {
+  read: 0,
+  write: 1,
+  close: 3,
+  mmap: 9,
+  mprotect: 10,
+  munmap: 11,
+  getpid: 39,
+  gettid: 186,
+} as const;
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const PROT_EXEC = 4;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_FIXED_NOREPLACE = 0x100000;
+
+/** Result of a remote system call: the raw signed return, and errno (0 on success) as the kernel's -4095..-1 convention says. */
+export interface SyscallResult {
+  value: bigint;
+  errno: number;
+}
+
+/** Result of a remote function call. */
+export interface CallResult {
+  /** rax as a signed 64-bit value. */
+  value: bigint;
+  /** The low 32 bits of rax as a signed int: what an `int` function returned. */
+  int: number;
+}
+
+const hex = (a: bigint): string => '0x' + a.toString(16);
+const SYSCALL_TIMEOUT_MS = 5000;
+const MAX_SCAN = 16 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------
+// finding a syscall instruction
+
+const syscallCache = new WeakMap<StoppedProcess, bigint>();
+
+function scanFor0f05(proc: StoppedProcess, m: MapEntry): bigint | undefined {
+  const len = Number(m.end - m.start < BigInt(MAX_SCAN) ? m.end - m.start : BigInt(MAX_SCAN));
+  const bytes = proc.memory.readPartial(m.start, len);
+  for (let i = 0; i + 1 < bytes.length; i++) {
+    // Any 0f 05 will do, aligned to an instruction boundary or not: we set rip
+    // to it and execute exactly one instruction.
+    if (bytes[i] === 0x0f && bytes[i + 1] === 0x05) return m.start + BigInt(i);
+  }
+  return undefined;
+}
+
+/**
+ * Address of a `syscall` instruction (0f 05) in executable memory of the
+ * process: the vdso first (always there, never replaced), then libc, then
+ * any executable mapping. Cached per StoppedProcess.
+ */
+export function findSyscallInsn(proc: StoppedProcess): bigint {
+  const cached = syscallCache.get(proc);
+  if (cached !== undefined) return cached;
+  const exec = readMaps(proc.pid).filter((m) => m.perms[0] === 'r' && m.perms[2] === 'x' && m.path !== '[vsyscall]');
+  const ordered = [
+    ...exec.filter((m) => m.path === '[vdso]'),
+    ...exec.filter((m) => /\/libc[.-][^/]*$/.test(m.path)),
+    ...exec,
+  ];
+  for (const m of ordered) {
+    const at = scanFor0f05(proc, m);
+    if (at !== undefined) {
+      syscallCache.set(proc, at);
+      return at;
+    }
+  }
+  fail('ENOENT', `no syscall instruction found in the executable mappings of process ${proc.pid}`);
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+function toU64(v: number | bigint): bigint {
+  return BigInt.asUintN(64, BigInt(v));
+}
+
+/**
+ * After a timeout, get the thread back under control: interrupt it and wait
+ * for the stop; signals met on the way are owed to it.
+ */
+function reclaim(proc: StoppedProcess, tid: number): void {
+  try {
+    pt.interrupt(tid);
+  } catch {
+    return;
+  }
+  const deadline = performance.now() + SYSCALL_TIMEOUT_MS;
+  for (;;) {
+    const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+    if (!st) fail('ETIMEDOUT', `thread ${tid} of process ${proc.pid} did not stop after an interrupt`);
+    if (st.kind === 'exited' || st.kind === 'killed') {
+      proc.noteExit(tid);
+      fail('ESRCH', `process ${proc.pid} exited`);
+    }
+    if (st.kind === 'event-stop') return;
+    if (st.kind === 'signal') {
+      if (!isCrashSignal(st.signal)) proc.owe(tid, st.signal, siginfoOrNull(tid));
+      pt.cont(tid, 0);
+      continue;
+    }
+    pt.cont(tid, 0);
+  }
+}
+
+function siginfoOrNull(tid: number): Buffer | null {
+  try {
+    return pt.getSiginfo(tid);
+  } catch {
+    return null;
+  }
+}
+
+/** Any failure of a process that died under us becomes ESRCH "process N exited". */
+function exitAware<T>(proc: StoppedProcess, body: () => T): T {
+  try {
+    return body();
+  } catch (e) {
+    // Whatever failed (ptrace ESRCH, empty maps, unreadable memory), a dead process is the real story.
+    if (isHotstackError(e) && e.errno !== 'ETIMEDOUT' && proc.isGone()) fail('ESRCH', `process ${proc.pid} exited`);
+    throw e;
+  }
+}
+
+function exitedDuring(proc: StoppedProcess, tid: number, what: string): never {
+  proc.noteExit(tid);
+  fail('ESRCH', `process ${proc.pid} exited during ${what}`);
+}
+
+/** Put the saved registers back, unless the thread is gone (then there is nothing to restore). */
+function restore(tid: number, saved: pt.Regs): void {
+  try {
+    pt.setRegs(tid, saved);
+  } catch (e) {
+    if (!(isHotstackError(e) && e.errno === 'ESRCH')) throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// system calls
+
+/**
+ * Run system call `nr` with up to six arguments on stopped thread `tid`,
+ * and restore its registers exactly. orig_rax is set to -1 so that, if the
+ * thread had been stopped inside a blocking system call, the kernel's
+ * restart logic does not rewind rip onto our syscall instruction (the
+ * original call is restarted later, from the restored registers).
+ */
+export function remoteSyscall(
+  proc: StoppedProcess,
+  tid: number,
+  nr: number | bigint,
+  args: (number | bigint)[] = [],
+): SyscallResult {
+  return exitAware(proc, () => syscallOn(proc, tid, nr, args));
+}
+
+function syscallOn(proc: StoppedProcess, tid: number, nr: number | bigint, args: (number | bigint)[]): SyscallResult {
+  if (args.length > 6) fail('EINVAL', `a system call takes at most 6 arguments, got ${args.length}`);
+  proc.thread(tid); // must be one of ours and stopped
+  const at = findSyscallInsn(proc);
+  const saved = pt.getRegs(tid);
+  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
+  const regs: pt.Regs = {
+    ...saved,
+    rip: at,
+    rax: toU64(nr),
+    orig_rax: toU64(-1),
+    rdi: a[0]!,
+    rsi: a[1]!,
+    rdx: a[2]!,
+    r10: a[3]!,
+    r8: a[4]!,
+    r9: a[5]!,
+  };
+  pt.setRegs(tid, regs);
+  let raw: bigint | undefined;
+  try {
+    pt.singlestep(tid, 0);
+    const deadline = performance.now() + SYSCALL_TIMEOUT_MS;
+    while (raw === undefined) {
+      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      if (!st) {
+        reclaim(proc, tid);
+        fail('ETIMEDOUT', `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`);
+      }
+      if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, `remote system call ${nr}`);
+      const now = pt.getRegs(tid);
+      if (st.kind === 'signal' && st.signal === pt.SIG.SIGTRAP && now.rip === at + 2n) {
+        raw = now.rax;
+        break;
+      }
+      if (now.rip !== at) {
+        fail('EIO', `remote system call ${nr} in process ${proc.pid}: unexpected stop at ${hex(now.rip)}`);
+      }
+      // A signal dequeued before our instruction ran: owe it to the thread, try again.
+      if (st.kind === 'signal') proc.owe(tid, st.signal, siginfoOrNull(tid));
+      pt.singlestep(tid, 0);
+    }
+  } finally {
+    restore(tid, saved);
+  }
+  const value = BigInt.asIntN(64, raw);
+  const errno = value < 0n && value >= -4095n ? Number(-value) : 0;
+  return { value, errno };
+}
+
+function syscallFailure(what: string, pid: number, errno: number, hint = ''): never {
+  const name = errnoName(errno);
+  const key: ErrnoName = name in ERRNO ? (name as ErrnoName) : 'EIO';
+  fail(key, `${what} in process ${pid} failed: ${name}${hint}`);
+}
+
+/**
+ * mmap inside the target. Returns the address; failures throw HotstackError
+ * with the kernel's errno name (EEXIST for an occupied MAP_FIXED_NOREPLACE
+ * hint, so callers can try the next one).
+ */
+export function remoteMmap(
+  proc: StoppedProcess,
+  tid: number,
+  addr: bigint,
+  len: number | bigint,
+  prot: number,
+  flags: number,
+  fd = -1,
+  off: number | bigint = 0,
+): bigint {
+  const r = remoteSyscall(proc, tid, SYS.mmap, [addr, len, prot, flags, fd, off]);
+  if (r.errno) {
+    const hint =
+      (r.errno === ERRNO.EPERM || r.errno === ERRNO.EACCES) && prot & PROT_EXEC
+        ? ' (executable memory refused: a seccomp filter or MemoryDenyWriteExecute=yes forbids it)'
+        : '';
+    syscallFailure(`mmap(${hex(addr)}, ${len}, prot ${prot}, flags ${hex(BigInt(flags))})`, proc.pid, r.errno, hint);
+  }
+  return BigInt.asUintN(64, r.value);
+}
+
+/** munmap inside the target. */
+export function remoteMunmap(proc: StoppedProcess, tid: number, addr: bigint, len: number | bigint): void {
+  const r = remoteSyscall(proc, tid, SYS.munmap, [addr, len]);
+  if (r.errno) syscallFailure(`munmap(${hex(addr)}, ${len})`, proc.pid, r.errno);
+}
+
+/** mprotect inside the target (for the final W^X permissions of payload memory). */
+export function remoteMprotect(proc: StoppedProcess, tid: number, addr: bigint, len: number | bigint, prot: number): void {
+  const r = remoteSyscall(proc, tid, SYS.mprotect, [addr, len, prot]);
+  if (r.errno) {
+    const hint =
+      (r.errno === ERRNO.EPERM || r.errno === ERRNO.EACCES) && prot & PROT_EXEC
+        ? ' (making memory executable is refused: a seccomp filter or MemoryDenyWriteExecute=yes forbids it)'
+        : '';
+    syscallFailure(`mprotect(${hex(addr)}, ${len}, prot ${prot})`, proc.pid, r.errno, hint);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// function calls
+
+const CRASH_SIGNALS: ReadonlySet<number> = new Set([
+  pt.SIG.SIGSEGV,
+  pt.SIG.SIGBUS,
+  pt.SIG.SIGILL,
+  pt.SIG.SIGFPE,
+  pt.SIG.SIGABRT,
+  pt.SIG.SIGSYS,
+  pt.SIG.SIGTRAP,
+]);
+
+function isCrashSignal(sig: number): boolean {
+  return CRASH_SIGNALS.has(sig);
+}
+
+/** Stack space skipped below the red zone before the call frame, in case the thread was in a leaf function. */
+const CALL_GAP = 256n;
+
+/**
+ * Call `fn(args...)` inside the target on stopped thread `tid` and return
+ * rax. The return address pushed is `trapAddr`, which must hold an int3
+ * (0xcc) in executable memory: the call ends with a SIGTRAP at
+ * trapAddr + 1. The stack frame goes below the 128-byte red zone, aligned
+ * so that rsp % 16 == 8 at entry as the ABI expects after a call.
+ *
+ * A crash of the function (SIGSEGV, ...) restores the thread and throws
+ * EFAULT; a function that does not return within `timeoutMs` (it waits for
+ * a lock another stopped thread holds) is interrupted, the thread restored,
+ * and ETIMEDOUT thrown. Other signals arriving meanwhile are owed to the
+ * thread and delivered on resume/detach.
+ */
+export function remoteCall(
+  proc: StoppedProcess,
+  tid: number,
+  fn: bigint,
+  args: (number | bigint)[],
+  trapAddr: bigint,
+  timeoutMs: number,
+): CallResult {
+  return exitAware(proc, () => callOn(proc, tid, fn, args, trapAddr, timeoutMs));
+}
+
+function callOn(
+  proc: StoppedProcess,
+  tid: number,
+  fn: bigint,
+  args: (number | bigint)[],
+  trapAddr: bigint,
+  timeoutMs: number,
+): CallResult {
+  if (args.length > 6) fail('EINVAL', `remote calls take at most 6 register arguments, got ${args.length}`);
+  proc.thread(tid);
+  const saved = pt.getRegs(tid);
+  const sp = ((saved.rsp - 128n - CALL_GAP) & ~15n) - 8n;
+  proc.memory.writeU64(sp, trapAddr);
+  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
+  const regs: pt.Regs = {
+    ...saved,
+    rip: fn,
+    rsp: sp,
+    rax: 0n,
+    orig_rax: toU64(-1),
+    rdi: a[0]!,
+    rsi: a[1]!,
+    rdx: a[2]!,
+    rcx: a[3]!,
+    r8: a[4]!,
+    r9: a[5]!,
+    // The ABI wants DF clear at a call; TF must not leak from a previous single-step.
+    eflags: saved.eflags & ~(0x400n | 0x100n),
+  };
+  pt.setRegs(tid, regs);
+  let result: bigint | undefined;
+  try {
+    pt.cont(tid, 0);
+    const deadline = performance.now() + timeoutMs;
+    while (result === undefined) {
+      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      if (!st) {
+        reclaim(proc, tid);
+        fail(
+          'ETIMEDOUT',
+          `hook at ${hex(fn)} in process ${proc.pid} did not return within ${timeoutMs} ms ` +
+            `(it may wait for a lock held by another stopped thread)`,
+        );
+      }
+      if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, `the hook at ${hex(fn)}`);
+      if (st.kind === 'signal') {
+        const now = pt.getRegs(tid);
+        if (st.signal === pt.SIG.SIGTRAP && now.rip === trapAddr + 1n) {
+          result = now.rax;
+          break;
+        }
+        if (isCrashSignal(st.signal)) {
+          // Leave the signal undelivered (restarting from this stop with 0 drops it).
+          const info = siginfoOrNull(tid);
+          const faultAddr = info ? info.readBigUInt64LE(16) : undefined;
+          const where =
+            st.signal === pt.SIG.SIGSEGV || st.signal === pt.SIG.SIGBUS
+              ? ` accessing ${hex(faultAddr ?? 0n)}`
+              : '';
+          fail(
+            'EFAULT',
+            `hook at ${hex(fn)} in process ${proc.pid} crashed with ${pt.signalName(st.signal)} at ${hex(now.rip)}${where}`,
+          );
+        }
+        proc.owe(tid, st.signal, siginfoOrNull(tid));
+      }
+      pt.cont(tid, 0);
+    }
+  } finally {
+    restore(tid, saved);
+  }
+  const value = BigInt.asIntN(64, result);
+  return { value, int: Number(BigInt.asIntN(32, result)) };
+}

@@ -1,0 +1,490 @@
+/**
+ * Stopping the world of a live process: every thread seized with
+ * PTRACE_SEIZE and stopped with PTRACE_INTERRUPT (never PTRACE_ATTACH, whose
+ * SIGSTOP could be left behind), kept stopped while the engine works, then
+ * resumed or detached, with no signal lost on the way.
+ */
+import * as fs from 'node:fs';
+import { fail, isHotstackError } from '../../errors.js';
+import * as pt from './ptrace.js';
+import { ProcessMemory } from './memory.js';
+
+/** A signal we took out of the kernel's queue (a signal-delivery-stop) and owe the thread. */
+export interface OwedSignal {
+  signal: number;
+  /** Original siginfo, so the handler sees the real sender and code. */
+  siginfo: Buffer | null;
+}
+
+export type ThreadState = 'running' | 'stopped' | 'gone' | 'detached';
+
+/** One thread of a stopped process. */
+export class StoppedThread {
+  readonly tid: number;
+  /** /proc/PID/task/TID/comm at attach time. */
+  readonly name: string;
+  state: ThreadState = 'running';
+  /** Registers at the latest stop (remote operations restore them exactly, so they stay valid). */
+  regs: pt.Regs | null = null;
+  /** The latest stop was a group-stop (the process is SIGSTOPped): resume keeps it so. */
+  groupStop = false;
+  /** Signals to deliver when the thread runs again. */
+  readonly owed: OwedSignal[] = [];
+
+  constructor(tid: number, name: string) {
+    this.tid = tid;
+    this.name = name;
+  }
+
+  /** "1234 (worker)" for messages. */
+  get label(): string {
+    return `${this.tid} (${this.name})`;
+  }
+}
+
+const DEFAULT_TIMEOUT_MS = 5000;
+/** How long a re-injected signal may take to reach its delivery stop. */
+const REDELIVER_MS = 500;
+
+function readComm(pid: number, tid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+  } catch {
+    return '?';
+  }
+}
+
+/** Thread ids of a process; ESRCH when the process is gone. */
+export function listTids(pid: number): number[] {
+  try {
+    return fs
+      .readdirSync(`/proc/${pid}/task`)
+      .map(Number)
+      .filter((n) => Number.isInteger(n) && n > 0)
+      .sort((a, b) => a - b);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') fail('ESRCH', `process ${pid} exited`);
+    fail('EIO', `cannot list threads of process ${pid}: ${(e as Error).message}`);
+  }
+}
+
+/** One-letter scheduler state of a thread ('R', 'S', 'D', 'Z', 't', ...), or '?' when gone. */
+export function threadSchedState(pid: number, tid: number): string {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    return s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
+  } catch {
+    return '?';
+  }
+}
+
+function isErr(e: unknown, errno: string): boolean {
+  return isHotstackError(e) && e.errno === errno;
+}
+
+/**
+ * A process whose threads are all attached by us. Created stopped by
+ * `StoppedProcess.stop()`. Always end with `detach()` (idempotent, safe
+ * after any error), e.g. in a `finally`.
+ */
+export class StoppedProcess {
+  readonly pid: number;
+  /** /proc/PID/mem of the process, closed by detach(). */
+  readonly memory: ProcessMemory;
+  private readonly map = new Map<number, StoppedThread>();
+  private exited = false;
+  private done = false;
+
+  private constructor(pid: number) {
+    this.pid = pid;
+    this.memory = new ProcessMemory(pid);
+  }
+
+  /**
+   * Attach to and stop every thread of `pid`, rescanning /proc/PID/task until
+   * no new thread appears. On any failure everything is detached again and
+   * the error is thrown: ESRCH when the process exited, EPERM when tracing is
+   * not allowed, ETIMEDOUT when a thread would not stop (uninterruptible sleep).
+   */
+  static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
+    if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
+    const p = new StoppedProcess(pid);
+    try {
+      p.stopAll(timeoutMs);
+    } catch (e) {
+      p.detach();
+      throw e;
+    }
+    return p;
+  }
+
+  /** Threads currently stopped under our control (ascending tid). */
+  get threads(): StoppedThread[] {
+    return [...this.map.values()].filter((t) => t.state === 'stopped').sort((a, b) => a.tid - b.tid);
+  }
+
+  /** True until detach(). */
+  get attached(): boolean {
+    return !this.done;
+  }
+
+  /** A stopped thread by tid; ESRCH if it is not one of ours (or gone). */
+  thread(tid: number): StoppedThread {
+    const t = this.map.get(tid);
+    if (!t || t.state === 'gone') fail('ESRCH', `thread ${tid} of process ${this.pid} exited or is not attached`);
+    if (t.state !== 'stopped') fail('EINVAL', `thread ${t.label} of process ${this.pid} is not stopped`);
+    return t;
+  }
+
+  /** The thread used for remote operations: the thread-group leader, or the first stopped thread if the leader is a zombie. */
+  get mainThread(): StoppedThread {
+    const leader = this.map.get(this.pid);
+    if (leader && leader.state === 'stopped') return leader;
+    const any = this.threads[0];
+    if (!any) fail('ESRCH', `process ${this.pid} has no stopped thread`);
+    return any;
+  }
+
+  /** Note a signal taken out of the queue during a remote operation, to deliver it on resume/detach. */
+  owe(tid: number, signal: number, siginfo: Buffer | null): void {
+    this.map.get(tid)?.owed.push({ signal, siginfo });
+  }
+
+  /** Mark a thread as gone after it reported its exit; the leader's exit means the whole process is gone. */
+  noteExit(tid: number): void {
+    const t = this.map.get(tid);
+    if (t) t.state = 'gone';
+    if (tid === this.pid) this.exited = true;
+  }
+
+  /** True once the process has exited (its threads are all gone or zombies, or it was reaped). */
+  isGone(): boolean {
+    if (this.exited) return true;
+    let tids: number[];
+    try {
+      tids = listTids(this.pid);
+    } catch {
+      tids = [];
+    }
+    if (tids.every((tid) => 'ZX?'.includes(threadSchedState(this.pid, tid)))) this.exited = true;
+    return this.exited;
+  }
+
+  /** ESRCH "process N exited" if it has; turns a thread-level ESRCH into the message a person expects. */
+  assertAlive(): void {
+    if (this.isGone()) fail('ESRCH', `process ${this.pid} exited`);
+  }
+
+  /** Re-read the registers of a stopped thread. */
+  refreshRegs(tid: number): pt.Regs {
+    const t = this.thread(tid);
+    t.regs = pt.getRegs(tid);
+    return t.regs;
+  }
+
+  // -------------------------------------------------------------------------
+
+  /**
+   * Wait until `t` is in an interrupt/group stop. Signal-delivery-stops met
+   * on the way are owed to the thread and suppressed for now (restarting
+   * lets it reach the pending interrupt stop before running any code).
+   * Returns false on timeout.
+   */
+  private awaitStop(t: StoppedThread, deadline: number): boolean {
+    for (;;) {
+      let st: pt.WaitStatus | null;
+      try {
+        st = pt.waitFor(t.tid, Math.max(0, deadline - performance.now()));
+      } catch (e) {
+        if (!isErr(e, 'ESRCH')) throw e;
+        this.noteExit(t.tid);
+        return true;
+      }
+      if (!st) return false;
+      switch (st.kind) {
+        case 'exited':
+        case 'killed':
+          this.noteExit(t.tid);
+          return true;
+        case 'event-stop':
+          try {
+            t.regs = pt.getRegs(t.tid);
+          } catch (e) {
+            if (!isErr(e, 'ESRCH')) throw e;
+            continue; // killed meanwhile: its exit report follows
+          }
+          t.state = 'stopped';
+          t.groupStop = st.groupStop;
+          return true;
+        case 'signal': {
+          let info: Buffer | null = null;
+          try {
+            info = pt.getSiginfo(t.tid);
+          } catch {
+            /* keep the number at least */
+          }
+          t.owed.push({ signal: st.signal, siginfo: info });
+          this.restart(t.tid, 0);
+          continue;
+        }
+        case 'event':
+          this.restart(t.tid, 0);
+          continue;
+      }
+    }
+  }
+
+  /** PTRACE_CONT that tolerates a thread killed under us (its exit is reported by the next wait). */
+  private restart(tid: number, sig: number): void {
+    try {
+      pt.cont(tid, sig);
+    } catch (e) {
+      if (!isErr(e, 'ESRCH')) throw e;
+    }
+  }
+
+  private stopAll(timeoutMs: number): void {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      if (this.exited) fail('ESRCH', `process ${this.pid} exited`);
+      let fresh = 0;
+      for (const tid of listTids(this.pid)) {
+        if (this.map.has(tid)) continue;
+        try {
+          pt.seize(tid);
+        } catch (e) {
+          if (isErr(e, 'ESRCH')) continue; // vanished between listing and seizing
+          // A zombie leader (it called pthread_exit) cannot be seized: EPERM. Skip it.
+          if (isErr(e, 'EPERM') && 'ZX?'.includes(threadSchedState(this.pid, tid))) continue;
+          throw e;
+        }
+        this.map.set(tid, new StoppedThread(tid, readComm(this.pid, tid)));
+        fresh++;
+      }
+      for (const t of this.map.values()) {
+        if (t.state !== 'running') continue;
+        try {
+          pt.interrupt(t.tid);
+        } catch (e) {
+          if (!isErr(e, 'ESRCH')) throw e; // exiting: the wait reports it
+        }
+      }
+      for (const t of this.map.values()) {
+        if (t.state !== 'running') continue;
+        if (!this.awaitStop(t, deadline)) {
+          fail(
+            'ETIMEDOUT',
+            `thread ${t.label} of process ${this.pid} did not stop within ${timeoutMs} ms ` +
+              `(scheduler state ${threadSchedState(this.pid, t.tid)}; 'D' means stuck in the kernel)`,
+          );
+        }
+      }
+      if (this.exited) fail('ESRCH', `process ${this.pid} exited`);
+      if (fresh === 0) break;
+    }
+    if (this.threads.length === 0) fail('ESRCH', `process ${this.pid} exited`);
+  }
+
+  /**
+   * Deliver the signals owed to a stopped thread, faithfully (original
+   * siginfo), then leave it running (`cont`) or detached (`detach`).
+   * A restart command only injects a signal from a signal-delivery-stop,
+   * so each owed signal is queued again with tgkill, the thread is let
+   * into its delivery stop, and the original siginfo is put back there.
+   */
+  private redeliver(t: StoppedThread, mode: 'cont' | 'detach'): void {
+    // Standard signals do not queue: one pending instance is all the kernel can hold.
+    const owed = t.owed.splice(0).filter((o, i, all) => o.signal >= 32 || all.findIndex((x) => x.signal === o.signal) === i);
+    for (const o of owed) pt.tgkill(this.pid, t.tid, o.signal);
+    pt.cont(t.tid, 0);
+    const deadline = performance.now() + REDELIVER_MS;
+    let left = owed.length;
+    while (left > 0) {
+      const st = pt.waitFor(t.tid, Math.max(0, deadline - performance.now()));
+      if (!st) break;
+      if (st.kind === 'exited' || st.kind === 'killed') {
+        this.noteExit(t.tid);
+        return;
+      }
+      if (st.kind !== 'signal') {
+        this.restart(t.tid, 0);
+        continue;
+      }
+      const i = owed.findIndex((o) => o.signal === st.signal);
+      if (i >= 0) {
+        const o = owed.splice(i, 1)[0]!;
+        if (o.siginfo) {
+          try {
+            pt.setSiginfo(t.tid, o.siginfo);
+          } catch {
+            /* deliver with the new siginfo */
+          }
+        }
+        left--;
+      }
+      if (left === 0 && mode === 'detach') {
+        pt.detach(t.tid, st.signal);
+        t.state = 'detached';
+        return;
+      }
+      this.restart(t.tid, st.signal); // ours, or an unrelated one: deliver either way
+    }
+    if (mode === 'detach') {
+      // Still running (a signal is blocked right now, or it is already handled): stop it to detach.
+      // Anything still queued stays queued in the kernel and is delivered later.
+      this.bringToStop(t);
+      if (t.state === 'stopped') {
+        pt.detach(t.tid, 0);
+        t.state = 'detached';
+      }
+    } else {
+      t.state = 'running';
+    }
+  }
+
+  /** Interrupt one running thread and wait for it (for detach). */
+  private bringToStop(t: StoppedThread): void {
+    t.state = 'running';
+    try {
+      pt.interrupt(t.tid);
+    } catch (e) {
+      if (!isErr(e, 'ESRCH')) throw e;
+    }
+    if (!this.awaitStop(t, performance.now() + DEFAULT_TIMEOUT_MS)) return;
+    // Signals met on the way: queue them again, they are delivered after detach.
+    for (const o of t.owed.splice(0)) {
+      try {
+        pt.tgkill(this.pid, t.tid, o.signal);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  /**
+   * Let every thread run again while staying attached (a retry loop waits
+   * and calls restop()). Owed signals are delivered now. A SIGSTOPped
+   * process is left stopped (PTRACE_LISTEN).
+   */
+  resume(): void {
+    if (this.done) fail('EINVAL', `process ${this.pid} is no longer attached`);
+    for (const t of this.map.values()) {
+      if (t.state !== 'stopped') continue;
+      try {
+        if (t.owed.length > 0) {
+          this.redeliver(t, 'cont');
+          continue;
+        }
+        if (t.groupStop) {
+          try {
+            pt.listen(t.tid);
+          } catch (e) {
+            if (isErr(e, 'ESRCH')) throw e;
+            pt.cont(t.tid, 0); // not in a group-stop any more (a remote op ran on it)
+          }
+        } else {
+          pt.cont(t.tid, 0);
+        }
+        t.state = 'running';
+      } catch (e) {
+        if (!isErr(e, 'ESRCH')) throw e;
+        t.state = 'running'; // killed while stopped: its exit report comes with the next wait
+      }
+    }
+  }
+
+  /**
+   * While resumed, pass signals straight through to the threads for `ms`
+   * (a traced thread that gets a signal stops until its tracer restarts it,
+   * so a resumed process needs this to behave normally). Use instead of a
+   * plain sleep between resume() and restop().
+   */
+  serviceSignals(ms: number): void {
+    const deadline = performance.now() + ms;
+    for (;;) {
+      for (const t of this.map.values()) {
+        if (t.state !== 'running') continue;
+        let st: pt.WaitStatus | null;
+        try {
+          st = pt.pollWait(t.tid);
+        } catch (e) {
+          if (!isErr(e, 'ESRCH')) throw e;
+          this.noteExit(t.tid);
+          continue;
+        }
+        if (!st) continue;
+        if (st.kind === 'exited' || st.kind === 'killed') this.noteExit(t.tid);
+        else if (st.kind === 'signal') this.restart(t.tid, st.signal);
+        else if (st.kind === 'event-stop' && st.groupStop) {
+          try {
+            pt.listen(t.tid);
+          } catch {
+            this.restart(t.tid, 0);
+          }
+        } else this.restart(t.tid, 0);
+      }
+      if (this.exited) {
+        this.detach();
+        fail('ESRCH', `process ${this.pid} exited`);
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) return;
+      pt.sleepMs(Math.min(1, left));
+    }
+  }
+
+  /**
+   * Stop everything again after resume(), attaching threads created
+   * meanwhile. On failure everything is detached and the error thrown.
+   */
+  restop(timeoutMs = DEFAULT_TIMEOUT_MS): void {
+    if (this.done) fail('EINVAL', `process ${this.pid} is no longer attached`);
+    try {
+      this.stopAll(timeoutMs);
+    } catch (e) {
+      this.detach();
+      throw e;
+    }
+  }
+
+  /** resume(), let the process run normally for `ms`, then restop(): one step of a retry loop. */
+  runFor(ms: number, timeoutMs = DEFAULT_TIMEOUT_MS): void {
+    this.resume();
+    this.serviceSignals(ms);
+    this.restop(timeoutMs);
+  }
+
+  /**
+   * Detach from every thread, delivering owed signals, leaving no stop
+   * behind. Idempotent and safe after any error; never throws. Threads that
+   * exited are reaped so no traced zombie remains.
+   */
+  detach(): void {
+    if (this.done) return;
+    this.done = true;
+    for (const t of this.map.values()) {
+      try {
+        if (t.state === 'running') this.bringToStop(t);
+        if (t.state === 'stopped') {
+          if (t.owed.length > 0) this.redeliver(t, 'detach');
+          else {
+            pt.detach(t.tid, 0);
+            t.state = 'detached';
+          }
+        }
+      } catch {
+        // Most likely killed under us: reap below.
+      }
+      if (t.state !== 'detached' && t.state !== 'gone') {
+        try {
+          const st = pt.waitFor(t.tid, 50);
+          if (st && (st.kind === 'exited' || st.kind === 'killed')) t.state = 'gone';
+        } catch {
+          t.state = 'gone'; // ECHILD: nothing left to reap
+        }
+      }
+    }
+    this.memory.close();
+  }
+}
