@@ -163,7 +163,8 @@ export function link(c: CheckedElf, ctx: LinkContext): Linked {
     if (s.type !== SHT_NOBITS) dst.set(c.elf.data(s));
     sectionBytes[s.index] = dst;
   }
-  const symbolValue = resolveSymbols(c, sectionAddr, ctx);
+  const got = regs.r && lay.gotSlots.size ? regs.r.addr + BigInt(lay.gotOffset) : 0n;
+  const symbolValue = resolveSymbols(c, sectionAddr, ctx, got);
   const relocated = relocate(c, lay, regs, sectionAddr, sectionBytes, symbolValue);
   const regions = [regs.rx, regs.r, regs.rw].filter((r): r is LinkedRegion => !!r);
   const text = regs.rx ? { start: regs.rx.addr, end: regs.rx.addr + BigInt(lay.sizes.rx) } : null;
@@ -205,12 +206,15 @@ export function resolveUndefined(name: string, ctx: Pick<LinkContext, 'base' | '
   return ctx.target.lookupExternal(name);
 }
 
-function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext): bigint[] {
+/** The linker-defined symbol -fPIC code mentions; it names the payload's own GOT. */
+const GOT_SYMBOL = '_GLOBAL_OFFSET_TABLE_';
+
+function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext, got: bigint): bigint[] {
   const out: bigint[] = new Array(c.symbols.length).fill(0n);
   const shnum = c.elf.sections.length;
   for (let i = 1; i < c.symbols.length; i++) {
     const s = c.symbols[i]!;
-    out[i] = symbolValue(s, shnum, sectionAddr, c, ctx);
+    out[i] = s.shndx === SHN_UNDEF && s.name === GOT_SYMBOL ? got : symbolValue(s, shnum, sectionAddr, c, ctx);
   }
   return out;
 }

@@ -8,6 +8,7 @@ export type { Regs, RegName, WaitStatus } from './ptrace.js';
 export {
   parseMaps,
   readMaps,
+  procBase,
   readProcFile,
   isFileBacked,
   mapFilesName,

@@ -74,9 +74,42 @@ export function readProcFile(pid: number, name: string): string {
   }
 }
 
+function schedState(dir: string): string {
+  try {
+    const s = fs.readFileSync(`${dir}/stat`, 'utf8');
+    return s.charAt(s.lastIndexOf(')') + 2);
+  } catch {
+    return '?';
+  }
+}
+
+/**
+ * The /proc directory to read a process's address space from: /proc/PID,
+ * or /proc/PID/task/TID of a live thread when the thread-group leader has
+ * called pthread_exit (a zombie leader's maps, mem and map_files are empty
+ * although the process runs on).
+ */
+export function procBase(pid: number): string {
+  const base = `/proc/${pid}`;
+  if (schedState(base) !== 'Z') return base;
+  let tids: string[] = [];
+  try {
+    tids = fs.readdirSync(`${base}/task`);
+  } catch {
+    return base;
+  }
+  for (const tid of tids) {
+    const dir = `${base}/task/${tid}`;
+    if (!'ZX?'.includes(schedState(dir))) return dir;
+  }
+  return base;
+}
+
 /** Current mappings of a process. */
 export function readMaps(pid: number): MapEntry[] {
-  return parseMaps(readProcFile(pid, 'maps'));
+  const base = procBase(pid);
+  if (base === `/proc/${pid}`) return parseMaps(readProcFile(pid, 'maps'));
+  return parseMaps(readProcFile(pid, base.slice(`/proc/${pid}/`.length) + '/maps'));
 }
 
 /** True for mappings backed by a file on a filesystem (not [heap], [vdso], anonymous or anon_inode memory). */
@@ -91,8 +124,11 @@ export function mapFilesName(e: MapEntry): string {
   return `${e.start.toString(16)}-${e.end.toString(16)}`;
 }
 
-/** Group file-backed mappings by the file (device + inode) they map, in order of first appearance. */
-export function groupObjects(pid: number, entries: MapEntry[]): MappedObject[] {
+/**
+ * Group file-backed mappings by the file (device + inode) they map, in order
+ * of first appearance. `base` is the /proc directory for map_files (see procBase).
+ */
+export function groupObjects(pid: number, entries: MapEntry[], base = `/proc/${pid}`): MappedObject[] {
   const byKey = new Map<string, MappedObject>();
   for (const e of entries) {
     if (!isFileBacked(e)) continue;
@@ -106,7 +142,7 @@ export function groupObjects(pid: number, entries: MapEntry[]): MappedObject[] {
         dev: e.dev,
         inode: e.inode,
         mappings: [],
-        mapFilesPath: `/proc/${pid}/map_files/${mapFilesName(e)}`,
+        mapFilesPath: `${base}/map_files/${mapFilesName(e)}`,
       };
       byKey.set(key, o);
     }
@@ -117,7 +153,7 @@ export function groupObjects(pid: number, entries: MapEntry[]): MappedObject[] {
 
 /** Mapped files of a live process. */
 export function readObjects(pid: number): MappedObject[] {
-  return groupObjects(pid, readMaps(pid));
+  return groupObjects(pid, readMaps(pid), procBase(pid));
 }
 
 // ---------------------------------------------------------------------------

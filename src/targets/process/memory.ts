@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import koffi from 'koffi';
 import { errnoName, fail } from '../../errors.js';
+import { procBase } from './maps.js';
 
 const libc = koffi.load('libc.so.6');
 const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
@@ -26,7 +27,7 @@ export class ProcessMemory {
   private open(): number {
     if (this.fd !== null) return this.fd;
     try {
-      this.fd = fs.openSync(`/proc/${this.pid}/mem`, 'r+');
+      this.fd = fs.openSync(`${procBase(this.pid)}/mem`, 'r+');
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ESRCH') fail('ESRCH', `process ${this.pid} exited`);
