@@ -8,8 +8,12 @@ import type { ElfFile } from './file.js';
 import { readSymbols, type ElfSymbol } from './symbols.js';
 import { STT_FUNC, STT_GNU_IFUNC } from './constants.js';
 
+const SHT_GNU_VERSYM = 0x6fffffff;
+
 export interface IndexedSymbol {
   name: string;
+  /** STT_GNU_IFUNC: the value is a resolver that returns the implementation. */
+  isIfunc: boolean;
   /** Link-time value. */
   value: bigint;
   size: bigint;
@@ -31,6 +35,7 @@ export class SymbolIndex {
       if (s.type === STT_FILE || s.type === STT_SECTION || s.type === STT_TLS) continue;
       const rec: IndexedSymbol = {
         name: s.name,
+        isIfunc: s.type === STT_GNU_IFUNC,
         value: s.value,
         size: s.size,
         isFunc: s.type === STT_FUNC || s.type === STT_GNU_IFUNC,
@@ -54,10 +59,19 @@ export class SymbolIndex {
     return new SymbolIndex(tab ? readSymbols(elf, tab) : []);
   }
 
-  /** Only the dynamic symbol table (what other objects of a process export). */
+  /**
+   * Only the exported dynamic symbols (what other objects of a process
+   * offer), at their default version: `memcpy@GLIBC_2.2.5` is hidden
+   * behind `memcpy@@GLIBC_2.14` as the dynamic linker would.
+   */
   static dynamicOf(elf: ElfFile): SymbolIndex {
     const tab = elf.sections.find((s) => s.type === SHT_DYNSYM);
-    return new SymbolIndex(tab ? readSymbols(elf, tab).filter((s) => s.bind !== STB_LOCAL) : []);
+    if (!tab) return new SymbolIndex([]);
+    const syms = readSymbols(elf, tab);
+    const versym = elf.sections.find((s) => s.type === SHT_GNU_VERSYM && s.link === tab.index);
+    const vers = versym && elf.inFile(versym) ? elf.data(versym) : undefined;
+    const hidden = (i: number): boolean => !!vers && 2 * i + 1 < vers.length && (vers[2 * i + 1]! & 0x80) !== 0;
+    return new SymbolIndex(syms.filter((s) => s.bind !== STB_LOCAL && !hidden(s.index)));
   }
 
   lookup(name: string): IndexedSymbol | undefined {

@@ -117,15 +117,17 @@ const OP_NAMES: Record<number, string> = {
   [PTRACE_LISTEN]: 'PTRACE_LISTEN',
 };
 
+/** The EPERM text: the three usual causes, so a person knows what to check. */
+export function notPermitted(pid: number): string {
+  return (
+    `not permitted to trace process ${pid}: run as root, or check /proc/sys/kernel/yama/ptrace_scope, ` +
+    `or another tracer (gdb, strace, another hotstack) is attached`
+  );
+}
+
 function ptraceFailure(op: number, tid: number, e: number): never {
   const opName = OP_NAMES[op] ?? `ptrace request ${op}`;
-  if (e === ERRNO.EPERM) {
-    fail(
-      'EPERM',
-      `not permitted to trace process ${tid}: run as root, or check /proc/sys/kernel/yama/ptrace_scope, ` +
-        `or another tracer (gdb, strace, another hotstack) is attached`,
-    );
-  }
+  if (e === ERRNO.EPERM) fail('EPERM', notPermitted(tid));
   if (e === ERRNO.ESRCH) {
     fail('ESRCH', `thread ${tid} does not exist or is not stopped under hotstack's control (${opName})`);
   }

@@ -1,6 +1,16 @@
-/** Placeholder until the process target lands. */
-import { fail } from '../../errors.js';
-import type { Engine } from '../../core/engine.js';
-export function openProcessEngine(_pid: number, _fn: (e: Engine) => number): number {
-  return fail('ENOSYS', 'live process targets are not available yet');
+/**
+ * One command's session on a live process: lock it, open the engine (which
+ * repairs an action a killed tool left half-done), run, release.
+ */
+import { Engine } from '../../core/engine.js';
+import { ProcessTarget } from './target.js';
+
+/** Run `fn` with an engine on process `pid`; the process is always released. */
+export function openProcessEngine<T>(pid: number, fn: (e: Engine) => T): T {
+  const target = ProcessTarget.open(pid);
+  try {
+    return fn(new Engine(target));
+  } finally {
+    target.close();
+  }
 }

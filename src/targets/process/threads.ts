@@ -79,6 +79,19 @@ export function threadSchedState(pid: number, tid: number): string {
   }
 }
 
+/** " (traced by PID N: name)" when /proc says who the other tracer is. */
+function tracerHint(pid: number, tid: number): string {
+  try {
+    const m = /^TracerPid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+    const tracer = m ? Number(m[1]) : 0;
+    if (tracer === 0) return '';
+    const who = tracer === process.pid ? 'this hotstack itself' : readComm(tracer, tracer);
+    return ` (thread ${tid} is traced by process ${tracer}: ${who})`;
+  } catch {
+    return '';
+  }
+}
+
 function isErr(e: unknown, errno: string): boolean {
   return isHotstackError(e) && e.errno === errno;
 }
@@ -257,6 +270,7 @@ export class StoppedProcess {
           if (isErr(e, 'ESRCH')) continue; // vanished between listing and seizing
           // A zombie leader (it called pthread_exit) cannot be seized: EPERM. Skip it.
           if (isErr(e, 'EPERM') && 'ZX?'.includes(threadSchedState(this.pid, tid))) continue;
+          if (isErr(e, 'EPERM')) fail('EPERM', pt.notPermitted(this.pid) + tracerHint(this.pid, tid));
           throw e;
         }
         this.map.set(tid, new StoppedThread(tid, readComm(this.pid, tid)));
@@ -363,6 +377,28 @@ export class StoppedProcess {
   }
 
   /**
+   * Resume a thread of a SIGSTOPped process without letting it run:
+   * PTRACE_LISTEN. LISTEN only works from the group-stop's event stop; after
+   * a remote operation the thread sits in a signal-delivery-stop (SIGTRAP)
+   * instead, so it is first walked back into an event stop (interrupt, then
+   * restart: the pending trap fires before any user code runs).
+   */
+  private keepGroupStopped(t: StoppedThread): void {
+    try {
+      pt.listen(t.tid);
+      return;
+    } catch (e) {
+      if (isErr(e, 'ESRCH')) throw e;
+    }
+    pt.interrupt(t.tid);
+    pt.cont(t.tid, 0);
+    t.state = 'running';
+    if (!this.awaitStop(t, performance.now() + DEFAULT_TIMEOUT_MS) || (t.state as ThreadState) !== 'stopped') return;
+    if (t.groupStop) pt.listen(t.tid);
+    else pt.cont(t.tid, 0); // the group-stop ended meanwhile (SIGCONT)
+  }
+
+  /**
    * Let every thread run again while staying attached (a retry loop waits
    * and calls restop()). Owed signals are delivered now. A SIGSTOPped
    * process is left stopped (PTRACE_LISTEN).
@@ -376,16 +412,8 @@ export class StoppedProcess {
           this.redeliver(t, 'cont');
           continue;
         }
-        if (t.groupStop) {
-          try {
-            pt.listen(t.tid);
-          } catch (e) {
-            if (isErr(e, 'ESRCH')) throw e;
-            pt.cont(t.tid, 0); // not in a group-stop any more (a remote op ran on it)
-          }
-        } else {
-          pt.cont(t.tid, 0);
-        }
+        if (t.groupStop) this.keepGroupStopped(t);
+        else pt.cont(t.tid, 0);
         t.state = 'running';
       } catch (e) {
         if (!isErr(e, 'ESRCH')) throw e;

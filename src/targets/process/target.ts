@@ -1,0 +1,207 @@
+/**
+ * The live process target: a running Linux process seen through ptrace
+ * and /proc. Implements the engine's Target interface; the engine never
+ * sees a thread or a register.
+ */
+import { readFileSync } from 'node:fs';
+import { fail, HotstackError } from '../../errors.js';
+import { bytesEqual } from '../../elf/bytes.js';
+import { INT3 } from '../../arch/x86_64/insn.js';
+import type { AddrRange, BaseObject, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
+import { findConflict } from './consistency.js';
+import { lockProcess, type ProcessLock } from './lock.js';
+import { findFreeGapsFor, readMaps } from './maps.js';
+import { ProcessMemory } from './memory.js';
+import { loadObjects, type ProcessObject } from './objects.js';
+import {
+  MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
+} from './remote.js';
+import { ProcessStore } from './store.js';
+import { StoppedProcess } from './threads.js';
+
+const PROT: Record<Perm, number> = { rx: PROT_READ | PROT_EXEC, r: PROT_READ, rw: PROT_READ | PROT_WRITE };
+/** How long a hook may run before it is taken to be stuck (e.g. on a lock a stopped thread holds). */
+const HOOK_TIMEOUT_MS = Number(process.env.HOTSTACK_HOOK_TIMEOUT_MS) || 5000;
+/** How long stopping every thread may take. */
+const STOP_TIMEOUT_MS = 5000;
+const REACH = 0x7fff0000n;
+
+export class ProcessTarget implements Target {
+  readonly kind = 'process' as const;
+  readonly canRunHooks = true;
+  readonly defaultTimeoutMs = 1000;
+  readonly pid: number;
+  readonly description: string;
+  readonly store: StateStore;
+  private readonly fileStore: ProcessStore;
+  private readonly lock: ProcessLock;
+  private readonly mem: ProcessMemory;
+  private objectsCache: ProcessObject[] | undefined;
+  private readonly ifuncCache = new Map<string, bigint>();
+  /** The stopped process while an operation holds it (re-entrant). */
+  private current: StoppedProcess | null = null;
+
+  private constructor(pid: number, lock: ProcessLock) {
+    this.pid = pid;
+    this.lock = lock;
+    this.description = `process ${pid} (${lock.identity.comm})`;
+    this.fileStore = new ProcessStore(lock.identity);
+    this.store = this.fileStore;
+    this.mem = new ProcessMemory(pid);
+  }
+
+  /** Lock the process for this tool (EBUSY if another hotstack holds it). */
+  static open(pid: number, lockTimeoutMs = 5000): ProcessTarget {
+    return new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs));
+  }
+
+  /** Release everything: detach (if still attached), close memory, unlock. */
+  close(): void {
+    try {
+      this.current?.detach();
+    } finally {
+      this.current = null;
+      this.mem.close();
+      this.lock.release();
+    }
+  }
+
+  private objects(): ProcessObject[] {
+    return (this.objectsCache ??= loadObjects(this.pid));
+  }
+
+  findBase(buildId: Uint8Array): BaseObject | undefined {
+    return this.objects().find((o) => o.buildId && bytesEqual(o.buildId, buildId));
+  }
+
+  bases(): BaseObject[] {
+    return this.objects();
+  }
+
+  lookupExternal(name: string): bigint | undefined {
+    for (const o of this.objects()) {
+      const s = o.dynamicSymbol(name);
+      if (!s) continue;
+      const addr = s.value + o.bias;
+      return s.isIfunc ? this.resolveIfunc(name, addr) : addr;
+    }
+    return undefined;
+  }
+
+  /** An IFUNC symbol's value is a resolver: run it in the target, as the dynamic linker did. */
+  private resolveIfunc(name: string, resolver: bigint): bigint {
+    const hit = this.ifuncCache.get(name);
+    if (hit !== undefined) return hit;
+    const impl = this.stopped((p) => BigInt.asUintN(64, remoteCall(p, p.mainThread.tid, resolver, [], this.trap(p), HOOK_TIMEOUT_MS).value));
+    this.ifuncCache.set(name, impl);
+    return impl;
+  }
+
+  read(addr: bigint, len: number): Uint8Array {
+    return this.mem.read(addr, len);
+  }
+
+  write(addr: bigint, data: Uint8Array): void {
+    this.mem.write(addr, data);
+  }
+
+  /** Run `fn` with every thread stopped; re-entrant, detaches on the way out. */
+  private stopped<T>(fn: (p: StoppedProcess) => T): T {
+    if (this.current) return fn(this.current);
+    const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
+    this.current = p;
+    try {
+      return fn(p);
+    } finally {
+      this.current = null;
+      p.detach();
+    }
+  }
+
+  allocate(size: number, perm: Perm, near: BaseObject): bigint {
+    const range = (near as ProcessObject).range ?? { start: 0n, end: 0n };
+    return this.stopped((p) => this.mapNear(p, size, PROT[perm], range));
+  }
+
+  private mapNear(p: StoppedProcess, size: number, prot: number, range: { start: bigint; end: bigint }): bigint {
+    const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH });
+    for (const hint of hints.slice(0, 32)) {
+      let addr: bigint;
+      try {
+        addr = remoteMmap(p, p.mainThread.tid, hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
+      } catch (e) {
+        if (e instanceof HotstackError && e.errno === 'EEXIST') continue;
+        if (e instanceof HotstackError && (e.errno === 'EPERM' || e.errno === 'EACCES')) throw this.explainMmapRefusal(e);
+        throw e;
+      }
+      // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
+      if (addr === hint) return addr;
+      remoteMunmap(p, p.mainThread.tid, addr, size);
+    }
+    return fail('ENOMEM', `no free address space for ${size} bytes within +-2 GiB of ${this.pid}'s object at 0x${range.start.toString(16)}`);
+  }
+
+  private explainMmapRefusal(e: HotstackError): HotstackError {
+    let seccomp = '';
+    try {
+      const status = readFileSync(`/proc/${this.pid}/status`, 'utf8');
+      if (/^Seccomp:\s*2/m.test(status)) seccomp = ' The process runs under a seccomp filter (Seccomp: 2 in /proc/PID/status), which refuses executable mappings.';
+    } catch {
+      /* gone */
+    }
+    return new HotstackError(e.errno, `process ${this.pid} refused to map payload memory: ${e.message}.${seccomp || ' A seccomp filter or a W^X policy (MemoryDenyWriteExecute) forbids executable mappings in it.'}`);
+  }
+
+  free(addr: bigint, size: number): void {
+    this.stopped((p) => remoteMunmap(p, p.mainThread.tid, addr, size));
+  }
+
+  /** The int3 our remote calls return to: one RX page per process, remembered in the state file. */
+  private trap(p: StoppedProcess): bigint {
+    const t = this.fileStore.runtime.trap;
+    if (t !== undefined) {
+      try {
+        if (this.mem.read(t, 1)[0] === INT3) return t;
+      } catch {
+        /* unmapped: make a new one */
+      }
+    }
+    const base = this.objects()[0];
+    const page = this.mapNear(p, 4096, PROT_READ | PROT_EXEC, base ? base.range : { start: 0n, end: 0n });
+    this.mem.write(page, new Uint8Array(16).fill(INT3));
+    this.fileStore.runtime.trap = page;
+    return page;
+  }
+
+  private call(p: StoppedProcess, kind: HookKind, fn: bigint, arg: bigint): HookResult {
+    try {
+      return remoteCall(p, p.mainThread.tid, fn, [arg], this.trap(p), HOOK_TIMEOUT_MS).int;
+    } catch (e) {
+      if (e instanceof HotstackError) throw new HotstackError(e.errno, `${kind} hook at 0x${fn.toString(16)}: ${e.message}`);
+      throw e;
+    }
+  }
+
+  callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult {
+    return this.stopped((p) => this.call(p, kind, fn, arg));
+  }
+
+  quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {
+    const start = performance.now();
+    return this.stopped((p) => {
+      let tries = 0;
+      for (;;) {
+        tries++;
+        const conflict = findConflict(p, this.mem, readMaps(this.pid), busy);
+        if (!conflict) return fn({ callHook: (kind, f, arg) => this.call(p, kind, f, arg) });
+        const elapsed = performance.now() - start;
+        if (elapsed >= timeoutMs) {
+          fail('EBUSY', `no safe moment within ${timeoutMs} ms (${tries} tries): thread ${conflict.thread} ${conflict.how}; nothing was changed`);
+        }
+        // Back off a little more each time, never past the deadline.
+        p.runFor(Math.min(Math.max(1, tries), 20, Math.max(1, timeoutMs - elapsed)), STOP_TIMEOUT_MS);
+      }
+    });
+  }
+}
+
