@@ -18,6 +18,7 @@ import * as rules from './rules.js';
 import { emptyState, type EngineState, type PayloadRecord, type PayloadStateName } from './state.js';
 import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
 import { upload } from './upload.js';
+import { faultPoint } from './fault.js';
 
 export type ActionCmd = 'APPLY' | 'REVERT' | 'REPLACE' | 'UNLOAD';
 
@@ -197,7 +198,7 @@ export class Engine {
       this.actionHook(q, 'revert', p.hooks.revert, p);
     } else {
       if (journal) this.performWrites('revert', p, writes);
-      else for (const w of writes) this.target.write(w.addr, w.after);
+      else this.writeAll(writes);
       for (const fn of p.hooks.unload) this.hook(q, 'unload', fn, p);
     }
     commitWrites(writes);
@@ -228,7 +229,7 @@ export class Engine {
         for (const r of reverts) this.revertInWindow(q, r.o, r.writes, false);
         if (p.hooks.apply !== undefined) this.actionHook(q, 'apply', p.hooks.apply, p);
         else for (const fn of p.hooks.load) this.hook(q, 'load', fn, p);
-        for (const w of writes) this.target.write(w.addr, w.after);
+        this.writeAll(writes);
         commitWrites(writes);
         p.state = 'APPLIED';
         this.stack(p.baseBuildId).push(p.name);
@@ -286,7 +287,14 @@ export class Engine {
   private performWrites(action: string, p: PayloadRecord, writes: PlannedWrite[]): void {
     if (!writes.length) return;
     this.journal(action, p, writes);
-    for (const w of writes) this.target.write(w.addr, w.after);
+    this.writeAll(writes);
+  }
+
+  private writeAll(writes: PlannedWrite[]): void {
+    for (const w of writes) {
+      this.target.write(w.addr, w.after);
+      faultPoint();
+    }
   }
 
   private commit(): void {

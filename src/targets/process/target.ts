@@ -38,6 +38,8 @@ export class ProcessTarget implements Target {
   private readonly mem: ProcessMemory;
   private objectsCache: ProcessObject[] | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
+  /** How long each stop lasted (ms), from the first thread stopped to the last detached: pause time. */
+  readonly pauses: number[] = [];
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
 
@@ -108,6 +110,7 @@ export class ProcessTarget implements Target {
   /** Run `fn` with every thread stopped; re-entrant, detaches on the way out. */
   private stopped<T>(fn: (p: StoppedProcess) => T): T {
     if (this.current) return fn(this.current);
+    const t0 = performance.now();
     const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
     this.current = p;
     try {
@@ -115,6 +118,7 @@ export class ProcessTarget implements Target {
     } finally {
       this.current = null;
       p.detach();
+      this.pauses.push(performance.now() - t0);
     }
   }
 

@@ -79,6 +79,19 @@ export function threadSchedState(pid: number, tid: number): string {
   }
 }
 
+/** ESRCH for a pid that does not exist, EINVAL for a thread id that is not a process id (/proc/TID works for those too). */
+function checkProcessId(pid: number): void {
+  if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
+  let status: string;
+  try {
+    status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    fail('ESRCH', `process ${pid} does not exist`);
+  }
+  const tgid = Number(/^Tgid:\s+(\d+)/m.exec(status)?.[1] ?? pid);
+  if (tgid !== pid) fail('EINVAL', `${pid} is a thread of process ${tgid}, not a process id: use ${tgid}`);
+}
+
 /** " (traced by PID N: name)" when /proc says who the other tracer is. */
 function tracerHint(pid: number, tid: number): string {
   try {
@@ -121,7 +134,7 @@ export class StoppedProcess {
    * not allowed, ETIMEDOUT when a thread would not stop (uninterruptible sleep).
    */
   static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
-    if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
+    checkProcessId(pid);
     const p = new StoppedProcess(pid);
     try {
       p.stopAll(timeoutMs);
@@ -281,12 +294,20 @@ export class StoppedProcess {
         try {
           pt.interrupt(t.tid);
         } catch (e) {
-          if (!isErr(e, 'ESRCH')) throw e; // exiting: the wait reports it
+          if (!isErr(e, 'ESRCH')) throw e; // exiting: the wait reports it...
+          // ...except for a leader that called pthread_exit: its exit is reported only with the whole group's.
+          if (t.tid === this.pid && threadSchedState(this.pid, t.tid) === 'Z') t.state = 'gone';
         }
       }
       for (const t of this.map.values()) {
         if (t.state !== 'running') continue;
         if (!this.awaitStop(t, deadline)) {
+          // A leader that called pthread_exit while resumed is a zombie whose exit is reported only with the
+          // whole group's: nothing to stop there.
+          if ('ZX'.includes(threadSchedState(this.pid, t.tid))) {
+            t.state = 'gone';
+            continue;
+          }
           fail(
             'ETIMEDOUT',
             `thread ${t.label} of process ${this.pid} did not stop within ${timeoutMs} ms ` +

@@ -1,0 +1,17 @@
+/**
+ * Fault injection for crash-safety tests: HOTSTACK_FAULT=after-write:N
+ * makes the tool SIGKILL itself right after its N-th code write of an
+ * action, the worst instant for a half-applied payload. Unset, it costs
+ * one comparison per write.
+ */
+const spec = process.env.HOTSTACK_FAULT ?? '';
+const m = /^after-write:(\d+)$/.exec(spec);
+const killAfter = m ? Number(m[1]) : 0;
+let writes = 0;
+
+/** Count one code write; die here if the fault says so. */
+export function faultPoint(): void {
+  if (!killAfter) return;
+  writes++;
+  if (writes >= killAfter) process.kill(process.pid, 'SIGKILL');
+}
