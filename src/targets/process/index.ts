@@ -29,6 +29,7 @@ export {
   StoppedThread,
   listTids,
   threadSchedState,
+  leaderLeftEarly,
   type OwedSignal,
   type ThreadState,
 } from './threads.js';

@@ -4,12 +4,9 @@
  * code gets patched without mprotect dances.
  */
 import * as fs from 'node:fs';
-import koffi from 'koffi';
-import { errnoName, fail } from '../../errors.js';
+import { fail } from '../../errors.js';
 import { procBase } from './maps.js';
-
-const libc = koffi.load('libc.so.6');
-const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
+import { pwrite } from './ptrace.js';
 
 function hex(a: bigint): string {
   return '0x' + a.toString(16);
@@ -82,8 +79,9 @@ export class ProcessMemory {
           this.fault('write', at, chunk.length, (e as NodeJS.ErrnoException).code ?? String(e));
         }
       } else {
-        n = Number(c_pwrite(fd, chunk, chunk.length, at));
-        if (n < 0) this.fault('write', at, chunk.length, errnoName(koffi.errno()));
+        const r = pwrite(fd, chunk, at);
+        if (typeof r === 'string') this.fault('write', at, chunk.length, r);
+        n = r;
       }
       if (n === 0) this.fault('write', at, chunk.length, 'short write');
       done += n;

@@ -27,6 +27,7 @@ const c_waitpid = libc.func('int waitpid(int pid, void *status, int options)');
 const c_flock = libc.func('int flock(int fd, int operation)');
 const c_tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const c_kill = libc.func('int kill(int pid, int sig)');
+const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
 
 // ---------------------------------------------------------------------------
 // constants
@@ -337,5 +338,20 @@ export function flock(fd: number, operation: number): boolean {
     if (e === 4 /* EINTR */) continue;
     if (e === ERRNO.EAGAIN) return false;
     fail(errnoKey(e), `flock failed: ${errnoName(e)}`);
+  }
+}
+
+/**
+ * pwrite with a 64-bit offset: fs.writeSync only takes number positions
+ * (a bigint one is silently treated as "current offset"), which cannot
+ * name /proc/PID/mem addresses above 2^53 (5-level paging). Returns the
+ * count written, or the errno name.
+ */
+export function pwrite(fd: number, data: Uint8Array, offset: bigint): number | string {
+  for (;;) {
+    const r = Number(c_pwrite(fd, data, data.length, offset));
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== 4 /* EINTR */) return errnoName(e);
   }
 }

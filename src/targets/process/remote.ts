@@ -7,7 +7,7 @@
 import { errnoName, fail, ERRNO, isHotstackError, type ErrnoName } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { readMaps, type MapEntry } from './maps.js';
-import type { StoppedProcess } from './threads.js';
+import { leaderLeftEarly, type StoppedProcess } from './threads.js';
 
 /** Linux x86-64 system call numbers used here (and handy for callers). */
 export const SYS = {
@@ -97,9 +97,17 @@ function toU64(v: number | bigint): bigint {
 
 /**
  * After a timeout, get the thread back under control: interrupt it and wait
- * for the stop; signals met on the way are owed to it.
+ * for the stop; signals met on the way are owed to it. A thread that called
+ * pthread_exit meanwhile (a zombie leader's exit is not reported until the
+ * whole group exits) is reported as ESRCH instead of hanging.
  */
-function reclaim(proc: StoppedProcess, tid: number): void {
+function reclaim(proc: StoppedProcess, tid: number, what: string): void {
+  const zombie = (): boolean => tid === proc.pid && leaderLeftEarly(proc.pid);
+  const threadExited = (): never => {
+    proc.markGone(tid);
+    fail('ESRCH', `thread ${tid} of process ${proc.pid} exited during ${what}`);
+  };
+  if (zombie()) threadExited();
   try {
     pt.interrupt(tid);
   } catch {
@@ -107,18 +115,16 @@ function reclaim(proc: StoppedProcess, tid: number): void {
   }
   const deadline = performance.now() + SYSCALL_TIMEOUT_MS;
   for (;;) {
-    const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
-    if (!st) fail('ETIMEDOUT', `thread ${tid} of process ${proc.pid} did not stop after an interrupt`);
-    if (st.kind === 'exited' || st.kind === 'killed') {
-      proc.noteExit(tid);
-      fail('ESRCH', `process ${proc.pid} exited`);
-    }
-    if (st.kind === 'event-stop') return;
-    if (st.kind === 'signal') {
-      if (!isCrashSignal(st.signal)) proc.owe(tid, st.signal, siginfoOrNull(tid));
-      pt.cont(tid, 0);
+    const left = deadline - performance.now();
+    if (left <= 0) fail('ETIMEDOUT', `thread ${tid} of process ${proc.pid} did not stop after an interrupt`);
+    const st = pt.waitFor(tid, Math.min(left, 50));
+    if (!st) {
+      if (zombie()) threadExited();
       continue;
     }
+    if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, what);
+    if (st.kind === 'event-stop') return;
+    if (st.kind === 'signal' && !isCrashSignal(st.signal)) proc.owe(tid, st.signal, siginfoOrNull(tid));
     pt.cont(tid, 0);
   }
 }
@@ -201,7 +207,7 @@ function syscallOn(proc: StoppedProcess, tid: number, nr: number | bigint, args:
     while (raw === undefined) {
       const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
       if (!st) {
-        reclaim(proc, tid);
+        reclaim(proc, tid, `remote system call ${nr}`);
         fail('ETIMEDOUT', `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`);
       }
       if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, `remote system call ${nr}`);
@@ -356,7 +362,7 @@ function callOn(
     while (result === undefined) {
       const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
       if (!st) {
-        reclaim(proc, tid);
+        reclaim(proc, tid, `the hook at ${hex(fn)}`);
         fail(
           'ETIMEDOUT',
           `hook at ${hex(fn)} in process ${proc.pid} did not return within ${timeoutMs} ms ` +

@@ -105,6 +105,21 @@ function tracerHint(pid: number, tid: number): string {
   }
 }
 
+/**
+ * True when the thread-group leader called pthread_exit while other threads
+ * run on: it is a zombie whose exit is reported (to its tracer too) only
+ * with the whole group's, so waiting for it would hang. (When the whole
+ * process is exiting, every thread is a zombie and the reports do come.)
+ */
+export function leaderLeftEarly(pid: number): boolean {
+  if (threadSchedState(pid, pid) !== 'Z') return false;
+  try {
+    return listTids(pid).some((tid) => tid !== pid && !'ZX?'.includes(threadSchedState(pid, tid)));
+  } catch {
+    return false;
+  }
+}
+
 function isErr(e: unknown, errno: string): boolean {
   return isHotstackError(e) && e.errno === errno;
 }
@@ -182,6 +197,17 @@ export class StoppedProcess {
     const t = this.map.get(tid);
     if (t) t.state = 'gone';
     if (tid === this.pid) this.exited = true;
+  }
+
+  /** The leader called pthread_exit: a zombie whose exit is reported only with the whole group's, so never wait for it. */
+  private isZombieLeader(t: StoppedThread): boolean {
+    return t.tid === this.pid && leaderLeftEarly(this.pid);
+  }
+
+  /** Mark one thread as gone without concluding the process is (a leader that called pthread_exit). */
+  markGone(tid: number): void {
+    const t = this.map.get(tid);
+    if (t) t.state = 'gone';
   }
 
   /** True once the process has exited (its threads are all gone or zombies, or it was reaped). */
@@ -294,17 +320,19 @@ export class StoppedProcess {
         try {
           pt.interrupt(t.tid);
         } catch (e) {
-          if (!isErr(e, 'ESRCH')) throw e; // exiting: the wait reports it...
-          // ...except for a leader that called pthread_exit: its exit is reported only with the whole group's.
-          if (t.tid === this.pid && threadSchedState(this.pid, t.tid) === 'Z') t.state = 'gone';
+          if (!isErr(e, 'ESRCH')) throw e; // exiting: the wait reports it
         }
       }
       for (const t of this.map.values()) {
         if (t.state !== 'running') continue;
+        // A leader that called pthread_exit while resumed is a zombie whose exit is reported only with the
+        // whole group's: nothing to stop there (and PTRACE_INTERRUPT does not fail on it).
+        if (this.isZombieLeader(t)) {
+          t.state = 'gone';
+          continue;
+        }
         if (!this.awaitStop(t, deadline)) {
-          // A leader that called pthread_exit while resumed is a zombie whose exit is reported only with the
-          // whole group's: nothing to stop there.
-          if ('ZX'.includes(threadSchedState(this.pid, t.tid))) {
+          if (this.isZombieLeader(t)) {
             t.state = 'gone';
             continue;
           }
@@ -380,6 +408,10 @@ export class StoppedProcess {
 
   /** Interrupt one running thread and wait for it (for detach). */
   private bringToStop(t: StoppedThread): void {
+    if (this.isZombieLeader(t)) {
+      t.state = 'gone';
+      return;
+    }
     t.state = 'running';
     try {
       pt.interrupt(t.tid);
