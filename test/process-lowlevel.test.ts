@@ -25,6 +25,7 @@ import {
   processIdentity,
   processStartTime,
   readMaps,
+  readMemory,
   remoteCall,
   remoteMmap,
   remoteMprotect,
@@ -279,6 +280,8 @@ test('stop all threads, read and write memory, detach leaves no stop behind', as
     assert.deepEqual(p.threads.map((x) => x.tid), tids);
     assert.deepEqual(p.threads.map((x) => x.name).sort(), ['locker', 'reader', 'sleeper', 'target']);
     assert.equal(p.mainThread.tid, t.pid);
+    const worker = p.threads.find((x) => x.name === 'sleeper')!.tid;
+    expectHotstack(() => StoppedProcess.stop(worker), 'EINVAL', new RegExp(`${worker} is a thread of process ${t.pid}`));
     for (const th of p.threads) assert.ok(th.regs && th.regs.rip > 0n && th.regs.rsp > 0n);
     assert.ok(threadStates(t.pid).every((s) => s === 't'), 'all threads in tracing stop');
     // Really stopped: the sleeper's counter does not move.
@@ -288,8 +291,16 @@ test('stop all threads, read and write memory, detach leaves no stop behind', as
     assert.equal(u64(p.memory.read(t.addr('g_value'), 8)), 1234n);
     p.memory.write(t.addr('g_value'), le64(4321n));
     assert.equal(p.memory.readU64(t.addr('g_value')), 4321n);
+    // A second tracer (here: ourselves again) is refused with a message naming the causes and the tracer.
+    const eperm = expectHotstack(() => StoppedProcess.stop(t.pid), 'EPERM', /another tracer \(gdb, strace, another hotstack\)/);
+    assert.match(eperm.message, new RegExp(`not permitted to trace process ${t.pid}.*traced by process ${process.pid}`));
+    assert.ok(threadStates(t.pid).every((s) => s === 't'), 'the failed attempt did not disturb the first');
     // Unmapped address: EFAULT naming it.
     expectHotstack(() => p.memory.read(0x10n, 8), 'EFAULT', /0x10\b/);
+    expectHotstack(() => p.memory.write(0x10n, Uint8Array.of(1)), 'EFAULT', /cannot write 1 bytes at 0x10 in process/);
+    // Beyond 2^53 (no user memory there without 5-level paging): still an exact address in the error.
+    expectHotstack(() => p.memory.write(1n << 56n, Uint8Array.of(1)), 'EFAULT', /at 0x100000000000000 /);
+    expectHotstack(() => p.memory.read(1n << 56n, 8), 'EFAULT', /at 0x100000000000000 /);
   } finally {
     p.detach();
     p.detach(); // idempotent
@@ -307,10 +318,12 @@ test('remote syscalls on a thread blocked in read(); the read resumes without EI
   const t = await startTarget();
   await t.ask('ping');
   const p = StoppedProcess.stop(t.pid);
-  let hint: bigint;
   try {
     const tid = p.mainThread.tid;
     const before = { ...p.mainThread.regs! };
+    // Stopped inside read(0): orig_rax = 0 (read), rax = -ERESTARTSYS, to be restarted on resume.
+    assert.equal(before.orig_rax, 0n);
+    assert.equal(BigInt.asIntN(64, before.rax), -512n);
     assert.equal(remoteSyscall(p, tid, SYS.getpid).value, BigInt(t.pid));
     assert.deepEqual(remoteSyscall(p, tid, SYS.gettid), { value: BigInt(tid), errno: 0 });
     // Another thread works too (it sits in nanosleep).
@@ -323,7 +336,7 @@ test('remote syscalls on a thread blocked in read(); the read resumes without EI
     // mmap RX near the program's text, +-2 GiB.
     const text = readMaps(t.pid).find((m) => m.path === fs.realpathSync(bin) && m.perms === 'r-xp')!;
     const hints = findFreeGapsFor(t.pid, text, 8192);
-    hint = hints[0]!;
+    const hint = hints[0]!;
     const a = remoteMmap(p, tid, hint, 8192, PROT_READ | PROT_WRITE,
       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
     assert.equal(a, hint);
@@ -350,6 +363,8 @@ test('remote syscalls on a thread blocked in read(); the read resumes without EI
   const s = stat(await t.ask('stat'));
   assert.equal(s.eintr, 0);
   assert.equal(s.pokes, 1);
+  await sleep(20);
+  assert.ok(stat(await t.ask('stat')).ticks! > s.ticks!, 'the sleeper, used for a remote syscall, sleeps and ticks again');
 });
 
 test('remoteCall: return value, ABI stack alignment, crash and timeout reporting', async () => {
@@ -481,6 +496,27 @@ test('a zombie thread-group leader is skipped; another thread runs remote operat
   assert.deepEqual(threads.filter((x) => x !== 'Z').every((x) => x === 'S' || x === 'R'), true);
 });
 
+test('a hook that makes the main thread exit: ESRCH for that thread, the rest carries on', async () => {
+  const t = await startTarget();
+  const p = StoppedProcess.stop(t.pid);
+  try {
+    const trap = trapPage(p, t);
+    const t0 = performance.now();
+    expectHotstack(() => remoteCall(p, t.pid, t.addr('leave_hook'), [], trap, 300), 'ESRCH',
+      new RegExp(`thread ${t.pid} of process ${t.pid} exited during the hook`));
+    assert.ok(performance.now() - t0 < 2000);
+    p.runFor(30);
+    assert.equal(p.threads.length, 3);
+    assert.notEqual(p.mainThread.tid, t.pid);
+    assert.equal(remoteSyscall(p, p.mainThread.tid, SYS.getpid).value, BigInt(t.pid));
+  } finally {
+    p.detach();
+  }
+  const a = readMemory(t.pid, t.addr('ticks'), 8);
+  await sleep(30);
+  assert.ok(u64(readMemory(t.pid, t.addr('ticks'), 8)) > u64(a), 'the other threads still run');
+});
+
 test('a SIGSTOPped process stays stopped: attach, work, detach, then SIGCONT resumes it', async () => {
   const t = await startTarget();
   process.kill(t.pid, 'SIGSTOP');
@@ -492,7 +528,12 @@ test('a SIGSTOPped process stays stopped: attach, work, detach, then SIGCONT res
     assert.ok(p.threads.every((x) => x.groupStop));
     assert.equal(remoteSyscall(p, t.pid, SYS.getpid).value, BigInt(t.pid));
     const t0 = p.memory.readU64(t.addr('ticks'));
-    p.runFor(30);
+    p.resume();
+    // Every thread, including the one that just ran a remote syscall, stays in its stop.
+    assert.deepEqual(threadStates(t.pid), ['t', 't', 't', 't']);
+    p.serviceSignals(30);
+    p.restop();
+    assert.equal(p.threads.length, 4);
     assert.equal(p.memory.readU64(t.addr('ticks')), t0, 'resume keeps a SIGSTOPped process stopped');
   } finally {
     p.detach();
@@ -518,11 +559,12 @@ test('ESRCH for a process that exited, and for one killed while stopped', async 
     process.kill(k.pid, 'SIGKILL');
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
     expectHotstack(() => remoteSyscall(p, k.pid, SYS.getpid), 'ESRCH', new RegExp(`process ${k.pid} exited`));
+    expectHotstack(() => p.restop(), 'ESRCH', new RegExp(`process ${k.pid} exited`));
   } finally {
     p.detach();
   }
   expectHotstack(() => StoppedProcess.stop(-5), 'EINVAL', /invalid/);
-  expectHotstack(() => StoppedProcess.stop(999999999), 'ESRCH', /process 999999999/);
+  expectHotstack(() => StoppedProcess.stop(999999999), 'ESRCH', /process 999999999 does not exist/);
 });
 
 test('per-process lock: exclusive, EBUSY on timeout, released when the holder dies', async () => {

@@ -217,7 +217,10 @@ function syscallOn(proc: StoppedProcess, tid: number, nr: number | bigint, args:
         break;
       }
       if (now.rip !== at) {
-        fail('EIO', `remote system call ${nr} in process ${proc.pid}: unexpected stop at ${hex(now.rip)}`);
+        fail(
+          'EIO',
+          `remote system call ${nr} in process ${proc.pid}: unexpected ${st.kind === 'signal' ? pt.signalName(st.signal) : st.kind} stop at ${hex(now.rip)}`,
+        );
       }
       // A signal dequeued before our instruction ran: owe it to the thread, try again.
       if (st.kind === 'signal') proc.owe(tid, st.signal, siginfoOrNull(tid));
