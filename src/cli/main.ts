@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { HotstackError, toHotstackError } from '../errors.js';
 import type { Engine } from '../core/engine.js';
+import { registerBuild } from './build.js';
 import { checkExit, printCheck, runCheck } from './check.js';
 import { errorLine, exitCodeFor } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
@@ -121,6 +122,8 @@ export function buildProgram(setExit: (n: number) => void): Command {
     .action(async (file: string, o: { timeout: number; nodeps?: boolean }) =>
       setExit(await withLive(pid(), (e) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, io))),
     );
+
+  registerBuild(program, setExit);
 
   return program;
 }

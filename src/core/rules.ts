@@ -43,6 +43,8 @@ export function checkPatchSize(f: { newAddr: bigint; newSize: number; oldSize: n
   if (f.newAddr === 0n) {
     if (f.newSize > MAX_OPAQUE) fail('EOPNOTSUPP', `function ${name}: NOP patch of ${f.newSize} bytes; at most ${MAX_OPAQUE}`);
     if (f.oldSize < f.newSize) fail('EINVAL', `function ${name}: NOP patch of ${f.newSize} bytes is larger than the function (old_size ${f.oldSize})`);
+    // The NOPs start after the endbr64: a patch no longer than it would change nothing.
+    if (off && f.newSize <= off) fail('EINVAL', `function ${name} starts with endbr64: a NOP patch of ${f.newSize} bytes would only cover it (NOP more than ${off} bytes)`);
   } else {
     const needed = JMP_LEN + off;
     if (f.oldSize < needed) {

@@ -94,7 +94,7 @@ export function inspectPayload(bytes: Uint8Array): InspectedPayload {
   const c = checkPayloadElf(bytes);
   const buildId = note(c, SEC.buildId, true)!;
   const depends = note(c, SEC.depends, true)!;
-  const baseBuildId = note(c, SEC.xenDepends, false);
+  const baseBuildId = note(c, SEC.xenDepends, true);
   if (!PATCHING_SECTIONS.some((n) => c.elf.section(n))) fail('EINVAL', 'nothing to patch: no .livepatch.funcs and no hook section');
   for (const n of PATCHING_SECTIONS) {
     const secs = c.elf.sectionsNamed(n);

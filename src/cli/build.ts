@@ -1,0 +1,133 @@
+/**
+ * `hotstack build` (C sources -> payload) and `hotstack cflags` (the
+ * compiler flags, for people who build payloads in their own build system).
+ */
+import type { Command } from 'commander';
+import { buildPayload, type BuildReport } from '../build/build.js';
+import { payloadCflags, shellQuote } from '../build/tools.js';
+import { toHotstackError } from '../errors.js';
+import { errorLine, exitCodeFor } from './format.js';
+import type { Io } from './lifecycle.js';
+
+const defaultIo: Io = {
+  out: (s) => process.stdout.write(s),
+  err: (s) => process.stderr.write(s),
+};
+
+const BUILD_HELP = `
+Each SRC is compiled with \`hotstack cflags\` plus CFLAGS, the objects are
+linked with \`ld -r\`, and the records declared with HOTSTACK_PATCH /
+HOTSTACK_NOP (include <hotstack.h>) get their sizes from the base's symbol
+table. The payload stacks on --depends PAYLOAD (or on the base when absent):
+its .livepatch.depends holds that build-id, .livepatch.xen_depends the
+base's. --expect gives each function an expectation (its current first
+bytes, checked at apply), except functions a payload lower in the stack
+already patches. .modinfo gets hotstack.name=NAME, hotstack.patched=...
+(every function patched by this payload and those below it) and each
+--meta KEY=VALUE. Before OUT is written, the payload is checked on the base
+like \`hotstack check\` (with --depends: that payload applied --nodeps
+first); any failure leaves OUT untouched.
+
+Example:
+  hotstack build --base ./server --expect -o fix1.livepatch fix1.c
+  hotstack build --base ./server --depends fix1.livepatch -o fix2.livepatch fix2.c -- -DNDEBUG
+`;
+
+const CFLAGS_HELP = `
+Prints the flags \`hotstack build\` compiles payload sources with: -fPIC,
+one section per function and datum, no common symbols, no unwind tables,
+-fcf-protection=none (put your own -fcf-protection after them to
+override it), and -I for hotstack.h.
+
+Compiling is only the first step of a payload. Built elsewhere, the objects
+still need what \`hotstack build\` adds: new_size/old_size in each record
+(from \`nm -S\`), the notes .livepatch.depends and .livepatch.xen_depends
+(build-ids of the payload below and of the base), local symbols discarded,
+and a final \`ld -r --build-id=sha1\`. Or hand the sources to hotstack build.
+
+Example:
+  gcc -c $(hotstack cflags) -o fix.o fix.c
+`;
+
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
+
+/** Human rendering of what was built. */
+export function printBuild(r: BuildReport, io: Io): void {
+  io.out(`Built ${r.output}: payload ${r.name}\n`);
+  io.out(`  build-id  ${r.buildId}\n`);
+  io.out(`  depends   ${r.depends.buildId} (${r.depends.kind === 'base' ? `the base ${r.depends.path}` : `payload ${r.depends.path}${r.depends.name ? `, ${r.depends.name}` : ''}`})\n`);
+  io.out(`  base      ${r.base.buildId} (${r.base.path})\n`);
+  for (const f of r.funcs) {
+    const what = f.kind === 'nop'
+      ? `NOP ${f.newSize} bytes (function is ${f.oldSize} bytes)`
+      : `old ${f.oldSize} bytes -> new ${f.newSize} bytes (${f.newFunction ?? '?'})${f.endbr64 ? ', jump after endbr64' : ''}`;
+    const exp = f.expect ? `expects ${f.expect.len} bytes ${f.expect.bytes}` : f.noExpectation ?? 'no expectation';
+    io.out(`  ${f.name}: ${what}; ${exp}\n`);
+  }
+  if (r.hooks.length) io.out(`  hooks     ${r.hooks.map((h) => (h.count > 1 ? `${h.kind} x${h.count}` : h.kind)).join(', ')}\n`);
+  io.out(`  metadata  ${r.metadata.join('; ')}\n`);
+  const chain = r.checks.filter((s) => s.action === 'apply').map((s) => `${s.name}${s.nodeps ? ' (--nodeps)' : ''}`);
+  io.out(`  checked   on ${r.base.path}: ${chain.join(' -> ')} applied\n`);
+}
+
+/** Register `build` and `cflags` on the program. */
+export function registerBuild(program: Command, setExit: (n: number) => void, io: Io = defaultIo): void {
+  const build = program
+    .command('build')
+    .description('compile C replacement functions into a payload that stacks on the base or on --depends')
+    .usage('--base ELF [--depends PAYLOAD] [--name NAME] [--meta KEY=VALUE]... [--expect] [--cc CC] -o OUT SRC.c... [-- CFLAGS...]')
+    .requiredOption('--base <elf>', 'the program (or shared object) the payload patches; needs a build-id')
+    .option('--depends <payload>', 'the payload this one stacks on (default: the base itself)')
+    .option('--name <name>', "payload name recorded in .modinfo (default: OUT's base name without extension)")
+    .option('--meta <key=value>', 'add KEY=VALUE to .modinfo (repeatable)', collect)
+    .option('--expect', "give each function an expectation: its current first bytes, checked at apply")
+    .option('--cc <cc>', 'C compiler (default: $CC, else gcc)')
+    .requiredOption('-o, --output <file>', 'the payload file to write')
+    .option('--json', 'print one JSON object')
+    .argument('<sources...>', 'C sources, then optionally -- and compiler flags')
+    .addHelpText('after', BUILD_HELP)
+    .action((args: string[], o: { base: string; depends?: string; name?: string; meta?: string[]; expect?: boolean; cc?: string; output: string; json?: boolean }) => {
+      // Commander hands everything after `--` over as more sources: split them off.
+      // (rawArgs, the argv given to parse(), is public in commander but missing from its typings.)
+      const raw = (program as unknown as { rawArgs?: string[] }).rawArgs ?? [];
+      const dd = raw.indexOf('--');
+      const nflags = dd >= 0 ? Math.min(raw.length - dd - 1, args.length) : 0;
+      const sources = args.slice(0, args.length - nflags);
+      const cflags = args.slice(args.length - nflags);
+      try {
+        const r = buildPayload({
+          base: o.base, depends: o.depends, name: o.name, meta: o.meta, expect: o.expect, cc: o.cc,
+          out: o.output, sources, cflags,
+        });
+        if (r.compilerOutput.trim() && !o.json) io.err(r.compilerOutput);
+        if (o.json) io.out(JSON.stringify(r) + '\n');
+        else printBuild(r, io);
+        setExit(0);
+      } catch (e) {
+        const err = toHotstackError(e);
+        if (o.json) io.out(JSON.stringify({ output: o.output, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
+        else io.err(`hotstack build: ${errorLine(err)}\n`);
+        setExit(exitCodeFor(err));
+      }
+    });
+  void build;
+
+  program
+    .command('cflags')
+    .description('print the compiler flags for payload sources (for your own build system)')
+    .option('--json', 'print them as a JSON array')
+    .addHelpText('after', CFLAGS_HELP)
+    .action((o: { json?: boolean }) => {
+      try {
+        const flags = payloadCflags();
+        io.out(o.json ? JSON.stringify(flags) + '\n' : flags.map(shellQuote).join(' ') + '\n');
+        setExit(0);
+      } catch (e) {
+        const err = toHotstackError(e);
+        io.err(`hotstack cflags: ${errorLine(err)}\n`);
+        setExit(exitCodeFor(err));
+      }
+    });
+}
