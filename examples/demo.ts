@@ -23,12 +23,13 @@ function step(title: string): void {
 
 /** Run a command, echoing it and its output like a terminal would. Returns the exit status. */
 function sh(cmd: string, args: string[], opts: { cwd?: string; quiet?: boolean } = {}): number {
-  const shown = [cmd === hotstack ? 'hotstack' : cmd, ...args.map((a) => a.replace(`${opts.cwd ?? ''}/`, ''))].join(' ');
+  const short = (a: string): string => a.replace(`${opts.cwd ?? '\0'}/`, '').replace(`${root}/`, '');
+  const shown = [cmd === hotstack ? 'hotstack' : cmd, ...args.map(short)].join(' ');
   console.log(dim(`$ ${shown}`));
   const r = spawnSync(cmd, args, { cwd: opts.cwd, encoding: 'utf8' });
   if (r.error) throw r.error;
   const out = (r.stdout + r.stderr).trimEnd();
-  if (out && !opts.quiet) console.log(out.replace(/^/gm, '  '));
+  if (out && !opts.quiet) console.log(out.replaceAll(`${opts.cwd ?? '\0'}/`, '').replace(/^/gm, '  '));
   if (r.status !== 0) console.log(dim(`  (exit status ${r.status})`));
   return r.status ?? 1;
 }
