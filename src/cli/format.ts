@@ -30,8 +30,8 @@ export function listTable(list: PayloadRecord[]): string {
   let out = ' ID                                     | status     | metadata\n';
   out += '----------------------------------------+------------+---------------\n';
   for (const p of list) {
-    const status = p.rc ? `${p.state} (${rcText(p.rc)})` : p.state;
-    out += `${p.name.padEnd(40)}| ${status.padEnd(10)} | ${p.metadata.join(';')}\n`;
+    // As xen-livepatch: the state, the rc when non-zero, then "    | " and the metadata.
+    out += `${p.name.padEnd(40)}| ${p.state}${p.rc ? ` (${rcText(p.rc)})` : ''}    | ${p.metadata.join(';')}\n`;
   }
   return out;
 }

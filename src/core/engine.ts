@@ -354,13 +354,18 @@ export class Engine {
     if (r !== null && r !== 0) throw hookError(kind, p, r, `failed the ${kind}`);
   }
 
+  /** A pre hook may veto: its return value becomes the payload's rc. */
   private preHook(kind: 'preapply' | 'prerevert', p: PayloadRecord, what: string): void {
     const fn = p.hooks[kind];
     if (fn === undefined) return;
     this.writeHookArg(p);
     const r = this.target.callHook(kind, fn, p.hookArg);
     this.note(kind, r);
-    if (r !== null && r !== 0) throw hookError(kind, p, r, what);
+    if (r !== null && r !== 0) {
+      p.rc = r;
+      this.save();
+      throw hookError(kind, p, r, what);
+    }
   }
 
   private postHook(kind: 'postapply' | 'postrevert', p: PayloadRecord): void {

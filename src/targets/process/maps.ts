@@ -254,15 +254,16 @@ export function findFreeGaps(
 
 /** [start_brk, brk) of a process (fields 47 and 48 of /proc/PID/stat), or undefined on kernels that hide them. */
 export function readBrk(pid: number): { start: bigint; end: bigint } | undefined {
+  // Field 47 is start_brk; stat has no current brk (field 48 is arg_start,
+  // on the stack), so the end comes from the [heap] mapping.
   const stat = readProcFile(pid, 'stat');
   const rest = stat.slice(stat.lastIndexOf(')') + 2).trim().split(' ');
-  // rest[0] is field 3.
-  const s = rest[47 - 3];
-  const e = rest[48 - 3];
-  if (s === undefined || e === undefined) return undefined;
+  const s = rest[47 - 3]; // rest[0] is field 3
+  if (s === undefined || !/^\d+$/.test(s)) return undefined;
   const start = BigInt(s);
-  const end = BigInt(e);
-  return start === 0n ? undefined : { start, end };
+  if (start === 0n) return undefined;
+  const heap = readMaps(pid).find((m) => m.path === '[heap]');
+  return { start, end: heap && heap.end > start ? heap.end : start };
 }
 
 /** RLIMIT_STACK (soft) of a process from /proc/PID/limits (2^64-1 when unlimited), or undefined when unknown. */

@@ -3,7 +3,7 @@
  * and /proc. Implements the engine's Target interface; the engine never
  * sees a thread or a register.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { INT3 } from '../../arch/x86_64/insn.js';
@@ -54,6 +54,7 @@ export class ProcessTarget implements Target {
 
   /** Lock the process for this tool (EBUSY if another hotstack holds it). */
   static open(pid: number, lockTimeoutMs = 5000): ProcessTarget {
+    checkAccess(pid);
     return new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs));
   }
 
@@ -135,7 +136,7 @@ export class ProcessTarget implements Target {
         addr = remoteMmap(p, p.mainThread.tid, hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
       } catch (e) {
         if (e instanceof HotstackError && e.errno === 'EEXIST') continue;
-        if (e instanceof HotstackError && (e.errno === 'EPERM' || e.errno === 'EACCES')) throw this.explainMmapRefusal(e);
+        if (e instanceof HotstackError && (e.errno === 'EPERM' || e.errno === 'EACCES')) throw this.explainMmapRefusal(e, prot);
         throw e;
       }
       // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
@@ -145,15 +146,18 @@ export class ProcessTarget implements Target {
     return fail('ENOMEM', `no free address space for ${size} bytes within +-2 GiB of ${this.pid}'s object at 0x${range.start.toString(16)}`);
   }
 
-  private explainMmapRefusal(e: HotstackError): HotstackError {
-    let seccomp = '';
+  private explainMmapRefusal(e: HotstackError, prot: number): HotstackError {
+    if (!(prot & PROT_EXEC)) return e;
+    let seccomp = false;
     try {
-      const status = readFileSync(`/proc/${this.pid}/status`, 'utf8');
-      if (/^Seccomp:\s*2/m.test(status)) seccomp = ' The process runs under a seccomp filter (Seccomp: 2 in /proc/PID/status), which refuses executable mappings.';
+      seccomp = /^Seccomp:\s*2/m.test(readFileSync(`/proc/${this.pid}/status`, 'utf8'));
     } catch {
       /* gone */
     }
-    return new HotstackError(e.errno, `process ${this.pid} refused to map payload memory: ${e.message}.${seccomp || ' A seccomp filter or a W^X policy (MemoryDenyWriteExecute) forbids executable mappings in it.'}`);
+    const why = seccomp
+      ? 'it runs under a seccomp filter (Seccomp: 2 in /proc/PID/status) that forbids executable mappings'
+      : 'a seccomp filter or a W^X policy (MemoryDenyWriteExecute) forbids executable mappings in it';
+    return new HotstackError(e.errno, `process ${this.pid} refused to map executable memory for the payload (${e.errno}): ${why}; payloads cannot be loaded into this process`);
   }
 
   free(addr: bigint, size: number): void {
@@ -209,3 +213,17 @@ export class ProcessTarget implements Target {
   }
 }
 
+
+/**
+ * Fail early, with the real reason, when this user may not trace `pid`:
+ * even `list` needs it, or it would show another user's empty state.
+ */
+function checkAccess(pid: number): void {
+  try {
+    accessSync(`/proc/${pid}/mem`, constants.R_OK | constants.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') fail('ESRCH', `no process ${pid}`);
+    fail('EPERM', `not permitted to trace process ${pid}: run hotstack as root (or with CAP_SYS_PTRACE) or as the process's user, and check /proc/sys/kernel/yama/ptrace_scope`);
+  }
+}

@@ -1,0 +1,252 @@
+/**
+ * Crash safety on live processes (process-targets.md, "Crash safety"): a
+ * hotstack killed at any instant must not leave a payload half-applied;
+ * the next command on that process finishes or undoes what it finds, and
+ * says so on stderr.
+ *
+ * Two ways to kill the tool: HOTSTACK_FAULT=after-write:N (the tool
+ * SIGKILLs itself right after its N-th code write of an action, the worst
+ * instant), and a SIGKILL from outside at random instants of a loop of
+ * apply/revert.  The base is the fixture service (extra_version answers
+ * "-unstable", minor_version 42); twofunc patches both functions ("Two
+ * World", 2) and replace patches extra_version ("Hello Again World!").
+ * After every kill we look at the process from outside: the bytes of both
+ * functions in /proc/PID/mem and the service's answers must agree with
+ * each other and with `list`, and a payload's functions are all patched or
+ * all unpatched.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  Reaper, alive, cli, functionState, listJson, show, sleep, strayStops, type CliResult, type ListEntry,
+} from './helpers/stress.js';
+import { buildAll, startBase, type BaseProcess } from './helpers/toolchain.js';
+
+let work = '';
+let files: Record<string, string>;
+const reaper = new Reaper();
+
+before(() => {
+  work = mkdtempSync(join(tmpdir(), 'hotstack-live-crash-'));
+  process.env.HOTSTACK_STATE_DIR = join(work, 'state');
+  files = buildAll();
+});
+
+after(() => {
+  reaper.killAll();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+const EXTRA: Record<string, string> = { '-unstable': 'base', 'Two World': 'twofunc', 'Hello Again World!': 'replace' };
+const MINOR: Record<string, string> = { '42': 'base', '2': 'twofunc' };
+
+interface Observed {
+  /** Who answers extra_version / minor_version: base, twofunc or replace. */
+  extra: string;
+  minor: string;
+  extraBytes: string;
+  minorBytes: string;
+}
+
+/** The process seen from outside: answers and bytes of both functions. */
+async function observe(p: BaseProcess): Promise<Observed> {
+  const v = await p.ask('v');
+  const m = await p.ask('m');
+  const fe = functionState(p.pid, files.base!, 'extra_version');
+  const fm = functionState(p.pid, files.base!, 'minor_version');
+  const o: Observed = { extra: EXTRA[v] ?? `? (${v})`, minor: MINOR[m] ?? `? (${m})`, extraBytes: fe.state, minorBytes: fm.state };
+  assert.notEqual(fe.state, 'torn', `extra_version holds neither its code nor a jump: ${fe.bytes.toString('hex')}`);
+  assert.notEqual(fm.state, 'torn', `minor_version holds neither its code nor a jump: ${fm.bytes.toString('hex')}`);
+  // Bytes and answers agree.
+  assert.equal(o.extraBytes === 'patched', o.extra !== 'base', `extra_version: bytes ${o.extraBytes}, answer ${v}`);
+  assert.equal(o.minorBytes === 'patched', o.minor !== 'base', `minor_version: bytes ${o.minorBytes}, answer ${m}`);
+  return o;
+}
+
+/** What `list` says should answer: the topmost applied payload patching each function. */
+function expected(list: ListEntry[]): { extra: string; minor: string } {
+  const applied = list.filter((x) => x.state === 'APPLIED').map((x) => x.name);
+  let extra = 'base';
+  let minor = 'base';
+  for (const n of applied) {
+    if (n === 'twofunc') { extra = 'twofunc'; minor = 'twofunc'; }
+    if (n === 'replace') extra = 'replace';
+  }
+  return { extra, minor };
+}
+
+/** The process runs, no thread is left stopped or traced, and list/memory/answers agree. */
+async function checkConsistent(p: BaseProcess, what: string): Promise<{ list: ListEntry[]; stderr: string; seen: Observed }> {
+  assert.ok(alive(p.pid), `${what}: the process is alive`);
+  let stray = strayStops(p.pid);
+  for (let i = 0; stray.length && i < 50; i++) {
+    await sleep(10);
+    stray = strayStops(p.pid);
+  }
+  assert.deepEqual(stray, [], `${what}: no thread left stopped or traced`);
+  assert.match(await p.ask('c'), /^\d+$/, `${what}: the process answers`);
+  const { list, stderr } = await listJson(p.pid);
+  const seen = await observe(p);
+  const want = expected(list);
+  assert.deepEqual({ extra: seen.extra, minor: seen.minor }, want, `${what}: memory agrees with list ${JSON.stringify(list.map((x) => [x.name, x.state]))}`);
+  // twofunc is all or nothing.
+  if (list.some((x) => x.name === 'twofunc' && x.state === 'APPLIED') && !list.some((x) => x.name === 'replace' && x.state === 'APPLIED')) {
+    assert.deepEqual([seen.extraBytes, seen.minorBytes], ['patched', 'patched'], `${what}: twofunc fully applied`);
+  }
+  if (!list.some((x) => x.state === 'APPLIED')) {
+    assert.deepEqual([seen.extraBytes, seen.minorBytes], ['unpatched', 'unpatched'], `${what}: nothing patched`);
+  }
+  return { list, stderr, seen };
+}
+
+function states(list: ListEntry[]): [string, string][] {
+  return list.map((x) => [x.name, x.state]);
+}
+
+async function hs(p: BaseProcess, args: string[], env?: Record<string, string>): Promise<CliResult> {
+  return cli(['--pid', String(p.pid), ...args], { env, timeoutMs: 60_000 });
+}
+
+async function ok(p: BaseProcess, args: string[]): Promise<void> {
+  const r = await hs(p, args);
+  assert.equal(r.code, 0, show(r));
+}
+
+interface FaultCase {
+  cmd: string;
+  writes: number[];
+  setup: (p: BaseProcess) => Promise<void>;
+  args: () => string[];
+  /** The action the journal names, and its payload. */
+  action: string;
+  payload: string;
+  /** States after the repair (the interrupted action undone). */
+  repaired: [string, string][];
+  /** The same command again, without the fault, and the states it leads to. */
+  redo: () => string[];
+  done: [string, string][];
+}
+
+const CASES: FaultCase[] = [
+  {
+    cmd: 'load', writes: [1, 2], setup: async () => {}, args: () => ['load', files.twofunc!],
+    action: 'apply', payload: 'twofunc', repaired: [['twofunc', 'CHECKED']],
+    redo: () => ['apply', 'twofunc'], done: [['twofunc', 'APPLIED']],
+  },
+  {
+    cmd: 'apply', writes: [1, 2], setup: (p) => ok(p, ['upload', 'twofunc', files.twofunc!]), args: () => ['apply', 'twofunc'],
+    action: 'apply', payload: 'twofunc', repaired: [['twofunc', 'CHECKED']],
+    redo: () => ['apply', 'twofunc'], done: [['twofunc', 'APPLIED']],
+  },
+  {
+    cmd: 'revert', writes: [1, 2], setup: (p) => ok(p, ['load', files.twofunc!]), args: () => ['revert', 'twofunc'],
+    action: 'revert', payload: 'twofunc', repaired: [['twofunc', 'APPLIED']],
+    redo: () => ['revert', 'twofunc'], done: [['twofunc', 'CHECKED']],
+  },
+  {
+    // replace reverts twofunc (2 writes) then applies replace (1 write): 3 instants.
+    cmd: 'replace', writes: [1, 2, 3],
+    setup: async (p) => {
+      await ok(p, ['load', files.twofunc!]);
+      await ok(p, ['upload', 'replace', files.replace!]);
+    },
+    args: () => ['replace', 'replace'],
+    action: 'replace', payload: 'replace', repaired: [['twofunc', 'APPLIED'], ['replace', 'CHECKED']],
+    redo: () => ['replace', 'replace'], done: [['replace', 'APPLIED'], ['twofunc', 'CHECKED']],
+  },
+];
+
+describe('live crash: HOTSTACK_FAULT=after-write:N kills the tool mid-action', () => {
+  for (const c of CASES) {
+    for (const n of c.writes) {
+      it(`${c.cmd}, killed after write ${n}: the next list repairs it, all or nothing`, { timeout: 120_000 }, async () => {
+        const p = reaper.add(await startBase(files.base!));
+        await c.setup(p);
+        const before = await checkConsistent(p, 'before');
+
+        const r = await hs(p, c.args(), { HOTSTACK_FAULT: `after-write:${n}` });
+        assert.equal(r.signal, 'SIGKILL', `the tool died by its fault: ${show(r)}`);
+        assert.doesNotMatch(r.stdout, /completed\n$/, show(r));
+        // The process keeps running, in whatever half state the tool left.
+        assert.ok(alive(p.pid), 'the process survived the tool');
+        assert.match(await p.ask('c'), /^\d+$/, 'the process answers');
+
+        // The next command finds the interrupted action and repairs it.
+        const first = await checkConsistent(p, 'after repair');
+        assert.match(first.stderr, new RegExp(`repaired an interrupted ${c.action} of ${c.payload}\\b`), `repair notice on stderr: ${JSON.stringify(first.stderr)}`);
+        assert.deepEqual(states(first.list), c.repaired);
+        assert.ok(first.list.every((x) => x.rc === 0 || x.rc === undefined), `no error left on a payload: ${JSON.stringify(first.list)}`);
+        assert.deepEqual(first.seen, before.seen, 'memory is back to what it was before the action');
+
+        // Repaired once: the next command has nothing to repair.
+        const second = await checkConsistent(p, 'second list');
+        assert.equal(second.stderr, '', 'no second repair');
+        assert.deepEqual(states(second.list), c.repaired);
+
+        // And the process is usable: the same action, without the fault, goes through.
+        await ok(p, c.redo());
+        const last = await checkConsistent(p, 'after redo');
+        assert.deepEqual(states(last.list), c.done);
+        await p.stop();
+      });
+    }
+  }
+});
+
+describe('live crash: SIGKILL at random instants', () => {
+  it('a loop of 30 apply/revert runs killed at random instants: every state is consistent', { timeout: 600_000 }, async (t) => {
+    const p = reaper.add(await startBase(files.base!));
+    await ok(p, ['upload', 'twofunc', files.twofunc!]);
+
+    // Calibrate: how long a whole run takes, and how long from the verb on
+    // stdout ("Applying twofunc... ", printed just before the action) to the exit.
+    const full: number[] = [];
+    const action: number[] = [];
+    for (const cmd of ['apply', 'revert', 'apply', 'revert']) {
+      const r = await cli(['--pid', String(p.pid), cmd, 'twofunc'], { mark: 'ing twofunc... ' });
+      assert.equal(r.code, 0, show(r));
+      full.push(r.ms);
+      action.push(r.ms - (r.markMs ?? 0));
+    }
+    const fullMs = Math.max(...full);
+    const actionMs = Math.max(...action);
+    t.diagnostic(`calibration: run ${full.map((x) => x.toFixed(0)).join('/')} ms, action ${action.map((x) => x.toFixed(0)).join('/')} ms`);
+
+    let state: 'CHECKED' | 'APPLIED' = 'CHECKED';
+    const tally = { killed: 0, completed: 0, repaired: 0, changed: 0 };
+    const byMode = [0, 1, 2].map(() => ({ killed: 0, repaired: 0 }));
+    for (let i = 0; i < 30; i++) {
+      const cmd: string = state === 'APPLIED' ? 'revert' : 'apply';
+      // Three ways to pick the instant, in turn: a random instant of the
+      // whole run; a random instant after the verb is printed (during the
+      // action itself); the first write to the state directory after the
+      // verb (the tool writing down its intent: the window a repair is for).
+      const mode = i % 3;
+      const opts = mode === 0 ? { killAfterMs: Math.random() * fullMs }
+        : mode === 1 ? { killWhen: { text: 'ing twofunc... ', delayMs: Math.random() * actionMs * 1.2 } }
+        : { killOnChange: { dir: process.env.HOTSTACK_STATE_DIR!, afterText: 'ing twofunc... ', delayMs: Math.floor(Math.random() * 4) } };
+      const r = await cli(['--pid', String(p.pid), cmd, 'twofunc'], { ...opts, timeoutMs: 60_000 });
+      if (r.signal === 'SIGKILL') { tally.killed++; byMode[mode]!.killed++; }
+      else {
+        assert.equal(r.code, 0, `a run that was not killed succeeds: ${show(r)}`);
+        tally.completed++;
+      }
+      const what = `run ${i} (${cmd}, ${r.signal ? `killed after ${r.ms.toFixed(0)} ms` : 'completed'})`;
+      const seen = await checkConsistent(p, what);
+      if (/repaired an interrupted/.test(seen.stderr)) { tally.repaired++; byMode[mode]!.repaired++; }
+      else assert.equal(seen.stderr, '', `${what}: only repair notices on stderr`);
+      const tw = seen.list.find((x) => x.name === 'twofunc');
+      assert.ok(tw, `${what}: twofunc is still loaded`);
+      if (tw.state !== state) tally.changed++;
+      if (r.signal === null) assert.equal(tw.state, cmd === 'apply' ? 'APPLIED' : 'CHECKED', `${what}: a completed run did its job`);
+      state = tw.state;
+    }
+    t.diagnostic(`30 runs: ${tally.killed} killed, ${tally.completed} completed, ${tally.repaired} repairs, ${tally.changed} state changes`);
+    t.diagnostic(`killed/repaired by instant: whole run ${byMode[0]!.killed}/${byMode[0]!.repaired}, during the action ${byMode[1]!.killed}/${byMode[1]!.repaired}, at the first state write ${byMode[2]!.killed}/${byMode[2]!.repaired}`);
+    assert.ok(tally.killed > 0, 'some runs were actually killed');
+    await p.stop();
+  });
+});
