@@ -223,7 +223,7 @@ function checkAccess(pid: number): void {
     accessSync(`/proc/${pid}/mem`, constants.R_OK | constants.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') fail('ESRCH', `no process ${pid}`);
+    if (code === 'ENOENT') fail('ESRCH', `process ${pid} does not exist`);
     fail('EPERM', `not permitted to trace process ${pid}: run hotstack as root (or with CAP_SYS_PTRACE) or as the process's user, and check /proc/sys/kernel/yama/ptrace_scope`);
   }
 }
