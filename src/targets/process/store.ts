@@ -65,8 +65,8 @@ export class ProcessStore implements StateStore {
   }
 }
 
-/** Delete state and lock files of processes that no longer exist (or whose PID was reused). */
-function removeStale(dir: string): void {
+/** Delete state files of processes that no longer exist (or whose PID was reused). */
+export function removeStale(dir: string): void {
   let names: string[];
   try {
     names = readdirSync(dir);

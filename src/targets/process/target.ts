@@ -9,14 +9,14 @@ import { bytesEqual } from '../../elf/bytes.js';
 import { INT3 } from '../../arch/x86_64/insn.js';
 import type { AddrRange, BaseObject, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
-import { lockProcess, type ProcessLock } from './lock.js';
+import { lockProcess, stateDir, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, readMaps } from './maps.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, type ProcessObject } from './objects.js';
 import {
   MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
 } from './remote.js';
-import { ProcessStore } from './store.js';
+import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
 
 const PROT: Record<Perm, number> = { rx: PROT_READ | PROT_EXEC, r: PROT_READ, rw: PROT_READ | PROT_WRITE };
@@ -223,7 +223,10 @@ function checkAccess(pid: number): void {
     accessSync(`/proc/${pid}/mem`, constants.R_OK | constants.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') fail('ESRCH', `process ${pid} does not exist`);
+    if (code === 'ENOENT') {
+      removeStale(stateDir()); // its state, if any, died with it
+      fail('ESRCH', `process ${pid} does not exist`);
+    }
     fail('EPERM', `not permitted to trace process ${pid}: run hotstack as root (or with CAP_SYS_PTRACE) or as the process's user, and check /proc/sys/kernel/yama/ptrace_scope`);
   }
 }
