@@ -226,16 +226,45 @@ export class Engine {
         const writes = p.hooks.apply !== undefined ? [] : planApply(p, mem);
         const all = [...reverts.flatMap((r) => r.writes), ...writes];
         this.journal('replace', p, all);
-        for (const r of reverts) this.revertInWindow(q, r.o, r.writes, false);
-        if (p.hooks.apply !== undefined) this.actionHook(q, 'apply', p.hooks.apply, p);
-        else for (const fn of p.hooks.load) this.hook(q, 'load', fn, p);
-        this.writeAll(writes);
+        const reverted: PayloadRecord[] = [];
+        try {
+          for (const r of reverts) {
+            this.revertInWindow(q, r.o, r.writes, false);
+            reverted.push(r.o);
+          }
+          if (p.hooks.apply !== undefined) this.actionHook(q, 'apply', p.hooks.apply, p);
+          else for (const fn of p.hooks.load) this.hook(q, 'load', fn, p);
+          this.writeAll(writes);
+        } catch (e) {
+          this.restoreStack(q, reverted);
+          throw e;
+        }
         commitWrites(writes);
         p.state = 'APPLIED';
         this.stack(p.baseBuildId).push(p.name);
         this.commit();
       }),
     );
+  }
+
+  /**
+   * A REPLACE failed after reverting some payloads: put the code back (the
+   * journal) and give back what their hooks undid, bottom-up, so the
+   * previous stack is in place as before (Xen would leave it reverted).
+   */
+  private restoreStack(q: Quiesced, reverted: PayloadRecord[]): void {
+    this.rollbackPending();
+    for (const o of [...reverted].reverse()) {
+      try {
+        if (o.hooks.revert !== undefined) {
+          if (o.hooks.apply !== undefined) this.hook(q, 'apply', o.hooks.apply, o);
+        } else {
+          for (const fn of o.hooks.load) this.hook(q, 'load', fn, o);
+        }
+      } catch {
+        /* best effort: the code itself is already restored */
+      }
+    }
   }
 
   private unload(p: PayloadRecord, timeout: number): void {
