@@ -21,7 +21,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  Reaper, alive, cli, functionState, listJson, show, sleep, strayStops, type CliResult, type ListEntry,
+  Reaper, alive, buildStress, cli, computeAnswer, functionState, listJson, show, sleep, startStress, strayStops,
+  type CliResult, type ListEntry,
 } from './helpers/stress.js';
 import { buildAll, startBase, type BaseProcess } from './helpers/toolchain.js';
 
@@ -247,6 +248,54 @@ describe('live crash: SIGKILL at random instants', () => {
     t.diagnostic(`30 runs: ${tally.killed} killed, ${tally.completed} completed, ${tally.repaired} repairs, ${tally.changed} state changes`);
     t.diagnostic(`killed/repaired by instant: whole run ${byMode[0]!.killed}/${byMode[0]!.repaired}, during the action ${byMode[1]!.killed}/${byMode[1]!.repaired}, at the first state write ${byMode[2]!.killed}/${byMode[2]!.repaired}`);
     assert.ok(tally.killed > 0, 'some runs were actually killed');
+    await p.stop();
+  });
+
+  it('the same with 8 threads calling the patched function: kills land while threads are seized and the check retries', { timeout: 600_000 }, async (t) => {
+    const fx = buildStress(join(work, 'stress'));
+    const p = reaper.add(await startStress(fx.base));
+    const pid = String(p.pid);
+    assert.equal(await p.ask('W8'), 'ok 8');
+    await ok(p, ['upload', 'stress_v1', fx.v1]);
+    const full: number[] = [];
+    for (const cmd of ['apply', 'revert']) {
+      const r = await cli(['--pid', pid, cmd, 'stress_v1']);
+      assert.equal(r.code, 0, show(r));
+      full.push(r.ms);
+    }
+    const fullMs = Math.max(...full);
+    let state: 'CHECKED' | 'APPLIED' = 'CHECKED';
+    const tally = { killed: 0, repaired: 0 };
+    for (let i = 0; i < 20; i++) {
+      const cmd: string = state === 'APPLIED' ? 'revert' : 'apply';
+      const opts = i % 2 === 0
+        ? { killAfterMs: fullMs * (0.3 + 0.7 * Math.random()) }
+        : { killOnChange: { dir: process.env.HOTSTACK_STATE_DIR!, afterText: 'ing stress_v1... ', delayMs: Math.floor(Math.random() * 4) } };
+      const r = await cli(['--pid', pid, cmd, 'stress_v1'], { ...opts, timeoutMs: 60_000 });
+      const what = `run ${i} (${cmd}, ${r.signal ? `killed after ${r.ms.toFixed(0)} ms` : 'completed'})`;
+      if (r.signal === 'SIGKILL') tally.killed++;
+      else assert.ok(r.code === 0 || r.code === 2, `${what}: completes or EBUSY: ${show(r)}`);
+      assert.ok(alive(p.pid), `${what}: the process is alive`);
+      let stray = strayStops(p.pid);
+      for (let k = 0; stray.length && k < 50; k++) {
+        await sleep(10);
+        stray = strayStops(p.pid);
+      }
+      assert.deepEqual(stray, [], `${what}: no thread left stopped or traced`);
+      const { list, stderr } = await listJson(p.pid);
+      if (/repaired an interrupted/.test(stderr)) tally.repaired++;
+      const v1 = list.find((x) => x.name === 'stress_v1');
+      assert.ok(v1, `${what}: stress_v1 still loaded`);
+      const f = functionState(p.pid, fx.base, 'compute');
+      assert.equal(f.state, v1.state === 'APPLIED' ? 'patched' : 'unpatched', `${what}: compute() bytes agree with list (${v1.state})`);
+      assert.equal(await p.compute(9), computeAnswer(9, v1.state === 'APPLIED' ? 1 : 0), `${what}: answer agrees with list`);
+      const s = await p.status();
+      assert.equal(s.bad + s.crashes, 0, `${what}: workers ${JSON.stringify(s)}`);
+      state = v1.state;
+    }
+    const s = await p.status();
+    t.diagnostic(`20 runs: ${tally.killed} killed, ${tally.repaired} repairs; workers ${JSON.stringify(s)}`);
+    assert.equal(s.threads, 8);
     await p.stop();
   });
 });

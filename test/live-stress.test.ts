@@ -159,7 +159,7 @@ describe('live stress: patching under running threads', () => {
 });
 
 describe('live stress: functions that are never safe to patch', () => {
-  it('a thread looping inside spin(): apply fails with EBUSY within the timeout, names thread and function, changes nothing', { timeout: 120_000 }, async () => {
+  it('a thread looping inside spin(): apply fails with EBUSY within the timeout, names thread and function, changes nothing', { timeout: 120_000 }, async (t) => {
     const p = await start();
     const pid = String(p.pid);
     assert.equal(await p.ask('S'), 'ok');
@@ -174,6 +174,7 @@ describe('live stress: functions that are never safe to patch', () => {
     assert.deepEqual(before, functionBytes(fx.base, 'spin', size), 'spin() is as in the file');
 
     const r = await cli(['--pid', pid, 'apply', 'stress_spin', '--timeout', '300'], { timeoutMs: 30_000 });
+    t.diagnostic(`apply --timeout 300 -> exit ${r.code} after ${r.ms.toFixed(0)} ms: ${r.stderr.trim()}`);
     assert.equal(r.code, 2, `EBUSY exits with 2: ${show(r)}`);
     assert.ok(r.ms < 5000, `returns well within 5 s, not hangs: ${r.ms.toFixed(0)} ms`);
     assert.match(r.stdout, /^Applying stress_spin\.\.\. failed\n$/);
@@ -206,7 +207,7 @@ describe('live stress: functions that are never safe to patch', () => {
     await p.stop();
   });
 
-  it('a thread blocked in a syscall called from blocker(): EBUSY naming the return address on its stack', { timeout: 120_000 }, async () => {
+  it('a thread blocked in a syscall called from blocker(): EBUSY naming the return address on its stack', { timeout: 120_000 }, async (t) => {
     const p = await start();
     const pid = String(p.pid);
     assert.equal(await p.ask('B'), 'ok');
@@ -219,6 +220,7 @@ describe('live stress: functions that are never safe to patch', () => {
     const before = readMem(p.pid, at, 16);
 
     const r = await cli(['--pid', pid, 'apply', 'stress_block', '--timeout', '300'], { timeoutMs: 30_000 });
+    t.diagnostic(`apply --timeout 300 -> exit ${r.code} after ${r.ms.toFixed(0)} ms: ${r.stderr.trim()}`);
     assert.equal(r.code, 2, show(r));
     assert.ok(r.ms < 5000, `returns well within 5 s: ${r.ms.toFixed(0)} ms`);
     assert.match(r.stderr, /Error 16: EBUSY/);

@@ -81,7 +81,16 @@ export function buildProgram(setExit: (n: number) => void): Command {
       const progress = !o.json && process.stderr.isTTY && files.length > 20
         ? (d: number, t: number) => process.stderr.write(`\r${d}/${t} payloads${d === t ? '\n' : ''}`)
         : undefined;
-      const r = runCheck({ image: o.image, files, replace: o.replace, nodeps: o.nodeps, progress });
+      let r;
+      try {
+        r = runCheck({ image: o.image, files, replace: o.replace, nodeps: o.nodeps, progress });
+      } catch (e) {
+        const err = toHotstackError(e);
+        if (o.json) io.out(JSON.stringify({ image: { path: o.image, buildId: null }, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
+        else io.err(`hotstack: ${errorLine(err)}\n`);
+        setExit(1);
+        return;
+      }
       if (o.json) io.out(JSON.stringify(r) + '\n');
       else printCheck(r, io);
       setExit(checkExit(r));

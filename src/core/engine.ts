@@ -152,7 +152,7 @@ export class Engine {
   private apply(p: PayloadRecord, timeout: number, nodeps: boolean): void {
     rules.checkState(p, 'CHECKED', 'apply');
     rules.checkReapply(p);
-    if (!nodeps) rules.checkDependsOnTop(p, this.top(p.baseBuildId));
+    if (!nodeps) rules.checkDependsOnTop(p, this.top(p.baseBuildId), this.state.payloads);
     for (const f of p.funcs) rules.checkExpectation(f, (a, l) => this.target.read(a, l));
     this.preHook('preapply', p, 'vetoed the apply');
     try {
@@ -222,7 +222,12 @@ export class Engine {
         // Simulate first: reverts top-down, then the expectations, then the new patch.
         const mem = new Overlay((a, l) => this.target.read(a, l));
         const reverts = applied.map((o) => ({ o, writes: planRevert(o, mem) }));
-        for (const f of p.funcs) rules.checkExpectation(f, (a, l) => mem.read(a, l));
+        try {
+          for (const f of p.funcs) rules.checkExpectation(f, (a, l) => mem.read(a, l));
+        } catch (e) {
+          if (!(e instanceof HotstackError) || !applied.length) throw e;
+          throw new HotstackError(e.errno, `${p.name}: once ${applied.map((o) => o.name).join(', ')} would be reverted, ${e.message}; nothing was changed`);
+        }
         const writes = p.hooks.apply !== undefined ? [] : planApply(p, mem);
         const all = [...reverts.flatMap((r) => r.writes), ...writes];
         this.journal('replace', p, all);

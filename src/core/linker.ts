@@ -8,16 +8,18 @@
  */
 import { fail } from '../errors.js';
 import {
-  alignUp, readRelas, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHN_COMMON, SHN_LORESERVE,
-  SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, type ElfSymbol, type Section,
+  alignUp, readRelas, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHN_UNDEF, SHT_NOBITS, type ElfSymbol, type Section,
 } from '../elf/index.js';
+import { activeRelocSections, checkRela, checkSymbolSection, relaLabel, symbolOffset } from '../payload/structure.js';
 import { encodeVeneer, fitsI32 } from '../arch/x86_64/insn.js';
-import { RELOC_KIND, relocName, relocWidth, writeReloc } from '../arch/x86_64/relocs.js';
+import { RELOC_KIND, writeReloc } from '../arch/x86_64/relocs.js';
 import type { CheckedElf } from '../payload/elf-checks.js';
 import type { BaseObject, Perm, Target } from './target.js';
 
 const PAGE = 4096;
 const GOT_ENTRY = 8;
+/** Bound on a payload's memory: its sections come from a file of at most 2 MiB plus bounded .bss. */
+const MAX_PAYLOAD_MEMORY = 64 * 1024 * 1024;
 
 export interface LinkedRegion {
   perm: Perm;
@@ -73,23 +75,6 @@ interface Layout {
   reserveOffset: number;
 }
 
-/** Relocation sections that apply to loaded sections, after Xen's skip rules. */
-function activeRelocSections(c: CheckedElf): { rel: Section; target: Section }[] {
-  const out: { rel: Section; target: Section }[] = [];
-  for (const r of c.elf.sections) {
-    if (r.type !== SHT_RELA && r.type !== SHT_REL) continue;
-    if (r.info >= c.elf.sections.length) continue;
-    const target = c.elf.sections[r.info]!;
-    if ((target.flags & SHF_ALLOC) === 0n) continue; // debug info: skipped
-    if (r.link !== c.symtab.index) {
-      fail('EINVAL', `relocation section [${r.index}] ${r.name} links to section ${r.link}, not the symbol table ${c.symtab.index}`, r.headerOffset);
-    }
-    if (r.type === SHT_REL) fail('EOPNOTSUPP', `relocation section [${r.index}] ${r.name} is SHT_REL; only RELA is supported`, r.headerOffset);
-    out.push({ rel: r, target });
-  }
-  return out;
-}
-
 function layout(c: CheckedElf, reserveRw: number): Layout {
   const sizes: Record<Perm, number> = { rx: 0, r: 0, rw: 0 };
   const offset: number[] = [];
@@ -126,6 +111,10 @@ function layout(c: CheckedElf, reserveRw: number): Layout {
  * allocation before anything else can fail.
  */
 function allocate(target: Target, base: BaseObject, sizes: Record<Perm, number>, onAlloc: (r: LinkedRegion) => void): Record<Perm, LinkedRegion | undefined> {
+  const total = sizes.rx + sizes.r + sizes.rw;
+  if (total > MAX_PAYLOAD_MEMORY) {
+    fail('ENOMEM', `the payload needs ${total} bytes of memory once laid out; at most ${MAX_PAYLOAD_MEMORY} (64 MiB) is supported`);
+  }
   const out: Record<Perm, LinkedRegion | undefined> = { rx: undefined, r: undefined, rw: undefined };
   for (const perm of ['rx', 'r', 'rw'] as Perm[]) {
     const size = sizes[perm];
@@ -211,34 +200,25 @@ const GOT_SYMBOL = '_GLOBAL_OFFSET_TABLE_';
 
 function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext, got: bigint): bigint[] {
   const out: bigint[] = new Array(c.symbols.length).fill(0n);
-  const shnum = c.elf.sections.length;
   for (let i = 1; i < c.symbols.length; i++) {
     const s = c.symbols[i]!;
-    out[i] = s.shndx === SHN_UNDEF && s.name === GOT_SYMBOL ? got : symbolValue(s, shnum, sectionAddr, c, ctx);
+    out[i] = s.shndx === SHN_UNDEF && s.name === GOT_SYMBOL ? got : symbolValue(s, sectionAddr, c, ctx);
   }
   return out;
 }
 
-function symbolValue(s: ElfSymbol, shnum: number, sectionAddr: (bigint | undefined)[], c: CheckedElf, ctx: LinkContext): bigint {
-  const at = Number(c.symtab.offset) + s.index * Number(c.symtab.entsize);
-  switch (s.shndx) {
-    case SHN_COMMON:
-      return fail('EINVAL', `symbol ${s.name} is a common symbol (compile with -fno-common)`, at);
-    case SHN_UNDEF: {
-      const v = resolveUndefined(s.name, ctx);
-      if (v === undefined) {
-        fail('ENOENT', `unknown symbol ${s.name}: not in the base ${ctx.base.path}, nor exported by a loaded payload${ctx.target.kind === 'process' ? ', nor in another loaded object' : ''}`, at);
-      }
-      return v;
+function symbolValue(s: ElfSymbol, sectionAddr: (bigint | undefined)[], c: CheckedElf, ctx: LinkContext): bigint {
+  checkSymbolSection(c, s);
+  if (s.shndx === SHN_UNDEF) {
+    const v = resolveUndefined(s.name, ctx);
+    if (v === undefined) {
+      fail('ENOENT', `unknown symbol ${s.name}: not in the base ${ctx.base.path}, nor exported by a loaded payload${ctx.target.kind === 'process' ? ', nor in another loaded object' : ''} (if a payload loaded earlier exports it, load that one first)`, symbolOffset(c, s));
     }
-    case SHN_ABS:
-      return s.value;
-    default:
-      if (s.shndx >= SHN_LORESERVE) fail('EOPNOTSUPP', `symbol ${s.name || `[${s.index}]`} has reserved section index 0x${s.shndx.toString(16)}`, at);
-      if (s.shndx >= shnum) fail('EINVAL', `symbol ${s.name || `[${s.index}]`} refers to section ${s.shndx}, past the last section`, at);
-      if ((c.elf.sections[s.shndx]!.flags & SHF_ALLOC) === 0n) return s.value;
-      return s.value + (sectionAddr[s.shndx] ?? 0n);
+    return v;
   }
+  if (s.shndx === SHN_ABS) return s.value;
+  if ((c.elf.sections[s.shndx]!.flags & SHF_ALLOC) === 0n) return s.value;
+  return s.value + (sectionAddr[s.shndx] ?? 0n);
 }
 
 function relocate(
@@ -261,15 +241,9 @@ function relocate(
     const done = new Set<number>();
     relocated.set(target.index, done);
     for (const r of readRelas(c.elf, rel)) {
-      const what = `relocation at 0x${r.at.toString(16)} (${relocName(r.type)} in ${rel.name})`;
-      if (r.sym === 0) fail('EOPNOTSUPP', `${what} uses symbol 0 (STN_UNDEF)`, r.at);
-      if (r.sym >= c.symbols.length) fail('EINVAL', `${what} refers to symbol ${r.sym}, past the end of the symbol table`, r.at);
-      const kind = RELOC_KIND[r.type];
-      const width = kind ? relocWidth(kind) : 4;
-      if (!buf || r.offset + BigInt(width) > BigInt(buf.length)) {
-        fail('EINVAL', `${what}: offset 0x${r.offset.toString(16)} is outside section ${target.name} (${target.size} bytes)`, r.at);
-      }
-      if (!kind) fail('EOPNOTSUPP', `${what}: unsupported relocation type`, r.at);
+      const kind = checkRela(c, rel, target, r);
+      const what = relaLabel(rel, r);
+      if (!buf) fail('EINVAL', `${what}: section ${target.name} is not loaded`, r.at);
       const off = Number(r.offset);
       const P = base + r.offset;
       let value = symbolValue[r.sym]! + r.addend;

@@ -48,7 +48,7 @@ export function checkPatchSize(f: { newAddr: bigint; newSize: number; oldSize: n
   } else {
     const needed = JMP_LEN + off;
     if (f.oldSize < needed) {
-      fail('EINVAL', `function ${name} is ${f.oldSize} bytes, too small for a ${JMP_LEN}-byte jump${off ? ' after its endbr64' : ''} (needs ${needed})`);
+      fail('EINVAL', `function ${name}: old_size ${f.oldSize} is too small for a ${JMP_LEN}-byte jump${off ? ' after its endbr64' : ''} (needs at least ${needed})`);
     }
   }
   return off;
@@ -70,11 +70,15 @@ export function checkReapply(p: PayloadRecord): void {
 }
 
 /** APPLY rule 2: depends on the top of the applied stack (or on the base when empty). */
-export function checkDependsOnTop(p: PayloadRecord, top: PayloadRecord | undefined): void {
+export function checkDependsOnTop(p: PayloadRecord, top: PayloadRecord | undefined, loaded: PayloadRecord[] = []): void {
   const want = top ? top.buildId : p.baseBuildId;
   if (p.depends !== want) {
     const against = top ? `the top of the applied stack, ${top.name} (build-id ${top.buildId})` : `the base ${p.basePath} (build-id ${p.baseBuildId}), as nothing is applied`;
-    fail('EINVAL', `${p.name} depends on build-id ${p.depends}, but it was checked against ${against}`);
+    const dep = loaded.find((x) => x.buildId === p.depends);
+    const hint = dep
+      ? dep.state === 'APPLIED' ? ` (it stacks on ${dep.name}: revert what is above ${dep.name} first, or use --nodeps)` : ` (it stacks on ${dep.name}: apply ${dep.name} first, or use --nodeps)`
+      : p.depends === p.baseBuildId ? ' (it stacks on the bare base: revert the applied stack first, or use REPLACE for a cumulative payload)' : ' (the payload it stacks on is not loaded; or use --nodeps)';
+    fail('EINVAL', `${p.name} depends on build-id ${p.depends}, but it was checked against ${against}${hint}`);
   }
 }
 

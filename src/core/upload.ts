@@ -11,9 +11,10 @@ import {
 import { checkPayloadElf, type CheckedElf } from '../payload/elf-checks.js';
 import { decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
 import {
-  FUNC_SIZE, HOOK_SECTIONS, PATCHING_SECTIONS, SEC, SPECIAL_SECTIONS, XEN_ONLY_SECTIONS, type HookName,
+  FUNC_SIZE, HOOK_SECTIONS, PATCHING_SECTIONS, SEC, SPECIAL_SECTIONS, type HookName,
 } from '../payload/sections.js';
 import { isLoaded, link, type Linked, type LinkedRegion } from './linker.js';
+import { checkXenOnlySections } from '../payload/structure.js';
 import * as rules from './rules.js';
 import type { ExportedSymbol, FuncRecord, HookAddrs, PayloadRecord, RegionRecord } from './state.js';
 import type { BaseObject, Target } from './target.js';
@@ -226,13 +227,6 @@ function readHooks(c: CheckedElf, linked: Linked, secs: Partial<Record<HookName,
     else hooks[k] = ptrs[0]!;
   }
   return hooks;
-}
-
-function checkXenOnlySections(c: CheckedElf): void {
-  for (const [n, size] of Object.entries(XEN_ONLY_SECTIONS)) {
-    const s = c.elf.section(n);
-    if (s && size && s.size % BigInt(size) !== 0n) fail('EINVAL', `${n} is ${s.size} bytes, not a multiple of its ${size}-byte entries`, s.headerOffset);
-  }
 }
 
 /** .modinfo: NUL-terminated key=value strings; the last byte must be NUL. */

@@ -7,12 +7,14 @@
 import { fail } from '../errors.js';
 import {
   ByteView, EHDR_SIZE, ELFOSABI_FREEBSD, ELFOSABI_NONE, EM_X86_64, ET_REL, EV_CURRENT, SHDR_SIZE,
-  SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, ElfFile, readHeader, readSymbols,
+  SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, ElfFile, readHeader, readSymbols,
   stringTable, type ElfHeader, type ElfSymbol, type Section,
 } from '../elf/index.js';
 import { MAX_BSS } from './sections.js';
 
 const MAX_SECTIONS = 1024;
+/** Largest alignment of a loaded section: a page. */
+const MAX_ALIGN = 4096n;
 
 /** Header rules: type, version, ABI, machine, no program headers (EOPNOTSUPP); section table bounds (EINVAL). */
 export function checkHeader(bytes: Uint8Array): ElfHeader {
@@ -47,8 +49,12 @@ export function checkSection(elf: ElfFile, s: Section): void {
   if ((s.flags & SHF_WRITE) !== 0n && (s.flags & SHF_EXECINSTR) !== 0n) {
     fail('EOPNOTSUPP', `section [${s.index}] ${s.name} is both writable and executable (W^X)`, s.headerOffset);
   }
-  if (s.type === SHT_NOBITS && (s.flags & SHF_WRITE) !== 0n && s.size > BigInt(MAX_BSS)) {
+  // Any loaded NOBITS, not only a writable one: its size is memory we must map.
+  if (s.type === SHT_NOBITS && (s.flags & SHF_ALLOC) !== 0n && s.size > BigInt(MAX_BSS)) {
     fail('EINVAL', `section [${s.index}] ${s.name} is a ${s.size}-byte .bss, larger than ${MAX_BSS}`, s.headerOffset);
+  }
+  if ((s.flags & SHF_ALLOC) !== 0n && s.addralign > MAX_ALIGN) {
+    fail('EOPNOTSUPP', `section [${s.index}] ${s.name} asks for ${s.addralign}-byte alignment; at most ${MAX_ALIGN} (a page) is supported`, s.headerOffset);
   }
 }
 

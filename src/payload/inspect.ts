@@ -11,6 +11,7 @@ import {
   type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
 import { checkPayloadElf, type CheckedElf } from './elf-checks.js';
+import { checkRelocations, checkSymbols, checkXenOnlySections } from './structure.js';
 import { decodeFuncs, FUNC_OFFSETS } from './funcs.js';
 import { FUNC_SIZE, HOOK_SECTIONS, MAX_OPAQUE, PATCHING_SECTIONS, PAYLOAD_VERSION, SEC, type HookName } from './sections.js';
 
@@ -50,6 +51,12 @@ function relocMap(c: CheckedElf): Map<number, Map<number, Rela>> {
 
 function symLabel(c: CheckedElf, sym: ElfSymbol | undefined, addend: bigint): string {
   if (!sym) return '?';
+  if (!sym.name && sym.shndx !== SHN_UNDEF) {
+    // A section symbol plus offset: name the function or object defined there.
+    const at = sym.value + addend;
+    const named = c.symbols.find((s) => s.shndx === sym.shndx && s.name && s.value === at && (s.type === 1 || s.type === 2));
+    if (named) return named.name;
+  }
   let name = sym.name;
   if (!name) name = c.elf.sections[sym.shndx]?.name ?? `sym[${sym.index}]`;
   const v = sym.shndx === SHN_UNDEF ? addend : sym.value + addend;
@@ -92,6 +99,9 @@ function flagString(s: Section): string {
 /** Parse and statically check a payload file. Throws HotstackError on anything invalid. */
 export function inspectPayload(bytes: Uint8Array): InspectedPayload {
   const c = checkPayloadElf(bytes);
+  checkSymbols(c);
+  checkRelocations(c);
+  checkXenOnlySections(c);
   const buildId = note(c, SEC.buildId, true)!;
   const depends = note(c, SEC.depends, true)!;
   const baseBuildId = note(c, SEC.xenDepends, true);

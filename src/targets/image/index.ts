@@ -76,7 +76,7 @@ export class ImageTarget implements Target {
       return new ImageTarget(path, ElfFile.parse(readFileSync(path), `image ${path}`));
     } catch (e) {
       const err = toHotstackError(e);
-      throw new HotstackError(err.errno, err.message.includes(path) ? err.message : `image ${path}: ${err.message}`, err.offset);
+      throw new HotstackError(err.errno, `cannot use ${path} as the base image: ${err.message.replace(`image ${path}: `, '')}`, err.offset);
     }
   }
 

@@ -1,0 +1,82 @@
+/**
+ * Payload rules that concern symbols and relocations but need no target:
+ * shared by the linker (which applies them while linking) and `inspect`
+ * (which only checks), so both refuse exactly the same files.
+ */
+import { fail } from '../errors.js';
+import {
+  readRelas, SHF_ALLOC, SHN_ABS, SHN_COMMON, SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, type ElfSymbol, type Rela, type Section,
+} from '../elf/index.js';
+import { RELOC_KIND, relocName, relocWidth, type RelocKind } from '../arch/x86_64/relocs.js';
+import type { CheckedElf } from './elf-checks.js';
+import { XEN_ONLY_SECTIONS } from './sections.js';
+
+/** File offset of a symbol's entry, for messages. */
+export function symbolOffset(c: CheckedElf, s: ElfSymbol): number {
+  return Number(c.symtab.offset) + s.index * Number(c.symtab.entsize);
+}
+
+/** Section-index rules of one symbol: common (EINVAL), reserved (EOPNOTSUPP), out of range (EINVAL). */
+export function checkSymbolSection(c: CheckedElf, s: ElfSymbol): void {
+  const at = symbolOffset(c, s);
+  const what = s.name || `[${s.index}]`;
+  if (s.shndx === SHN_COMMON) fail('EINVAL', `symbol ${what} is a common symbol (compile with -fno-common)`, at);
+  if (s.shndx === SHN_UNDEF || s.shndx === SHN_ABS) return;
+  if (s.shndx >= SHN_LORESERVE) fail('EOPNOTSUPP', `symbol ${what} has reserved section index 0x${s.shndx.toString(16)}`, at);
+  if (s.shndx >= c.elf.sections.length) fail('EINVAL', `symbol ${what} refers to section ${s.shndx}, past the last section`, at);
+}
+
+export function checkSymbols(c: CheckedElf): void {
+  for (let i = 1; i < c.symbols.length; i++) checkSymbolSection(c, c.symbols[i]!);
+}
+
+/**
+ * Relocation sections that apply to loaded sections, after Xen's skip
+ * rules (target out of range or not allocated: skipped), with the section
+ * rules: symbol table link (EINVAL), REL instead of RELA (EOPNOTSUPP).
+ */
+export function activeRelocSections(c: CheckedElf): { rel: Section; target: Section }[] {
+  const out: { rel: Section; target: Section }[] = [];
+  for (const r of c.elf.sections) {
+    if (r.type !== SHT_RELA && r.type !== SHT_REL) continue;
+    if (r.info >= c.elf.sections.length) continue;
+    const target = c.elf.sections[r.info]!;
+    if ((target.flags & SHF_ALLOC) === 0n) continue; // debug info: skipped
+    if (r.link !== c.symtab.index) {
+      fail('EINVAL', `relocation section [${r.index}] ${r.name} links to section ${r.link}, not the symbol table ${c.symtab.index}`, r.headerOffset);
+    }
+    if (r.type === SHT_REL) fail('EOPNOTSUPP', `relocation section [${r.index}] ${r.name} is SHT_REL; only RELA is supported`, r.headerOffset);
+    out.push({ rel: r, target });
+  }
+  return out;
+}
+
+/** One entry's rules: symbol 0 / out of range, offset inside the target, supported type. */
+export function checkRela(c: CheckedElf, rel: Section, target: Section, r: Rela): RelocKind {
+  const what = relaLabel(rel, r);
+  if (r.sym === 0) fail('EOPNOTSUPP', `${what} uses symbol 0 (STN_UNDEF)`, r.at);
+  if (r.sym >= c.symbols.length) fail('EINVAL', `${what} refers to symbol ${r.sym}, past the end of the symbol table`, r.at);
+  const kind = RELOC_KIND[r.type];
+  const width = kind ? relocWidth(kind) : 4;
+  if (r.offset + BigInt(width) > target.size || target.size === 0n) {
+    fail('EINVAL', `${what}: offset 0x${r.offset.toString(16)} is outside section ${target.name} (${target.size} bytes)`, r.at);
+  }
+  if (!kind) fail('EOPNOTSUPP', `${what}: unsupported relocation type`, r.at);
+  return kind;
+}
+
+export function relaLabel(rel: Section, r: Rela): string {
+  return `relocation at 0x${r.at.toString(16)} (${relocName(r.type)} in ${rel.name})`;
+}
+
+export function checkRelocations(c: CheckedElf): void {
+  for (const { rel, target } of activeRelocSections(c)) for (const r of readRelas(c.elf, rel)) checkRela(c, rel, target, r);
+}
+
+/** Xen-only hypervisor tables: accepted, and their size must be a whole number of entries (EINVAL). */
+export function checkXenOnlySections(c: CheckedElf): void {
+  for (const [n, size] of Object.entries(XEN_ONLY_SECTIONS)) {
+    const s = c.elf.section(n);
+    if (s && size && s.size % BigInt(size) !== 0n) fail('EINVAL', `${n} is ${s.size} bytes, not a multiple of its ${size}-byte entries`, s.headerOffset);
+  }
+}
