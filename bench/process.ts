@@ -8,8 +8,7 @@
  *    consistency check has to wait for a safe moment).  The figure is
  *    ProcessTarget.pauses: from the first thread stopped to the last one
  *    detached.  When the consistency check has to retry, the threads run
- *    between tries and that time is counted too (it is the time the action
- *    holds the process, not pure stopped time).
+ *    between tries; only the final stop counts.
  * 2. Call cost: a tight loop of N calls of bench_fn() timed inside the
  *    target, unpatched and patched with an identical body (the patched
  *    call goes through the 5-byte jump), as a ratio.

@@ -6,6 +6,7 @@
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { benchCheckChain } from './check-chain.js';
+import { benchProcess, printProcessBench } from './process.js';
 
 function machine(): string {
   const c = cpus();
@@ -25,7 +26,11 @@ async function main(): Promise<void> {
   const last = rows[rows.length - 1]!;
   const growth = last.ms / first.ms / (last.n / first.n);
   console.log(`  growth factor (1.0 = linear): ${growth.toFixed(2)}`);
-  console.log(JSON.stringify({ machine: machine(), checkChain: { rows, growth } }));
+
+  console.log('\nlive process: time stopped per action, and the cost of a patched call:');
+  const proc = await benchProcess(join(work, 'process'));
+  printProcessBench(proc);
+  console.log(JSON.stringify({ machine: machine(), checkChain: { rows, growth }, process: proc }));
 }
 
 main().catch((e: unknown) => {

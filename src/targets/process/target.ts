@@ -38,8 +38,13 @@ export class ProcessTarget implements Target {
   private readonly mem: ProcessMemory;
   private objectsCache: ProcessObject[] | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
-  /** How long each stop lasted (ms), from the first thread stopped to the last detached: pause time. */
+  /**
+   * How long each stop lasted (ms), from stopping the first thread to
+   * detaching the last: pause time. A quiesce that had to retry counts
+   * only its last stop (the process ran in between).
+   */
   readonly pauses: number[] = [];
+  private stopStart = 0;
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
 
@@ -111,7 +116,7 @@ export class ProcessTarget implements Target {
   /** Run `fn` with every thread stopped; re-entrant, detaches on the way out. */
   private stopped<T>(fn: (p: StoppedProcess) => T): T {
     if (this.current) return fn(this.current);
-    const t0 = performance.now();
+    this.stopStart = performance.now();
     const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
     this.current = p;
     try {
@@ -119,7 +124,7 @@ export class ProcessTarget implements Target {
     } finally {
       this.current = null;
       p.detach();
-      this.pauses.push(performance.now() - t0);
+      this.pauses.push(performance.now() - this.stopStart);
     }
   }
 
@@ -207,7 +212,10 @@ export class ProcessTarget implements Target {
           fail('EBUSY', `no safe moment within ${timeoutMs} ms (${tries} tries): thread ${conflict.thread} ${conflict.how}; nothing was changed`);
         }
         // Back off a little more each time, never past the deadline.
-        p.runFor(Math.min(Math.max(1, tries), 20, Math.max(1, timeoutMs - elapsed)), STOP_TIMEOUT_MS);
+        p.resume();
+        p.serviceSignals(Math.min(Math.max(1, tries), 20, Math.max(1, timeoutMs - elapsed)));
+        this.stopStart = performance.now();
+        p.restop(STOP_TIMEOUT_MS);
       }
     });
   }
