@@ -29,11 +29,13 @@ export function cmdList(engine: Engine, json: boolean, io: Io): number {
   return 0;
 }
 
-export function cmdUpload(engine: Engine, name: string, file: string, io: Io): number {
-  io.out(`Uploading ${file}... `);
+/** `<what>... completed` or `failed` plus `Error N: ERRNO: why`, as xen-livepatch prints. */
+function attempt(io: Io, what: string, fn: () => string | void): number {
+  io.out(`${what}... `);
   try {
-    engine.upload(name, readPayloadFile(file));
+    const extra = fn();
     io.out('completed\n');
+    if (extra) io.out(extra);
     return 0;
   } catch (e) {
     const err = toHotstackError(e);
@@ -41,6 +43,10 @@ export function cmdUpload(engine: Engine, name: string, file: string, io: Io): n
     io.err(errorLine(err) + '\n');
     return exitCodeFor(err);
   }
+}
+
+export function cmdUpload(engine: Engine, name: string, file: string, io: Io): number {
+  return attempt(io, `Uploading ${file}`, () => void engine.upload(name, readPayloadFile(file)));
 }
 
 interface ActionDef {
@@ -79,18 +85,10 @@ export function cmdAction(engine: Engine, action: string, name: string, opts: Ac
     io.err(`${name} is in the wrong state.\nCurrent state: ${p.state}\nExpected state: ${def.allow}\n`);
     return 1;
   }
-  io.out(`${def.verb} ${name}... `);
-  try {
+  return attempt(io, `${def.verb} ${name}`, () => {
     const outcome = engine.action(name, def.cmd, { nodeps: opts.nodeps, timeoutMs: opts.timeoutMs });
-    io.out('completed\n');
-    if (outcome.hooksSkipped.length) io.out(`(hooks not run: ${outcome.hooksSkipped.join(', ')})\n`);
-    return 0;
-  } catch (e) {
-    const err = toHotstackError(e);
-    io.out('failed\n');
-    io.err(errorLine(err) + '\n');
-    return exitCodeFor(err);
-  }
+    return outcome.hooksSkipped.length ? `(hooks not run: ${outcome.hooksSkipped.join(', ')})\n` : undefined;
+  });
 }
 
 /** load: upload under the file's base name, apply; unload again if the apply fails. */

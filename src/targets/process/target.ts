@@ -195,8 +195,21 @@ export class ProcessTarget implements Target {
     }
   }
 
+  /**
+   * Pre/post hooks run outside the quiesced window: only the thread that
+   * runs the hook is held, the others keep running, so the hook may wait
+   * for locks they hold.
+   */
   callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult {
-    return this.stopped((p) => this.call(p, kind, fn, arg));
+    return this.stopped((p) => {
+      const tid = p.mainThread.tid;
+      p.resume(tid);
+      try {
+        return this.call(p, kind, fn, arg);
+      } finally {
+        p.restop(STOP_TIMEOUT_MS);
+      }
+    });
   }
 
   quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {

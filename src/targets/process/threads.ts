@@ -452,14 +452,14 @@ export class StoppedProcess {
   }
 
   /**
-   * Let every thread run again while staying attached (a retry loop waits
-   * and calls restop()). Owed signals are delivered now. A SIGSTOPped
+   * Let every thread (but `except`, kept stopped for a remote call) run
+   * again while staying attached (a retry loop waits and calls restop()). Owed signals are delivered now. A SIGSTOPped
    * process is left stopped (PTRACE_LISTEN).
    */
-  resume(): void {
+  resume(except?: number): void {
     if (this.done) fail('EINVAL', `process ${this.pid} is no longer attached`);
     for (const t of this.map.values()) {
-      if (t.state !== 'stopped') continue;
+      if (t.state !== 'stopped' || t.tid === except) continue;
       try {
         if (t.owed.length > 0) {
           this.redeliver(t, 'cont');
