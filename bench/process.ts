@@ -225,8 +225,8 @@ export function printProcessBench(r: ProcessBenchResult, out: (line: string) => 
       out(`  ${row.label.padEnd(30)} ${row.patched.padEnd(10)} ${what.padEnd(6)} ${f(s.medianMs)} ${f(s.p99Ms)} ${f(s.maxMs)}   ${f(w.medianMs)} ${String(what === 'apply' ? row.ebusy : '').padStart(6)}`);
     }
   }
-  out('  (pause: first thread stopped to last detached; when the consistency check retries, the threads run between');
-  out('   tries and that time is included; wall: the whole engine action; EBUSY: actions that gave up and were retried)');
+  out('  (pause: first thread stopped to last detached; a consistency check that retries counts only its last stop;');
+  out('   wall: the whole engine action; EBUSY: actions that gave up and were retried)');
   const c = r.call;
   out(`live process: cost of a call, patched (through the jump) vs unpatched (${c.samples} samples of ${c.calls} calls, medians)`);
   out(`  unpatched ${c.unpatchedNs.toFixed(3)} ns/call, patched ${c.patchedNs.toFixed(3)} ns/call, ratio ${c.ratio.toFixed(3)}`);

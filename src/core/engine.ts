@@ -52,7 +52,10 @@ export class Engine {
   private state: EngineState;
   /** Things a person should know about (repairs done on open). */
   readonly notices: string[] = [];
+  // Indexes over state.payloads, so each action costs O(its payloads), not O(all).
   private exportsIndex = new Map<string, bigint>();
+  private byName = new Map<string, PayloadRecord>();
+  private byBuildId = new Map<string, PayloadRecord>();
   private outcome: ActionOutcome = { hooksCalled: [], hooksSkipped: [] };
 
   constructor(target: Target) {
@@ -65,7 +68,7 @@ export class Engine {
   // ---- queries -------------------------------------------------------
 
   find(name: string): PayloadRecord | undefined {
-    return this.state.payloads.find((p) => p.name === name);
+    return this.byName.get(name);
   }
 
   get(name: string): { state: PayloadStateName; rc: number } {
@@ -104,7 +107,7 @@ export class Engine {
         {
           target: this.target,
           exportedSymbol: (n) => this.exportsIndex.get(n),
-          payloadWithBuildId: (hex) => this.state.payloads.find((p) => p.buildId === hex),
+          payloadWithBuildId: (hex) => this.byBuildId.get(hex),
           onAlloc: (r) => {
             this.state.pending!.regions.push(r);
             if (persist) this.save();
@@ -116,7 +119,7 @@ export class Engine {
       );
       this.state.payloads.push(rec);
       this.state.nextSeq = seq + 1;
-      for (const s of rec.symbols) this.exportsIndex.set(s.name, s.addr);
+      this.index(rec);
       return rec;
     } finally {
       this.state.pending = null;
@@ -293,7 +296,7 @@ export class Engine {
    * an action costs O(its payloads), not O(all payloads)).
    */
   private scheduled(p: PayloadRecord, involved: PayloadRecord[], fn: () => void): void {
-    const stacks = structuredClone(this.state.stacks);
+    const stack = [...this.stack(p.baseBuildId)];
     const saved = involved.map((r) => structuredClone(r));
     try {
       fn();
@@ -301,10 +304,11 @@ export class Engine {
       this.save();
     } catch (e) {
       if (this.state.pending) this.rollbackPending();
-      this.state.stacks = stacks;
+      this.state.stacks[p.baseBuildId] = stack;
       for (const r of saved) {
-        const i = this.state.payloads.findIndex((x) => x.name === r.name);
+        const i = this.state.payloads.indexOf(this.byName.get(r.name)!);
         if (i >= 0) this.state.payloads[i] = r;
+        this.index(r);
       }
       const cur = this.find(p.name);
       if (cur && e instanceof HotstackError) cur.rc = e.code;
@@ -418,7 +422,15 @@ export class Engine {
 
   private reindex(): void {
     this.exportsIndex = new Map();
-    for (const p of this.state.payloads) for (const s of p.symbols) this.exportsIndex.set(s.name, s.addr);
+    this.byName = new Map();
+    this.byBuildId = new Map();
+    for (const p of this.state.payloads) this.index(p);
+  }
+
+  private index(p: PayloadRecord): void {
+    this.byName.set(p.name, p);
+    this.byBuildId.set(p.buildId, p);
+    for (const s of p.symbols) this.exportsIndex.set(s.name, s.addr);
   }
 
   private save(): void {
