@@ -3,6 +3,7 @@
  * errno and what to do, with exit status 1 (2 for EBUSY/EAGAIN, worth
  * retrying); never a stack trace.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { HotstackError, toHotstackError } from '../errors.js';
 import type { Engine } from '../core/engine.js';
@@ -11,6 +12,16 @@ import { checkExit, printCheck, runCheck } from './check.js';
 import { errorLine, exitCodeFor } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
 import { cmdAction, cmdList, cmdLoad, cmdUpload, type Io } from './lifecycle.js';
+
+/** The version in package.json (read once, for --version). */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
 
 const io: Io = {
   out: (s) => process.stdout.write(s),
@@ -45,8 +56,22 @@ export function buildProgram(setExit: (n: number) => void): Command {
   program
     .name('hotstack')
     .description("Live patching with Xen's payload format and build-id stacks: live processes and offline images.")
+    .version(packageVersion(), '-V, --version')
     .option('--pid <pid>', 'the live process to act on', parseIntArg('--pid', 1))
-    .showHelpAfterError()
+    .showHelpAfterError('(hotstack --help for usage)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  hotstack inspect fix1.livepatch
+  hotstack check --image ./server fix1.livepatch fix2.livepatch
+  hotstack --pid 1234 load fix1.livepatch
+  hotstack --pid 1234 list
+
+Exit status: 0 success, 2 worth retrying (EBUSY, EAGAIN), 1 any other failure.
+Environment: HOTSTACK_STATE_DIR (per-process state, default /run/hotstack),
+HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of internal errors).`,
+    )
     .exitOverride();
   const pid = (): number | undefined => program.opts<{ pid?: number }>().pid;
 
