@@ -8,8 +8,8 @@
  */
 import { fail } from '../errors.js';
 import {
-  cString, readRelas, readSymbols, SHN_UNDEF, SHT_NOBITS, SHT_RELA, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC, STT_SECTION,
-  type ElfFile, type ElfSymbol, type Rela,
+  cString, readSymbols, relocationsFor, SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC, STT_SECTION,
+  type ElfFile, type ElfSymbol,
 } from '../elf/index.js';
 import { decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
 import { FUNC_SIZE, HOOK_SECTIONS, PAYLOAD_VERSION, SEC, type HookName } from '../payload/sections.js';
@@ -39,15 +39,6 @@ function symbolsOf(elf: ElfFile): ElfSymbol[] {
   return tab ? readSymbols(elf, tab) : [];
 }
 
-function relocsFor(elf: ElfFile, index: number): Map<number, Rela> {
-  const m = new Map<number, Rela>();
-  for (const r of elf.sections) {
-    if (r.type !== SHT_RELA || r.info !== index) continue;
-    for (const e of readRelas(elf, r)) m.set(Number(e.offset), e);
-  }
-  return m;
-}
-
 /** The size of the function a relocation (symbol + addend) points at, and its name. */
 function functionAt(elf: ElfFile, syms: ElfSymbol[], sym: ElfSymbol, addend: bigint): { size: number; label: string } | undefined {
   const isFunc = (s: ElfSymbol): boolean => (s.type === STT_FUNC || s.type === STT_GNU_IFUNC) && s.size > 0n;
@@ -71,7 +62,7 @@ export function readDeclared(elf: ElfFile): Declared {
   if (fsec && fsec.size > 0n) {
     if (fsec.type === SHT_NOBITS) fail('EINVAL', `${SEC.funcs} has no contents (NOBITS): declare records with HOTSTACK_PATCH / HOTSTACK_NOP`);
     if (fsec.size % BigInt(FUNC_SIZE) !== 0n) fail('EINVAL', `${SEC.funcs} is ${fsec.size} bytes, not a multiple of ${FUNC_SIZE}: records must be struct livepatch_func (include hotstack.h)`);
-    const rm = relocsFor(elf, fsec.index);
+    const rm = relocationsFor(elf, fsec.index);
     for (const f of decodeFuncs(elf.data(fsec))) {
       const base = f.index * FUNC_SIZE;
       const where = `${SEC.funcs} record ${f.index}`;

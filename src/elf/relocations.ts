@@ -1,6 +1,6 @@
 /** RELA relocation entries. */
 import { fail } from '../errors.js';
-import { RELA_SIZE } from './constants.js';
+import { RELA_SIZE, SHT_RELA } from './constants.js';
 import type { ElfFile, Section } from './file.js';
 
 export interface Rela {
@@ -32,4 +32,14 @@ export function readRelas(elf: ElfFile, sec: Section): Rela[] {
     });
   }
   return out;
+}
+
+/** The RELA entries that apply to section `index`, keyed by offset (later entries win). */
+export function relocationsFor(elf: ElfFile, index: number): Map<number, Rela> {
+  const m = new Map<number, Rela>();
+  for (const r of elf.sections) {
+    if (r.type !== SHT_RELA || r.info !== index) continue;
+    for (const e of readRelas(elf, r)) m.set(Number(e.offset), e);
+  }
+  return m;
 }

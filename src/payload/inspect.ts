@@ -7,7 +7,7 @@
  */
 import { fail } from '../errors.js';
 import {
-  cString, parseBuildIdNote, readRelas, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, SHT_RELA, toHex,
+  cString, parseBuildIdNote, relocationsFor, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, toHex,
   type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
 import { checkPayloadElf, type CheckedElf } from './elf-checks.js';
@@ -35,18 +35,6 @@ export interface InspectedPayload {
   hooks: { kind: HookName; targets: string[] }[];
   metadata: string[];
   sections: { name: string; size: number; flags: string }[];
-}
-
-/** Relocations per section index, keyed by offset. */
-function relocMap(c: CheckedElf): Map<number, Map<number, Rela>> {
-  const out = new Map<number, Map<number, Rela>>();
-  for (const r of c.elf.sections) {
-    if (r.type !== SHT_RELA || r.info >= c.elf.sections.length) continue;
-    const m = out.get(r.info) ?? new Map<number, Rela>();
-    for (const e of readRelas(c.elf, r)) m.set(Number(e.offset), e);
-    out.set(r.info, m);
-  }
-  return out;
 }
 
 function symLabel(c: CheckedElf, sym: ElfSymbol | undefined, addend: bigint): string {
@@ -111,12 +99,11 @@ export function inspectPayload(bytes: Uint8Array): InspectedPayload {
     if (secs.length > 1) fail('EINVAL', `${n} appears ${secs.length} times`);
     if (secs[0] && secs[0].size === 0n) fail('EINVAL', `${n} is empty`);
   }
-  const relocs = relocMap(c);
   const funcs: InspectedFunc[] = [];
   const fsec = c.elf.section(SEC.funcs);
   if (fsec) {
     if (fsec.size % BigInt(FUNC_SIZE) !== 0n) fail('EINVAL', `.livepatch.funcs is ${fsec.size} bytes, not a multiple of ${FUNC_SIZE}`);
-    const rm = relocs.get(fsec.index) ?? new Map<number, Rela>();
+    const rm = relocationsFor(c.elf, fsec.index);
     for (const f of decodeFuncs(c.elf.data(fsec))) {
       const base = f.index * FUNC_SIZE;
       const nameRel = rm.get(base + FUNC_OFFSETS.name);
@@ -144,7 +131,7 @@ export function inspectPayload(bytes: Uint8Array): InspectedPayload {
     const s = c.elf.section(h.name);
     if (!s) continue;
     if (s.size % 8n !== 0n || (!h.multi && s.size !== 8n)) fail('EINVAL', `${h.name} is ${s.size} bytes; it must hold ${h.multi ? 'a whole number of' : 'exactly one'} 8-byte pointer${h.multi ? 's' : ''}`);
-    const rm = relocs.get(s.index) ?? new Map<number, Rela>();
+    const rm = relocationsFor(c.elf, s.index);
     const targets: string[] = [];
     for (let o = 0; o < Number(s.size); o += 8) {
       const r = rm.get(o);
