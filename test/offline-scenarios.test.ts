@@ -17,7 +17,7 @@ import { HotstackError } from '../src/errors.js';
 import { buildBaseWithoutBuildId, buildExtraPayload, cBytes } from './helpers/extra.js';
 import { FUNC, PayloadElf, SHF } from './helpers/elfedit.js';
 import {
-  assertNoStackTrace, captureIo, cli, hex, jmp, Session, throwsErrno, type CliResult,
+  assertNoStackTrace, captureIo, cli, hex, Session, throwsErrno, type CliResult,
 } from './helpers/engine.js';
 import { buildAll, functionBytes, nopSize, readBuildId, symbolInfo, VARIANTS } from './helpers/toolchain.js';
 
@@ -110,7 +110,7 @@ for (const v of VARIANTS) {
       const s = session();
       const e = s.engine;
       const c = captureIo();
-      const run = (what: string, fn: () => number): number => {
+      const run = (_what: string, fn: () => number): number => {
         c.reset();
         return fn();
       };

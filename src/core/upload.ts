@@ -106,7 +106,7 @@ function describe(ctx: UploadContext, c: CheckedElf, linked: Linked, base: BaseO
   for (const n of SPECIAL_SECTIONS) noteOf(c, n, n === SEC.buildId ? 'own build-id (link with ld --build-id)' : n === SEC.depends ? 'dependency build-id' : 'base build-id');
   checkPatchingSections(c);
   const funcs = checkFuncs(ctx, c, linked, base);
-  const hooks = readHooks(c, linked, hookSecs);
+  const hooks = readHooks(linked, hookSecs);
   const buildId = toHex(noteOf(c, SEC.buildId, 'own build-id'));
   const dup = ctx.payloadWithBuildId(buildId);
   if (dup) fail('EEXIST', `this payload (build-id ${buildId}) is already loaded as ${dup.name}`);
@@ -212,7 +212,7 @@ function funcName(ctx: UploadContext, linked: Linked, ptr: bigint, index: number
 }
 
 /** Hook sections: multi-hook sizes a multiple of 8, single hooks exactly 8 (EINVAL). */
-function readHooks(c: CheckedElf, linked: Linked, secs: Partial<Record<HookName, Section>>): HookAddrs {
+function readHooks(linked: Linked, secs: Partial<Record<HookName, Section>>): HookAddrs {
   const hooks: HookAddrs = { load: [], unload: [] };
   for (const [k, s] of Object.entries(secs) as [HookName, Section][]) {
     const def = HOOK_SECTIONS[k];
