@@ -12,6 +12,28 @@ import { errorLine, exitCodeFor, listJson, listTable, nameFromFile } from './for
 export interface Io {
   out(s: string): void;
   err(s: string): void;
+  /** When set (--json), steps are collected here instead of printed. */
+  steps?: JsonStep[];
+}
+
+/** One step of a command, as `--json` reports it. */
+export interface JsonStep {
+  action: string;
+  name: string;
+  ok: boolean;
+  /** What happened: "completed", "no action needed", "wrong state", or the error. */
+  result: string;
+  state: PayloadStateName | null;
+  errno: string | null;
+  code: number;
+  message: string;
+  hooksCalled?: string[];
+  hooksSkipped?: string[];
+}
+
+function step(io: Io, s: Omit<JsonStep, 'errno' | 'code' | 'message'> & Partial<JsonStep>): void {
+  const { action, name, ok, result, state, errno = null, code = 0, message = '', ...hooks } = s;
+  io.steps!.push({ action, name, ok, result, state, errno, code, message, ...hooks });
 }
 
 /** Read a payload file; unreadable files are typed errors. */
@@ -29,24 +51,39 @@ export function cmdList(engine: Engine, json: boolean, io: Io): number {
   return 0;
 }
 
-/** `<what>... completed` or `failed` plus `Error N: ERRNO: why`, as xen-livepatch prints. */
-function attempt(io: Io, what: string, fn: () => string | void): number {
-  io.out(`${what}... `);
+interface Outcome {
+  text?: string;
+  hooksCalled?: string[];
+  hooksSkipped?: string[];
+}
+
+/**
+ * `<what>... completed` or `failed` plus `Error N: ERRNO: why`, as
+ * xen-livepatch prints; with --json, one step instead.
+ */
+function attempt(io: Io, what: string, action: string, name: string, engine: Engine, fn: () => Outcome | void): number {
+  if (!io.steps) io.out(`${what}... `);
   try {
-    const extra = fn();
-    io.out('completed\n');
-    if (extra) io.out(extra);
+    const o = fn() ?? {};
+    if (io.steps) step(io, { action, name, ok: true, result: 'completed', state: engine.find(name)?.state ?? null, hooksCalled: o.hooksCalled, hooksSkipped: o.hooksSkipped });
+    else {
+      io.out('completed\n');
+      if (o.text) io.out(o.text);
+    }
     return 0;
   } catch (e) {
     const err = toHotstackError(e);
-    io.out('failed\n');
-    io.err(errorLine(err) + '\n');
+    if (io.steps) step(io, { action, name, ok: false, result: 'failed', state: engine.find(name)?.state ?? null, errno: err.errno, code: err.code, message: err.message });
+    else {
+      io.out('failed\n');
+      io.err(errorLine(err) + '\n');
+    }
     return exitCodeFor(err);
   }
 }
 
 export function cmdUpload(engine: Engine, name: string, file: string, io: Io): number {
-  return attempt(io, `Uploading ${file}`, () => void engine.upload(name, readPayloadFile(file)));
+  return attempt(io, `Uploading ${file}`, 'upload', name, engine, () => void engine.upload(name, readPayloadFile(file)));
 }
 
 interface ActionDef {
@@ -74,20 +111,24 @@ export function cmdAction(engine: Engine, action: string, name: string, opts: Ac
   const p = engine.find(name);
   if (!p) {
     const e = new HotstackError('ENOENT', `no payload named ${name} is loaded`);
-    io.err(`${name}: failed to get status: ${errorLine(e)}\n`);
+    if (io.steps) step(io, { action, name, ok: false, result: 'failed', state: null, errno: e.errno, code: e.code, message: e.message });
+    else io.err(`${name}: failed to get status: ${errorLine(e)}\n`);
     return 1;
   }
   if (p.state !== def.allow) {
     if (def.expected === p.state) {
-      io.out('No action needed.\n');
+      if (io.steps) step(io, { action, name, ok: true, result: 'no action needed', state: p.state });
+      else io.out('No action needed.\n');
       return 0;
     }
-    io.err(`${name} is in the wrong state.\nCurrent state: ${p.state}\nExpected state: ${def.allow}\n`);
+    const message = `${name} is ${p.state}; ${action} needs ${def.allow}`;
+    if (io.steps) step(io, { action, name, ok: false, result: 'wrong state', state: p.state, errno: 'EINVAL', code: -22, message });
+    else io.err(`${name} is in the wrong state.\nCurrent state: ${p.state}\nExpected state: ${def.allow}\n`);
     return 1;
   }
-  return attempt(io, `${def.verb} ${name}`, () => {
-    const outcome = engine.action(name, def.cmd, { nodeps: opts.nodeps, timeoutMs: opts.timeoutMs });
-    return outcome.hooksSkipped.length ? `(hooks not run: ${outcome.hooksSkipped.join(', ')})\n` : undefined;
+  return attempt(io, `${def.verb} ${name}`, action, name, engine, () => {
+    const o = engine.action(name, def.cmd, { nodeps: opts.nodeps, timeoutMs: opts.timeoutMs });
+    return { ...o, text: o.hooksSkipped.length ? `(hooks not run: ${o.hooksSkipped.join(', ')})\n` : undefined };
   });
 }
 
@@ -100,8 +141,11 @@ export function cmdLoad(engine: Engine, file: string, opts: ActionCliOptions, io
   if (arc) {
     try {
       engine.action(name, 'UNLOAD', { timeoutMs: opts.timeoutMs });
+      if (io.steps) step(io, { action: 'unload', name, ok: true, result: 'completed', state: null });
     } catch (e) {
-      io.err(`also failed to unload ${name} again: ${errorLine(toHotstackError(e))}\n`);
+      const err = toHotstackError(e);
+      if (io.steps) step(io, { action: 'unload', name, ok: false, result: 'failed', state: engine.find(name)?.state ?? null, errno: err.errno, code: err.code, message: err.message });
+      else io.err(`also failed to unload ${name} again: ${errorLine(err)}\n`);
     }
   }
   return arc;

@@ -47,6 +47,24 @@ async function withLive(pidOpt: number | undefined, fn: (e: Engine) => number): 
   });
 }
 
+/**
+ * Run an action command; with --json, print one object
+ * `{"ok":BOOL,"steps":[...]}` instead of xen-livepatch's lines (same exit status).
+ */
+async function actionCommand(pidOpt: number | undefined, json: boolean | undefined, fn: (e: Engine, io: Io) => number): Promise<number> {
+  if (!json) return withLive(pidOpt, (e) => fn(e, io));
+  const jio: Io = { ...io, steps: [] };
+  try {
+    const status = await withLive(pidOpt, (e) => fn(e, jio));
+    io.out(JSON.stringify({ ok: status === 0, steps: jio.steps }) + '\n');
+    return status;
+  } catch (e) {
+    const err = toHotstackError(e);
+    io.out(JSON.stringify({ ok: false, steps: jio.steps, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
+    return exitCodeFor(err);
+  }
+}
+
 function timeoutOption(): Option {
   return new Option('--timeout <ms>', 'how long to keep retrying for a safe moment, in ms').default(1000).argParser(parseIntArg('--timeout', 1));
 }
@@ -132,7 +150,10 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
     .description('load a payload and check it (state CHECKED)')
     .argument('<name>', 'name to give it')
     .argument('<file>', 'payload file')
-    .action(async (name: string, file: string) => setExit(await withLive(pid(), (e) => cmdUpload(e, name, file, io))));
+    .option('--json', 'print one JSON object instead of the xen-livepatch lines')
+    .action(async (name: string, file: string, o: { json?: boolean }) =>
+      setExit(await actionCommand(pid(), o.json, (e, out) => cmdUpload(e, name, file, out))),
+    );
 
   for (const [action, help] of [
     ['apply', 'apply a checked payload on top of the stack'],
@@ -142,8 +163,9 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
   ] as const) {
     const c = program.command(action).description(help).argument('<name>', 'payload name').addOption(timeoutOption());
     if (action === 'apply') c.option('--nodeps', 'skip the dependency-on-top check');
-    c.action(async (name: string, o: { timeout: number; nodeps?: boolean }) =>
-      setExit(await withLive(pid(), (e) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, io))),
+    c.option('--json', 'print one JSON object instead of the xen-livepatch lines');
+    c.action(async (name: string, o: { timeout: number; nodeps?: boolean; json?: boolean }) =>
+      setExit(await actionCommand(pid(), o.json, (e, out) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, out))),
     );
   }
 
@@ -153,8 +175,9 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
     .argument('<file>', 'payload file')
     .option('--nodeps', 'skip the dependency-on-top check')
     .addOption(timeoutOption())
-    .action(async (file: string, o: { timeout: number; nodeps?: boolean }) =>
-      setExit(await withLive(pid(), (e) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, io))),
+    .option('--json', 'print one JSON object instead of the xen-livepatch lines')
+    .action(async (file: string, o: { timeout: number; nodeps?: boolean; json?: boolean }) =>
+      setExit(await actionCommand(pid(), o.json, (e, out) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, out))),
     );
 
   registerBuild(program, setExit);
