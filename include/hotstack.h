@@ -126,6 +126,12 @@ typedef int hotstack_action_hook_t(struct hotstack_payload *);
  * recorded (the STT_FILE symbol, usually the name given to gcc):
  *   extern int helper(int) HOTSTACK_BASE_STATIC("server.c", "helper");
  */
+#if defined(__clang__)
+/* clang's integrated assembler takes the label as the symbol name itself. */
+#define HOTSTACK_BASE_STATIC(file, name) __asm__(file "#" name)
+#else
+/* gcc writes the label into assembly, where '#' starts a comment: quote it. */
 #define HOTSTACK_BASE_STATIC(file, name) __asm__("\"" file "#" name "\"")
+#endif
 
 #endif /* HOTSTACK_H */

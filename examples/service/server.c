@@ -13,24 +13,34 @@
 
 #define UNIT_PRICE 250 /* cents */
 
+/*
+ * Patchable functions must stay real calls: not inlined, and their results
+ * not propagated into callers (clang does that even to noinline functions).
+ */
+#if defined(__clang__)
+#define PATCHABLE __attribute__((noinline, optnone))
+#else
+#define PATCHABLE __attribute__((noipa))
+#endif
+
 /* The percentage off an order of n items. Bug: should be 0 below 10 items. */
-__attribute__((noinline)) int discount_percent(int n)
+PATCHABLE int discount_percent(int n)
 {
     return n > 0 ? 20 : 0;
 }
 
-static __attribute__((noinline)) int round_cents(int cents)
+static PATCHABLE int round_cents(int cents)
 {
     return (cents + 2) / 5 * 5; /* to the nearest 5 cents */
 }
 
-__attribute__((noinline)) int quote(int n)
+PATCHABLE int quote(int n)
 {
     int total = n * UNIT_PRICE;
     return round_cents(total - total * discount_percent(n) / 100);
 }
 
-__attribute__((noinline)) const char *greeting(void)
+PATCHABLE const char *greeting(void)
 {
     return "Welcome to the pricing service v1.0";
 }
