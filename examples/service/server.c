@@ -15,12 +15,16 @@
 
 /*
  * Patchable functions must stay real calls: not inlined, and their results
- * not propagated into callers (clang does that even to noinline functions).
+ * not propagated into callers. gcc has noipa for that; clang propagates
+ * even the results of noinline functions, unless they may be overridden
+ * (weak).
  */
 #if defined(__clang__)
-#define PATCHABLE __attribute__((noinline, optnone))
+#define PATCHABLE __attribute__((noinline, weak))
+#define PATCHABLE_STATIC __attribute__((noinline))
 #else
 #define PATCHABLE __attribute__((noipa))
+#define PATCHABLE_STATIC __attribute__((noipa))
 #endif
 
 /* The percentage off an order of n items. Bug: should be 0 below 10 items. */
@@ -29,7 +33,7 @@ PATCHABLE int discount_percent(int n)
     return n > 0 ? 20 : 0;
 }
 
-static PATCHABLE int round_cents(int cents)
+static PATCHABLE_STATIC int round_cents(int cents)
 {
     return (cents + 2) / 5 * 5; /* to the nearest 5 cents */
 }
