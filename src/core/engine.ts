@@ -15,7 +15,7 @@ import {
   commitWrites, Overlay, patchRanges, planApply, planRevert, toJournal, type PlannedWrite,
 } from './patching.js';
 import * as rules from './rules.js';
-import { emptyState, type EngineState, type PayloadRecord, type PayloadStateName } from './state.js';
+import { emptyState, type EngineState, type FuncRecord, type PayloadRecord, type PayloadStateName } from './state.js';
 import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
 import { upload } from './upload.js';
 import { faultPoint } from './fault.js';
@@ -361,7 +361,17 @@ export class Engine {
   /** Repair after a tool was killed mid-action: undo the interrupted action. */
   private repair(): void {
     const j = this.state.pending!;
-    const ranges: AddrRange[] = j.writes.map((w) => ({ start: w.addr, end: w.addr + BigInt(w.after.length / 2), label: `interrupted ${j.action} of ${j.payload}` }));
+    // The same safety as the action itself: no thread anywhere in a function
+    // whose entry is rewritten (a loop in it may branch back into the bytes
+    // being restored), not just in the rewritten bytes.
+    const sites = new Map<bigint, FuncRecord>();
+    for (const p of this.state.payloads) for (const f of p.funcs) sites.set(f.oldAddr + BigInt(f.patchOffset), f);
+    const ranges: AddrRange[] = j.writes.map((w) => {
+      const f = sites.get(w.addr);
+      return f
+        ? { start: f.oldAddr, end: f.oldAddr + BigInt(f.oldSize), label: `function ${f.name} (interrupted ${j.action} of ${j.payload})` }
+        : { start: w.addr, end: w.addr + BigInt(w.after.length / 2), label: `interrupted ${j.action} of ${j.payload}` };
+    });
     const run = (): void => this.rollbackPending();
     if (ranges.length) this.target.quiesce(ranges, this.target.defaultTimeoutMs, run);
     else run();

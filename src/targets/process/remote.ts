@@ -1,9 +1,13 @@
 /**
  * Making a stopped process do things for us: system calls (mmap, mprotect)
  * and function calls (hooks), run on one thread while every other thread
- * stays stopped. No code is written for system calls: an existing `syscall`
- * instruction of the target is borrowed.
+ * stays stopped. Once the process has a runtime page (useRuntimePage), each
+ * operation runs from a self-restoring stub written there, so that a
+ * hotstack killed at any instant leaves the thread to finish the operation
+ * and restore itself; before that (the mmap creating the page), an existing
+ * `syscall` instruction of the target is borrowed.
  */
+import koffi from 'koffi';
 import { errnoName, fail, ERRNO, isHotstackError, type ErrnoName } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { readMaps, type MapEntry } from './maps.js';
@@ -124,7 +128,10 @@ function reclaim(proc: StoppedProcess, tid: number, what: string): void {
     }
     if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, what);
     if (st.kind === 'event-stop') return;
-    if (st.kind === 'signal' && !isCrashSignal(st.signal)) proc.owe(tid, st.signal, siginfoOrNull(tid));
+    if (st.kind === 'signal' && st.signal === SYSCALL_TRAP) {
+      // A syscall stop (PTRACE_SYSCALL of a stub operation) consumed the pending interrupt: ask again.
+      pt.interrupt(tid);
+    } else if (st.kind === 'signal' && !isCrashSignal(st.signal)) proc.owe(tid, st.signal, siginfoOrNull(tid));
     pt.cont(tid, 0);
   }
 }
@@ -163,6 +170,254 @@ function restore(tid: number, saved: pt.Regs): void {
 }
 
 // ---------------------------------------------------------------------------
+// self-restoring stubs
+//
+// Once the process has a runtime page (an RX page of ours, see
+// useRuntimePage), every remote operation runs from a stub freshly written
+// there: the operation itself, then a restore sequence that puts back every
+// register of the thread from immediates and jumps to its original rip.
+// While hotstack lives it stops the thread between the two (syscall stops,
+// then an interrupt stop), restores the registers with SETREGS as always, and
+// the restore sequence never runs. If hotstack is killed at any instant the
+// kernel detaches the thread, it finishes the operation and restores itself.
+//
+// Only stops that are harmless without a tracer are used on this path:
+// syscall-entry/exit stops (PTRACE_SYSCALL) and PTRACE_INTERRUPT event stops.
+// A single-step is not: if the tracer dies while a step is pending or at the
+// step's SIGTRAP stop, the untraced thread gets that SIGTRAP and dies.
+
+const libc = koffi.load('libc.so.6');
+const c_ptrace = libc.func('long ptrace(int request, int pid, ...)');
+const PTRACE_SYSCALL = 24;
+const PTRACE_SETOPTIONS = 0x4200;
+const PTRACE_O_TRACESYSGOOD = 1;
+/** Stop signal of a syscall stop with PTRACE_O_TRACESYSGOOD. */
+const SYSCALL_TRAP = pt.SIG.SIGTRAP | 0x80;
+
+function rawPtrace(op: number, tid: number, data: bigint, what: string): void {
+  const r = c_ptrace(op, tid, 'uint64_t', 0n, 'uint64_t', data);
+  if (Number(r) === -1) {
+    const e = koffi.errno();
+    if (e === ERRNO.ESRCH) fail('ESRCH', `thread ${tid} does not exist or is not stopped under hotstack's control (${what})`);
+    const name = errnoName(e);
+    fail(name in ERRNO ? (name as ErrnoName) : 'EIO', `${what} on thread ${tid} failed: ${name}`);
+  }
+}
+
+/** Resume until the next syscall entry/exit (or signal) stop. */
+function syscallStep(tid: number): void {
+  rawPtrace(PTRACE_SYSCALL, tid, 0n, 'PTRACE_SYSCALL');
+}
+
+/** Test hook: HOTSTACK_TEST_DIE_AT=<stage> makes this process SIGKILL itself there (tests of a killed hotstack). */
+function dieAt(stage: string): void {
+  if (process.env.HOTSTACK_TEST_DIE_AT === stage) process.kill(process.pid, 'SIGKILL');
+}
+
+const runtimePages = new WeakMap<StoppedProcess, bigint>();
+/** Next stub slot per runtime page (rotated, see STUB_SLOTS). */
+const nextSlot = new Map<bigint, number>();
+
+/** The runtime page: bytes 0..15 are int3 (remoteCall's trap), the rest holds stubs. */
+export const RUNTIME_PAGE_SIZE = 4096;
+const STUB_OFFSET = 256;
+const STUB_SIZE = 256;
+/**
+ * Stubs rotate among this many slots, starting at a random one per page, so
+ * that a thread left running an old stub by a killed hotstack (e.g. inside a
+ * long hook) is unlikely to find its stub overwritten by the next hotstack.
+ */
+const STUB_SLOTS = (RUNTIME_PAGE_SIZE - STUB_OFFSET) / STUB_SIZE;
+
+/**
+ * Tell the remote operations of `proc` that `page` (RUNTIME_PAGE_SIZE bytes,
+ * RX, ours) may hold self-restoring stubs. Until this is called, system calls
+ * borrow a `syscall` instruction of the target and calls return to the int3
+ * at their trap address: a hotstack killed meanwhile leaves the thread
+ * running with temporary registers.
+ */
+export function useRuntimePage(proc: StoppedProcess, page: bigint): void {
+  runtimePages.set(proc, page);
+}
+
+function stubSlot(page: bigint): bigint {
+  const i = nextSlot.get(page) ?? Math.floor(Math.random() * STUB_SLOTS);
+  nextSlot.set(page, (i + 1) % STUB_SLOTS);
+  return page + BigInt(STUB_OFFSET + i * STUB_SIZE);
+}
+
+class Asm {
+  readonly bytes: number[] = [];
+  u8(...b: number[]): this {
+    this.bytes.push(...b);
+    return this;
+  }
+  u64(v: bigint): this {
+    const x = BigInt.asUintN(64, v);
+    for (let i = 0n; i < 8n; i++) this.bytes.push(Number((x >> (8n * i)) & 0xffn));
+    return this;
+  }
+  /** movabs reg, imm64 (reg numbered as in the encoding: rax 0 ... r15 15). */
+  movabs(reg: number, v: bigint): this {
+    return this.u8(reg >= 8 ? 0x49 : 0x48, 0xb8 + (reg & 7)).u64(v);
+  }
+  get length(): number {
+    return this.bytes.length;
+  }
+}
+
+const ENC: Record<string, number> = {
+  rax: 0, rcx: 1, rdx: 2, rbx: 3, rsp: 4, rbp: 5, rsi: 6, rdi: 7,
+  r8: 8, r9: 9, r10: 10, r11: 11, r12: 12, r13: 13, r14: 14, r15: 15,
+};
+
+const ERESTARTSYS = -512n;
+const ERESTARTNOINTR = -513n;
+const ERESTARTNOHAND = -514n;
+const ERESTART_RESTARTBLOCK = -516n;
+const NR_RESTART_SYSCALL = 219n;
+
+/**
+ * The registers the thread must get back when nobody will SETREGS them:
+ * `saved`, with the kernel's system call restart applied when the thread
+ * was stopped inside a system call that returns to user space restarted
+ * (what the kernel does on resume when no handler runs).
+ */
+export function selfRestoredRegs(saved: pt.Regs): pt.Regs {
+  const r = { ...saved };
+  const nr = BigInt.asIntN(64, saved.orig_rax);
+  const ret = BigInt.asIntN(64, saved.rax);
+  if (nr >= 0n) {
+    if (ret === ERESTARTSYS || ret === ERESTARTNOINTR || ret === ERESTARTNOHAND) {
+      r.rax = saved.orig_rax;
+      r.rip = saved.rip - 2n;
+    } else if (ret === ERESTART_RESTARTBLOCK) {
+      r.rax = NR_RESTART_SYSCALL;
+      r.rip = saved.rip - 2n;
+    }
+  }
+  return r;
+}
+
+/**
+ * The restore sequence: rflags through a scratch stack below the red zone,
+ * every general register from an immediate, rsp last (mov does not touch
+ * flags), then an absolute jump to the original rip.
+ */
+function emitRestore(a: Asm, saved: pt.Regs): void {
+  const r = selfRestoredRegs(saved);
+  a.movabs(ENC.rsp!, ((r.rsp - 128n - 64n) & ~15n));
+  a.movabs(ENC.rax!, r.eflags & ~0x100n); // never TF
+  a.u8(0x50); // push rax
+  a.u8(0x9d); // popfq
+  for (const n of ['rax', 'rcx', 'rdx', 'rbx', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const) {
+    a.movabs(ENC[n]!, r[n]);
+  }
+  a.movabs(ENC.rsp!, r.rsp);
+  a.u8(0xff, 0x25, 0, 0, 0, 0).u64(r.rip); // jmp *0(%rip)
+}
+
+function writeStub(proc: StoppedProcess, at: bigint, a: Asm): void {
+  if (a.length > STUB_SIZE) fail('EIO', `internal: stub of ${a.length} bytes exceeds its ${STUB_SIZE}-byte slot`);
+  proc.memory.write(at, Uint8Array.from(a.bytes));
+}
+
+/**
+ * From a syscall stop at the end of a stub operation, walk the thread into
+ * an interrupt event stop (raised on its way back to user space, before any
+ * user instruction runs: the restore sequence at `rip` is not executed), so
+ * that SETREGS of the saved registers gets the kernel's own restart handling
+ * of an interrupted system call, exactly as without a stub. Signals met on
+ * the way are owed.
+ */
+function parkAfterSyscallStop(proc: StoppedProcess, tid: number, rip: bigint, deadline: number, what: string): void {
+  pt.interrupt(tid);
+  dieAt('stub-interrupted');
+  pt.cont(tid, 0);
+  for (;;) {
+    const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+    if (!st) {
+      reclaim(proc, tid, what);
+      fail('ETIMEDOUT', `${what} in process ${proc.pid} did not stop after completing`);
+    }
+    if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, what);
+    if (st.kind === 'event-stop') {
+      const now = pt.getRegs(tid);
+      if (now.rip !== rip) fail('EIO', `${what} in process ${proc.pid}: unexpected stop at ${hex(now.rip)}`);
+      return;
+    }
+    if (st.kind === 'signal' && st.signal !== SYSCALL_TRAP) proc.owe(tid, st.signal, siginfoOrNull(tid));
+    // Any stop on the way clears a pending interrupt: ask again.
+    pt.interrupt(tid);
+    pt.cont(tid, 0);
+  }
+}
+
+function syscallViaStub(proc: StoppedProcess, tid: number, page: bigint, nr: number | bigint, a: bigint[]): SyscallResult {
+  const saved = pt.getRegs(tid);
+  const at = stubSlot(page);
+  const asm = new Asm().u8(0x0f, 0x05); // syscall
+  emitRestore(asm, saved);
+  writeStub(proc, at, asm);
+  rawPtrace(PTRACE_SETOPTIONS, tid, BigInt(PTRACE_O_TRACESYSGOOD), 'PTRACE_SETOPTIONS');
+  const regs: pt.Regs = {
+    ...saved,
+    rip: at,
+    rax: toU64(nr),
+    orig_rax: toU64(-1),
+    rdi: a[0]!,
+    rsi: a[1]!,
+    rdx: a[2]!,
+    r10: a[3]!,
+    r8: a[4]!,
+    r9: a[5]!,
+    eflags: saved.eflags & ~0x100n,
+  };
+  const what = `remote system call ${nr}`;
+  pt.setRegs(tid, regs);
+  dieAt('stub-setregs');
+  let raw: bigint | undefined;
+  try {
+    syscallStep(tid);
+    const deadline = performance.now() + SYSCALL_TIMEOUT_MS;
+    let entered = false;
+    while (raw === undefined) {
+      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      if (!st) {
+        reclaim(proc, tid, what);
+        fail('ETIMEDOUT', `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`);
+      }
+      if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, what);
+      const now = pt.getRegs(tid);
+      if (st.kind === 'signal' && st.signal === SYSCALL_TRAP && now.rip === at + 2n) {
+        if (entered) {
+          dieAt('stub-syscall-exit');
+          raw = now.rax;
+          parkAfterSyscallStop(proc, tid, at + 2n, deadline, what);
+          break;
+        }
+        entered = true;
+        dieAt('stub-syscall-entry');
+      } else if (now.rip !== at) {
+        fail(
+          'EIO',
+          `remote system call ${nr} in process ${proc.pid}: unexpected ${st.kind === 'signal' ? pt.signalName(st.signal) : st.kind} stop at ${hex(now.rip)}`,
+        );
+      } else if (st.kind === 'signal') {
+        // A signal dequeued before our instruction ran: owe it to the thread, go on.
+        proc.owe(tid, st.signal, siginfoOrNull(tid));
+      }
+      syscallStep(tid);
+    }
+  } finally {
+    restore(tid, saved);
+  }
+  const value = BigInt.asIntN(64, raw);
+  const errno = value < 0n && value >= -4095n ? Number(-value) : 0;
+  return { value, errno };
+}
+
+// ---------------------------------------------------------------------------
 // system calls
 
 /**
@@ -184,9 +439,14 @@ export function remoteSyscall(
 function syscallOn(proc: StoppedProcess, tid: number, nr: number | bigint, args: (number | bigint)[]): SyscallResult {
   if (args.length > 6) fail('EINVAL', `a system call takes at most 6 arguments, got ${args.length}`);
   proc.thread(tid); // must be one of ours and stopped
+  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
+  const page = runtimePages.get(proc);
+  if (page !== undefined) return syscallViaStub(proc, tid, page, nr, a);
+  // No runtime page yet (the mmap that creates it): borrow a syscall
+  // instruction of the target. A hotstack killed during these microseconds
+  // leaves the thread running on from the borrowed instruction with our registers.
   const at = findSyscallInsn(proc);
   const saved = pt.getRegs(tid);
-  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
   const regs: pt.Regs = {
     ...saved,
     rip: at,
@@ -338,6 +598,8 @@ function callOn(
 ): CallResult {
   if (args.length > 6) fail('EINVAL', `remote calls take at most 6 register arguments, got ${args.length}`);
   proc.thread(tid);
+  const page = runtimePages.get(proc);
+  if (page !== undefined) return callViaStub(proc, tid, page, fn, args, timeoutMs);
   const saved = pt.getRegs(tid);
   const sp = ((saved.rsp - 128n - CALL_GAP) & ~15n) - 8n;
   proc.memory.writeU64(sp, trapAddr);
@@ -395,6 +657,102 @@ function callOn(
         proc.owe(tid, st.signal, siginfoOrNull(tid));
       }
       pt.cont(tid, 0);
+    }
+  } finally {
+    restore(tid, saved);
+  }
+  const value = BigInt.asIntN(64, result);
+  return { value, int: Number(BigInt.asIntN(32, result)) };
+}
+
+/**
+ * remoteCall through a stub in the runtime page: `movabs r11, fn; call r11;
+ * mov rdi, rax; getpid` then the restore sequence. The thread runs under
+ * PTRACE_SYSCALL (its own system calls stop and are continued); the
+ * marker's syscall-entry stop at the stub's address ends the call.
+ */
+function callViaStub(
+  proc: StoppedProcess,
+  tid: number,
+  page: bigint,
+  fn: bigint,
+  args: (number | bigint)[],
+  timeoutMs: number,
+): CallResult {
+  const saved = pt.getRegs(tid);
+  const at = stubSlot(page);
+  const asm = new Asm()
+    .movabs(ENC.r11!, fn)
+    .u8(0x41, 0xff, 0xd3) // call *%r11
+    .u8(0x48, 0x89, 0xc7) // mov %rax, %rdi
+    .u8(0xb8, SYS.getpid, 0, 0, 0); // mov $getpid, %eax
+  const marker = at + BigInt(asm.length) + 2n; // rip after the marker's syscall
+  asm.u8(0x0f, 0x05);
+  emitRestore(asm, saved);
+  writeStub(proc, at, asm);
+  rawPtrace(PTRACE_SETOPTIONS, tid, BigInt(PTRACE_O_TRACESYSGOOD), 'PTRACE_SETOPTIONS');
+  // rsp % 16 == 0 at the call instruction: 8 at the function's entry, as the ABI expects.
+  const sp = (saved.rsp - 128n - CALL_GAP) & ~15n;
+  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
+  const regs: pt.Regs = {
+    ...saved,
+    rip: at,
+    rsp: sp,
+    rax: 0n,
+    orig_rax: toU64(-1),
+    rdi: a[0]!,
+    rsi: a[1]!,
+    rdx: a[2]!,
+    rcx: a[3]!,
+    r8: a[4]!,
+    r9: a[5]!,
+    eflags: saved.eflags & ~(0x400n | 0x100n),
+  };
+  const what = `the hook at ${hex(fn)}`;
+  pt.setRegs(tid, regs);
+  dieAt('call-setregs');
+  let result: bigint | undefined;
+  try {
+    syscallStep(tid);
+    const deadline = performance.now() + timeoutMs;
+    while (result === undefined) {
+      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      if (!st) {
+        reclaim(proc, tid, what);
+        fail(
+          'ETIMEDOUT',
+          `hook at ${hex(fn)} in process ${proc.pid} did not return within ${timeoutMs} ms ` +
+            `(it may wait for a lock held by another stopped thread)`,
+        );
+      }
+      if (st.kind === 'exited' || st.kind === 'killed') exitedDuring(proc, tid, what);
+      if (st.kind === 'signal' && st.signal === SYSCALL_TRAP) {
+        const now = pt.getRegs(tid);
+        if (now.rip === marker && now.orig_rax === BigInt(SYS.getpid) && now.rsp === sp) {
+          dieAt('call-marker');
+          result = now.rdi;
+          parkAfterSyscallStop(proc, tid, marker, deadline + SYSCALL_TIMEOUT_MS, what);
+          break;
+        }
+        dieAt('call-hook-syscall');
+      } else if (st.kind === 'signal') {
+        if (isCrashSignal(st.signal)) {
+          // Leave the signal undelivered (restarting from this stop with 0 drops it).
+          const now = pt.getRegs(tid);
+          const info = siginfoOrNull(tid);
+          const faultAddr = info ? info.readBigUInt64LE(16) : undefined;
+          const where =
+            st.signal === pt.SIG.SIGSEGV || st.signal === pt.SIG.SIGBUS
+              ? ` accessing ${hex(faultAddr ?? 0n)}`
+              : '';
+          fail(
+            'EFAULT',
+            `hook at ${hex(fn)} in process ${proc.pid} crashed with ${pt.signalName(st.signal)} at ${hex(now.rip)}${where}`,
+          );
+        }
+        proc.owe(tid, st.signal, siginfoOrNull(tid));
+      }
+      syscallStep(tid);
     }
   } finally {
     restore(tid, saved);

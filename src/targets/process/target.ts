@@ -15,6 +15,7 @@ import { ProcessMemory } from './memory.js';
 import { loadObjects, type ProcessObject } from './objects.js';
 import {
   MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
+  RUNTIME_PAGE_SIZE, useRuntimePage,
 } from './remote.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
@@ -47,6 +48,8 @@ export class ProcessTarget implements Target {
   private stopStart = 0;
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
+  /** The runtime page, once checked or made for a stopped process (see trap()). */
+  private readonly runtimeOf = new WeakMap<StoppedProcess, bigint>();
 
   private constructor(pid: number, lock: ProcessLock) {
     this.pid = pid;
@@ -100,7 +103,10 @@ export class ProcessTarget implements Target {
   private resolveIfunc(name: string, resolver: bigint): bigint {
     const hit = this.ifuncCache.get(name);
     if (hit !== undefined) return hit;
-    const impl = this.stopped((p) => BigInt.asUintN(64, remoteCall(p, p.mainThread.tid, resolver, [], this.trap(p), HOOK_TIMEOUT_MS).value));
+    const impl = this.stopped((p) => {
+      const trap = this.trap(p);
+      return BigInt.asUintN(64, remoteCall(p, p.mainThread.tid, resolver, [], trap, HOOK_TIMEOUT_MS).value);
+    });
     this.ifuncCache.set(name, impl);
     return impl;
   }
@@ -130,7 +136,10 @@ export class ProcessTarget implements Target {
 
   allocate(size: number, perm: Perm, near: BaseObject): bigint {
     const range = (near as ProcessObject).range ?? { start: 0n, end: 0n };
-    return this.stopped((p) => this.mapNear(p, size, PROT[perm], range));
+    return this.stopped((p) => {
+      this.trap(p); // the runtime page first: every later remote operation then runs from a self-restoring stub
+      return this.mapNear(p, size, PROT[perm], range);
+    });
   }
 
   private mapNear(p: StoppedProcess, size: number, prot: number, range: { start: bigint; end: bigint }): bigint {
@@ -166,23 +175,42 @@ export class ProcessTarget implements Target {
   }
 
   free(addr: bigint, size: number): void {
-    this.stopped((p) => remoteMunmap(p, p.mainThread.tid, addr, size));
+    this.stopped((p) => {
+      this.trap(p);
+      remoteMunmap(p, p.mainThread.tid, addr, size);
+    });
   }
 
-  /** The int3 our remote calls return to: one RX page per process, remembered in the state file. */
+  /**
+   * The runtime page: one RX page per process, remembered in the state file.
+   * Its first bytes are int3 (the trap of remote calls made without stubs),
+   * the rest holds the self-restoring stubs of remote operations (see
+   * useRuntimePage): created by the first remote operation of a session
+   * (that one mmap still borrows a syscall instruction of the target), then
+   * registered with `p` so that every later operation uses stubs.
+   */
   private trap(p: StoppedProcess): bigint {
+    const known = this.runtimeOf.get(p);
+    if (known !== undefined) return known;
     const t = this.fileStore.runtime.trap;
     if (t !== undefined) {
       try {
-        if (this.mem.read(t, 1)[0] === INT3) return t;
+        const m = readMaps(this.pid).find((x) => x.start <= t && t < x.end);
+        if (m && m.perms.startsWith('r-x') && m.end - t >= BigInt(RUNTIME_PAGE_SIZE) && this.mem.read(t, 1)[0] === INT3) {
+          useRuntimePage(p, t);
+          this.runtimeOf.set(p, t);
+          return t;
+        }
       } catch {
         /* unmapped: make a new one */
       }
     }
     const base = this.objects()[0];
-    const page = this.mapNear(p, 4096, PROT_READ | PROT_EXEC, base ? base.range : { start: 0n, end: 0n });
+    const page = this.mapNear(p, RUNTIME_PAGE_SIZE, PROT_READ | PROT_EXEC, base ? base.range : { start: 0n, end: 0n });
     this.mem.write(page, new Uint8Array(16).fill(INT3));
     this.fileStore.runtime.trap = page;
+    useRuntimePage(p, page);
+    this.runtimeOf.set(p, page);
     return page;
   }
 
@@ -203,6 +231,7 @@ export class ProcessTarget implements Target {
   callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult {
     return this.stopped((p) => {
       const tid = p.mainThread.tid;
+      this.trap(p);
       p.resume(tid);
       try {
         return this.call(p, kind, fn, arg);
