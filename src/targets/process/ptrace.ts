@@ -33,6 +33,8 @@ const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count,
 // constants
 
 export const PTRACE_CONT = 7;
+export const PTRACE_SYSCALL = 24;
+export const PTRACE_SETOPTIONS = 0x4200;
 export const PTRACE_SINGLESTEP = 9;
 export const PTRACE_GETREGS = 12;
 export const PTRACE_SETREGS = 13;
@@ -116,6 +118,8 @@ const OP_NAMES: Record<number, string> = {
   [PTRACE_SEIZE]: 'PTRACE_SEIZE',
   [PTRACE_INTERRUPT]: 'PTRACE_INTERRUPT',
   [PTRACE_LISTEN]: 'PTRACE_LISTEN',
+  [PTRACE_SYSCALL]: 'PTRACE_SYSCALL',
+  [PTRACE_SETOPTIONS]: 'PTRACE_SETOPTIONS',
 };
 
 /** The EPERM text: the three usual causes, so a person knows what to check. */
@@ -165,6 +169,19 @@ export function interrupt(tid: number): void {
 export function cont(tid: number, sig = 0): void {
   call(PTRACE_CONT, tid, 0n, BigInt(sig));
 }
+
+/** Resume until the next system-call entry or exit (or signal) stop. */
+export function syscallStep(tid: number, sig = 0): void {
+  call(PTRACE_SYSCALL, tid, 0n, BigInt(sig));
+}
+
+/** Set ptrace options (PTRACE_O_*) of a stopped tracee. */
+export function setOptions(tid: number, options: number): void {
+  call(PTRACE_SETOPTIONS, tid, 0n, BigInt(options));
+}
+
+/** Syscall stops report SIGTRAP|0x80, telling them from real SIGTRAPs. */
+export const PTRACE_O_TRACESYSGOOD = 1;
 
 /** Execute exactly one instruction, then stop with SIGTRAP. */
 export function singlestep(tid: number, sig = 0): void {

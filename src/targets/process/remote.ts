@@ -7,7 +7,6 @@
  * and restore itself; before that (the mmap creating the page), an existing
  * `syscall` instruction of the target is borrowed.
  */
-import koffi from 'koffi';
 import { errnoName, fail, ERRNO, isHotstackError, type ErrnoName } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { readMaps, type MapEntry } from './maps.js';
@@ -186,27 +185,12 @@ function restore(tid: number, saved: pt.Regs): void {
 // A single-step is not: if the tracer dies while a step is pending or at the
 // step's SIGTRAP stop, the untraced thread gets that SIGTRAP and dies.
 
-const libc = koffi.load('libc.so.6');
-const c_ptrace = libc.func('long ptrace(int request, int pid, ...)');
-const PTRACE_SYSCALL = 24;
-const PTRACE_SETOPTIONS = 0x4200;
-const PTRACE_O_TRACESYSGOOD = 1;
 /** Stop signal of a syscall stop with PTRACE_O_TRACESYSGOOD. */
 const SYSCALL_TRAP = pt.SIG.SIGTRAP | 0x80;
 
-function rawPtrace(op: number, tid: number, data: bigint, what: string): void {
-  const r = c_ptrace(op, tid, 'uint64_t', 0n, 'uint64_t', data);
-  if (Number(r) === -1) {
-    const e = koffi.errno();
-    if (e === ERRNO.ESRCH) fail('ESRCH', `thread ${tid} does not exist or is not stopped under hotstack's control (${what})`);
-    const name = errnoName(e);
-    fail(name in ERRNO ? (name as ErrnoName) : 'EIO', `${what} on thread ${tid} failed: ${name}`);
-  }
-}
-
 /** Resume until the next syscall entry/exit (or signal) stop. */
 function syscallStep(tid: number): void {
-  rawPtrace(PTRACE_SYSCALL, tid, 0n, 'PTRACE_SYSCALL');
+  pt.syscallStep(tid);
 }
 
 /** Test hook: HOTSTACK_TEST_DIE_AT=<stage> makes this process SIGKILL itself there (tests of a killed hotstack). */
@@ -359,7 +343,7 @@ function syscallViaStub(proc: StoppedProcess, tid: number, page: bigint, nr: num
   const asm = new Asm().u8(0x0f, 0x05); // syscall
   emitRestore(asm, saved);
   writeStub(proc, at, asm);
-  rawPtrace(PTRACE_SETOPTIONS, tid, BigInt(PTRACE_O_TRACESYSGOOD), 'PTRACE_SETOPTIONS');
+  pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
   const regs: pt.Regs = {
     ...saved,
     rip: at,
@@ -690,7 +674,7 @@ function callViaStub(
   asm.u8(0x0f, 0x05);
   emitRestore(asm, saved);
   writeStub(proc, at, asm);
-  rawPtrace(PTRACE_SETOPTIONS, tid, BigInt(PTRACE_O_TRACESYSGOOD), 'PTRACE_SETOPTIONS');
+  pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
   // rsp % 16 == 0 at the call instruction: 8 at the function's entry, as the ABI expects.
   const sp = (saved.rsp - 128n - CALL_GAP) & ~15n;
   const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
