@@ -587,23 +587,7 @@ function callOn(
   const saved = pt.getRegs(tid);
   const sp = ((saved.rsp - 128n - CALL_GAP) & ~15n) - 8n;
   proc.memory.writeU64(sp, trapAddr);
-  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
-  const regs: pt.Regs = {
-    ...saved,
-    rip: fn,
-    rsp: sp,
-    rax: 0n,
-    orig_rax: toU64(-1),
-    rdi: a[0]!,
-    rsi: a[1]!,
-    rdx: a[2]!,
-    rcx: a[3]!,
-    r8: a[4]!,
-    r9: a[5]!,
-    // The ABI wants DF clear at a call; TF must not leak from a previous single-step.
-    eflags: saved.eflags & ~(0x400n | 0x100n),
-  };
-  pt.setRegs(tid, regs);
+  pt.setRegs(tid, callRegs(saved, fn, sp, args));
   let result: bigint | undefined;
   try {
     pt.cont(tid, 0);
@@ -650,6 +634,29 @@ function callOn(
 }
 
 /**
+ * Registers for a call at `rip` with stack `sp`: SysV argument registers,
+ * orig_rax -1 (no syscall restart on resume), DF clear as the ABI wants at
+ * a call, TF cleared so a previous single-step cannot leak.
+ */
+function callRegs(saved: pt.Regs, rip: bigint, sp: bigint, args: (number | bigint)[]): pt.Regs {
+  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
+  return {
+    ...saved,
+    rip,
+    rsp: sp,
+    rax: 0n,
+    orig_rax: toU64(-1),
+    rdi: a[0]!,
+    rsi: a[1]!,
+    rdx: a[2]!,
+    rcx: a[3]!,
+    r8: a[4]!,
+    r9: a[5]!,
+    eflags: saved.eflags & ~(0x400n | 0x100n),
+  };
+}
+
+/**
  * remoteCall through a stub in the runtime page: `movabs r11, fn; call r11;
  * mov rdi, rax; getpid` then the restore sequence. The thread runs under
  * PTRACE_SYSCALL (its own system calls stop and are continued); the
@@ -677,23 +684,8 @@ function callViaStub(
   pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
   // rsp % 16 == 0 at the call instruction: 8 at the function's entry, as the ABI expects.
   const sp = (saved.rsp - 128n - CALL_GAP) & ~15n;
-  const a = [...args.map(toU64), 0n, 0n, 0n, 0n, 0n, 0n];
-  const regs: pt.Regs = {
-    ...saved,
-    rip: at,
-    rsp: sp,
-    rax: 0n,
-    orig_rax: toU64(-1),
-    rdi: a[0]!,
-    rsi: a[1]!,
-    rdx: a[2]!,
-    rcx: a[3]!,
-    r8: a[4]!,
-    r9: a[5]!,
-    eflags: saved.eflags & ~(0x400n | 0x100n),
-  };
   const what = `the hook at ${hex(fn)}`;
-  pt.setRegs(tid, regs);
+  pt.setRegs(tid, callRegs(saved, at, sp, args));
   dieAt('call-setregs');
   let result: bigint | undefined;
   try {

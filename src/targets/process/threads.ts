@@ -136,6 +136,8 @@ export class StoppedProcess {
   private readonly map = new Map<number, StoppedThread>();
   private exited = false;
   private done = false;
+  /** Threads whose seize failed with ESRCH, and how often (see stopAll). */
+  private readonly unseizable = new Map<number, number>();
 
   private constructor(pid: number) {
     this.pid = pid;
@@ -306,7 +308,14 @@ export class StoppedProcess {
         try {
           pt.seize(tid);
         } catch (e) {
-          if (isErr(e, 'ESRCH')) continue; // vanished between listing and seizing
+          if (isErr(e, 'ESRCH')) {
+            // Vanished between listing and seizing, or still being created by a
+            // clone: while it is listed, scan again (a bounded number of times).
+            const n = (this.unseizable.get(tid) ?? 0) + 1;
+            this.unseizable.set(tid, n);
+            if (n < 50 && fs.existsSync(`/proc/${this.pid}/task/${tid}`)) fresh++;
+            continue;
+          }
           // A zombie leader (it called pthread_exit) cannot be seized: EPERM. Skip it.
           if (isErr(e, 'EPERM') && 'ZX?'.includes(threadSchedState(this.pid, tid))) continue;
           if (isErr(e, 'EPERM')) fail('EPERM', pt.notPermitted(this.pid) + tracerHint(this.pid, tid));
