@@ -609,19 +609,8 @@ function callOn(
           result = now.rax;
           break;
         }
-        if (isCrashSignal(st.signal)) {
-          // Leave the signal undelivered (restarting from this stop with 0 drops it).
-          const info = siginfoOrNull(tid);
-          const faultAddr = info ? info.readBigUInt64LE(16) : undefined;
-          const where =
-            st.signal === pt.SIG.SIGSEGV || st.signal === pt.SIG.SIGBUS
-              ? ` accessing ${hex(faultAddr ?? 0n)}`
-              : '';
-          fail(
-            'EFAULT',
-            `hook at ${hex(fn)} in process ${proc.pid} crashed with ${pt.signalName(st.signal)} at ${hex(now.rip)}${where}`,
-          );
-        }
+        // Leave a crash signal undelivered (restarting from this stop with 0 drops it).
+        if (isCrashSignal(st.signal)) hookCrashed(proc, tid, fn, st.signal, now.rip);
         proc.owe(tid, st.signal, siginfoOrNull(tid));
       }
       pt.cont(tid, 0);
@@ -631,6 +620,14 @@ function callOn(
   }
   const value = BigInt.asIntN(64, result);
   return { value, int: Number(BigInt.asIntN(32, result)) };
+}
+
+/** EFAULT for a hook that crashed: the signal, where, and the faulting address. */
+function hookCrashed(proc: StoppedProcess, tid: number, fn: bigint, signal: number, rip: bigint): never {
+  const info = siginfoOrNull(tid);
+  const faultAddr = info ? info.readBigUInt64LE(16) : undefined;
+  const where = signal === pt.SIG.SIGSEGV || signal === pt.SIG.SIGBUS ? ` accessing ${hex(faultAddr ?? 0n)}` : '';
+  return fail('EFAULT', `hook at ${hex(fn)} in process ${proc.pid} crashed with ${pt.signalName(signal)} at ${hex(rip)}${where}`);
 }
 
 /**
@@ -712,20 +709,8 @@ function callViaStub(
         }
         dieAt('call-hook-syscall');
       } else if (st.kind === 'signal') {
-        if (isCrashSignal(st.signal)) {
-          // Leave the signal undelivered (restarting from this stop with 0 drops it).
-          const now = pt.getRegs(tid);
-          const info = siginfoOrNull(tid);
-          const faultAddr = info ? info.readBigUInt64LE(16) : undefined;
-          const where =
-            st.signal === pt.SIG.SIGSEGV || st.signal === pt.SIG.SIGBUS
-              ? ` accessing ${hex(faultAddr ?? 0n)}`
-              : '';
-          fail(
-            'EFAULT',
-            `hook at ${hex(fn)} in process ${proc.pid} crashed with ${pt.signalName(st.signal)} at ${hex(now.rip)}${where}`,
-          );
-        }
+        // Leave a crash signal undelivered (restarting from this stop with 0 drops it).
+        if (isCrashSignal(st.signal)) hookCrashed(proc, tid, fn, st.signal, pt.getRegs(tid).rip);
         proc.owe(tid, st.signal, siginfoOrNull(tid));
       }
       syscallStep(tid);
