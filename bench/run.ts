@@ -7,6 +7,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { benchCheckChain } from './check-chain.js';
 import { benchProcess, printProcessBench } from './process.js';
+import { benchVeneer, printVeneerBench } from './veneer.js';
 
 function machine(): string {
   const c = cpus();
@@ -30,7 +31,11 @@ async function main(): Promise<void> {
   console.log('\nlive process: time stopped per action, and the cost of a patched call:');
   const proc = await benchProcess(join(work, 'process'));
   printProcessBench(proc);
-  console.log(JSON.stringify({ machine: machine(), checkChain: { rows, growth }, process: proc }));
+
+  console.log('\nlive process: the cost of a preserving veneer:');
+  const veneer = await benchVeneer(join(work, 'veneer'));
+  printVeneerBench(veneer);
+  console.log(JSON.stringify({ machine: machine(), checkChain: { rows, growth }, process: proc, veneer }));
 }
 
 main().catch((e: unknown) => {

@@ -25,6 +25,7 @@ export const ERRNO = {
   EOVERFLOW: 75,
   EOPNOTSUPP: 95,
   ETIMEDOUT: 110,
+  EKEYREJECTED: 129,
 } as const;
 
 export type ErrnoName = keyof typeof ERRNO;
@@ -58,6 +59,7 @@ export const STRERROR: Record<ErrnoName, string> = {
   EOVERFLOW: 'Value too large for defined data type',
   EOPNOTSUPP: 'Operation not supported',
   ETIMEDOUT: 'Connection timed out',
+  EKEYREJECTED: 'Key was rejected by service',
 };
 
 /** An error a user can act on: errno name, negative code, message, and where (file offset) when known. */

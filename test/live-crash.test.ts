@@ -168,7 +168,7 @@ describe('live crash: HOTSTACK_FAULT=after-write:N kills the tool mid-action', (
         await c.setup(p);
         const before = await checkConsistent(p, 'before');
 
-        const r = await hs(p, c.args(), { HOTSTACK_FAULT: `after-write:${n}` });
+        const r = await hs(p, c.args(), { HOTSTACK_FAULT: `after-write:${n}`, HOTSTACK_TEST_MODE: '1' });
         assert.equal(r.signal, 'SIGKILL', `the tool died by its fault: ${show(r)}`);
         assert.doesNotMatch(r.stdout, /completed\n$/, show(r));
         // The process keeps running, in whatever half state the tool left.

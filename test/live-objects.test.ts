@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { buildAll, readBuildId } from './helpers/toolchain.js';
 import {
-  Cli, Processes, buildLiveFixtures, canSwitchUser, deadPid, expectCli, freshStateDir, quote, stateDirFor,
+  Cli, Processes, buildLiveFixtures, canSwitchUser, deadPid, expectCli, freshStateDir, quote, readableCliCopy, stateDirFor,
   type LiveFixtures,
 } from './helpers/live.js';
 
@@ -60,6 +60,8 @@ describe('a shared library as the base object', () => {
       },
       'list --json names the library as the base',
     );
+    // The text table names it too, in its last column (the file name, not the program's).
+    expectCli(cli.run(p.pid, 'list'), { status: 0, stdout: /^greet_patch {29}\| APPLIED {4}\| fixture=greet_patch \| libgreet\.so$/m, stderr: '' });
     expectCli(cli.run(p.pid, 'revert', 'greet_patch'), { status: 0, stdout: 'Reverting greet_patch... completed\n', stderr: '' });
     assert.equal(await p.ask('g'), 'hello from libgreet');
     expectCli(cli.run(p.pid, 'unload', 'greet_patch'), { status: 0, stdout: 'Unloading greet_patch... completed\n', stderr: '' });
@@ -163,9 +165,12 @@ describe('errors a person can act on', () => {
     const p = await procs.start(files.base!);
     const nobodyState = stateDirFor(65534, 'nobody');
     extraDirs.push(nobodyState);
+    // nobody runs a copy of the CLI it can read: the checkout may be under a 0700 directory such as /root.
+    const copy = readableCliCopy();
+    extraDirs.push(copy.dir);
     const asNobody = new Cli(nobodyState);
     for (const args of [['upload', 'hello', files.hello!], ['load', files.hello!]]) {
-      const r = asNobody.raw(['--pid', String(p.pid), ...args], { asUser: 65534 });
+      const r = asNobody.raw(['--pid', String(p.pid), ...args], { asUser: 65534, bin: copy.bin });
       expectCli(r, { status: 1, stderr: /Error (1: EPERM|13: EACCES): .*(root|CAP_SYS_PTRACE|ptrace_scope|same user|process's user)/ });
       assert.doesNotMatch(r.stdout, /completed/, `nothing completed: ${r.cmd}`);
     }
@@ -173,7 +178,7 @@ describe('errors a person can act on', () => {
     // (else another user's state directory would show an empty stack).
     const unwritable = freshStateDir('root-only');
     extraDirs.push(unwritable);
-    const r = new Cli(join(unwritable, 'sub')).raw(['--pid', String(p.pid), 'list'], { asUser: 65534 });
+    const r = new Cli(join(unwritable, 'sub')).raw(['--pid', String(p.pid), 'list'], { asUser: 65534, bin: copy.bin });
     expectCli(r, { status: 1, stderr: /Error 1: EPERM: not permitted to trace process \d+: .*(root|CAP_SYS_PTRACE)/ });
     assert.equal(await p.ask('v'), '-unstable');
     expectCli(cli.run(p.pid, 'list'), { status: 0, stdout: 'Nothing to list\n', stderr: '' });

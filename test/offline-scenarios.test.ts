@@ -11,6 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { cmdAction, cmdList, cmdLoad, cmdUpload } from '../src/cli/lifecycle.js';
 import { HotstackError } from '../src/errors.js';
@@ -255,7 +256,7 @@ for (const v of VARIANTS) {
       s.assertOriginal('extra_version', 'step 16: prepost reverted');
     });
 
-    it('list prints the xen-livepatch table: name padded to 40, "| ", state, rc when non-zero, "    | ", metadata', () => {
+    it('list prints the xen-livepatch table: name padded to 40, "| ", state, rc when non-zero, "    | ", metadata, then the base column', () => {
       const s = session();
       const c = captureIo();
       s.load('hello');
@@ -264,14 +265,18 @@ for (const v of VARIANTS) {
       throwsErrno(() => s.replace('expect_fail'), 'EINVAL', undefined, 'REPLACE expect_fail');
       assert.equal(cmdList(s.engine, false, c.io), 0);
       const lines = c.out().split('\n');
-      assert.match(lines[0]!, /^ ID\s+\| status\s+\| metadata$/, 'header " ID | status | metadata"');
-      assert.match(lines[1]!, /^-+\+-+\+-+$/, 'a rule');
-      assert.equal(lines[2], `${'hello'.padEnd(40)}| APPLIED    | fixture=hello`, 'row: name padded to 40, "| ", state, "    | ", metadata');
-      assert.equal(lines[3], `${'bye'.padEnd(40)}| APPLIED    | `, 'row without metadata');
+      const baseName = basename(f('base'));
+      // Metadata is padded to the widest entry (at least 13, which keeps xen-livepatch's 15-dash rule), then " | " and the base's file name.
+      const meta = (m: string) => m.padEnd(13);
+      assert.equal(lines[0], ` ID${' '.repeat(37)}| status     | ${meta('metadata')} | base`, 'header " ID | status | metadata | base"');
+      assert.equal(lines[1], `${'-'.repeat(40)}+${'-'.repeat(12)}+${'-'.repeat(15)}+${'-'.repeat(15)}`, 'a rule');
+      assert.equal(lines[2], `${'hello'.padEnd(40)}| APPLIED    | ${meta('fixture=hello')} | ${baseName}`, 'row: name padded to 40, "| ", state, "    | ", metadata, " | ", base');
+      assert.equal(lines[3], `${'bye'.padEnd(40)}| APPLIED    | ${meta('')} | ${baseName}`, 'row without metadata');
       const rc = s.engine.get('expect_fail').rc;
       assert.equal(rc, -22, 'the failed REPLACE left its rc on the payload (Xen: data->rc)');
-      assert.match(lines[4]!, new RegExp(`^${'expect_fail'.padEnd(40)}\\| CHECKED \\((22|EINVAL), Invalid argument\\)    \\| $`),
+      assert.match(lines[4]!, new RegExp(`^${'expect_fail'.padEnd(40)}\\| CHECKED \\((22|EINVAL), Invalid argument\\)    \\| ${' '.repeat(13)} \\| ${baseName.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`),
         'actions.md list: when rc is non-zero " (errno, message)", then "    | " (four spaces, as after a plain state)');
+      assert.equal(lines[5], '', 'three rows and nothing else');
     });
 
     // -----------------------------------------------------------------

@@ -233,7 +233,7 @@ async function runDriver(
   };
   const env = { ...process.env };
   delete env.HOTSTACK_TEST_DIE_AT;
-  if (opts.dieAt) env.HOTSTACK_TEST_DIE_AT = opts.dieAt;
+  if (opts.dieAt) Object.assign(env, { HOTSTACK_TEST_DIE_AT: opts.dieAt, HOTSTACK_TEST_MODE: '1' });
   const here = path.dirname(fileURLToPath(import.meta.url));
   const remoteUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'remote.js')).href;
   const indexUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'index.js')).href;

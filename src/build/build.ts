@@ -22,11 +22,17 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { Engine } from '../core/engine.js';
 import { ERRNO, fail, HotstackError, toHotstackError, type ErrnoName } from '../errors.js';
 import {
-  ElfFile, ET_DYN, ET_EXEC, findBuildId, readSymbols, STB_LOCAL, SHT_SYMTAB, SHT_DYNSYM, SymbolIndex, toHex, type IndexedSymbol,
+  ElfFile, ET_DYN, ET_EXEC, findBuildId, STB_LOCAL, SymbolIndex, toHex, type IndexedSymbol,
 } from '../elf/index.js';
 import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
+import { readPayloadFile } from '../payload/file.js';
 import { MAX_NAME, MAX_OPAQUE, SEC } from '../payload/sections.js';
-import { ImageTarget } from '../targets/image/index.js';
+import { ImageTarget, isXenImage } from '../targets/image/index.js';
+import { BaseAnalysis, type Hazard } from '../analysis/index.js';
+import type { PayloadRecord } from '../core/state.js';
+import type { LibraryOptions } from '../libs/closure.js';
+import { checkLibraryOptions } from '../libs/options.js';
+import { baseSymbols, type SymbolSource } from '../elf/debugfile.js';
 import { runCheck } from '../cli/check.js';
 import { nameFromFile } from '../cli/format.js';
 import { buildIdNote, modinfoBytes, sectionObject } from './object.js';
@@ -59,8 +65,15 @@ export interface BuildOptions {
   sources: string[];
   /** Extra compiler flags (after `--`). */
   cflags?: string[];
+  /** Last transformation of the checked payload bytes before OUT is written (build --sign). */
+  finish?: (bytes: Uint8Array) => Uint8Array;
   /** Directory relative paths are taken from and the compiler runs in (default: process cwd). */
   cwd?: string;
+  /** Separate debug file of a stripped base (`--debug-file`): its `.symtab` names the static functions. */
+  debugFile?: string;
+  /** Where the base's libraries are, for the dry run: `--lib-path` directories (searched first), `--sysroot`. */
+  libPaths?: string[];
+  sysroot?: string;
 }
 
 export interface BuiltFunc {
@@ -76,6 +89,12 @@ export interface BuiltFunc {
   expect: { len: number; bytes: string } | null;
   /** Why there is no expectation (null when there is one). */
   noExpectation: string | null;
+}
+
+/** A function entered through a preserving veneer once loaded, and the registers it keeps. */
+export interface BuildVeneer {
+  function: string;
+  registers: string[];
 }
 
 export interface BuildCheckStep {
@@ -99,6 +118,10 @@ export interface BuildReport {
   /** Every function patched by this payload and the payloads below it. */
   patched: string[];
   checks: BuildCheckStep[];
+  /** Compiler hazards of the functions this payload patches (analysis of the base). */
+  hazards: Hazard[];
+  /** Functions that will be entered through a preserving veneer when loaded into a process. */
+  veneers: BuildVeneer[];
   /** What the compiler printed (warnings) on success. */
   compilerOutput: string;
 }
@@ -124,6 +147,16 @@ function checkPayloadName(name: string): void {
   if (Buffer.byteLength(name) > MAX_NAME) fail('EINVAL', `payload name ${name} is ${Buffer.byteLength(name)} bytes; at most ${MAX_NAME}`);
 }
 
+/** A payload an option names (--depends): bounded and regular files only, like every payload read. */
+function readInputPayload(path: string, what: string): Uint8Array {
+  try {
+    return readPayloadFile(path);
+  } catch (e) {
+    const err = toHotstackError(e);
+    throw new HotstackError(err.errno, `${what} ${path}: ${err.message}`);
+  }
+}
+
 /** Read a file an option names; a failure names the option and the file. */
 function readInput(path: string, what: string): Uint8Array {
   try {
@@ -145,9 +178,17 @@ interface BaseInfo {
   index: SymbolIndex;
   /** Local symbols by plain name -> FILE#NAME candidates (for messages). */
   locals: Map<string, string[]>;
+  /** Where the symbols came from: a stripped base without a debug file has only `.dynsym`. */
+  symbolSource: SymbolSource;
+  /** The debug file used or checked (absolute), passed on to the dry run. */
+  debugFile: string | undefined;
+  /** Its ELF (symbols and DWARF for the analysis). */
+  debugElf: ElfFile | undefined;
+  /** Xen's own image: hazards reported, never refused. */
+  reportOnly: boolean;
 }
 
-function openBase(file: string, path: string): BaseInfo {
+function openBase(file: string, path: string, debugFile: string | undefined): BaseInfo {
   const bytes = readInput(file, 'base');
   let elf: ElfFile;
   try {
@@ -161,8 +202,8 @@ function openBase(file: string, path: string): BaseInfo {
   }
   const buildId = findBuildId(elf);
   if (!buildId) fail('ENODATA', `base ${path} has no build-id, so no payload can name it: link it with -Wl,--build-id (gcc) or --build-id (ld)`);
-  const tab = elf.sections.find((s) => s.type === SHT_SYMTAB) ?? elf.sections.find((s) => s.type === SHT_DYNSYM);
-  const syms = tab ? readSymbols(elf, tab) : [];
+  // A stripped base has only .dynsym: its debug file (--debug-file, build-id directory, .gnu_debuglink) supplies .symtab.
+  const { symbols: syms, source, debug } = baseSymbols(elf, file, { debugFile });
   const locals = new Map<string, string[]>();
   for (const s of syms) {
     if (s.bind !== STB_LOCAL || !s.name || s.shndx === 0) continue;
@@ -170,7 +211,8 @@ function openBase(file: string, path: string): BaseInfo {
     l.push(s.file !== undefined ? `${s.file}#${s.name}` : s.name);
     locals.set(s.name, l);
   }
-  return { path, file, elf, buildId, index: new SymbolIndex(syms), locals };
+  const index = new SymbolIndex(syms);
+  return { path, file, elf, buildId, index, locals, symbolSource: source, debugFile: debug?.path, debugElf: debug?.elf, reportOnly: isXenImage(elf, index) };
 }
 
 interface DependsInfo {
@@ -187,7 +229,7 @@ interface DependsInfo {
 }
 
 function openDepends(file: string, path: string, base: BaseInfo): DependsInfo {
-  const bytes = readInput(file, '--depends');
+  const bytes = readInputPayload(file, '--depends');
   let info: InspectedPayload;
   try {
     info = inspectPayload(bytes);
@@ -216,7 +258,11 @@ function oldFunction(base: BaseInfo, f: DeclaredFunc): { sym: IndexedSymbol; end
     const hint = cands.length > 1
       ? `; several static functions have that name (${cands.join(', ')}): name one as FILE#NAME`
       : cands.length === 1 && cands[0] !== f.name ? `; did you mean ${cands[0]}?` : '';
-    fail('ENOENT', `function ${f.name} is not a symbol of the base ${base.path}${hint} (list its functions with: nm --defined-only ${base.path})`);
+    const stripped = base.symbolSource === 'dynsym' || base.symbolSource === 'none';
+    const list = stripped
+      ? `; the base is stripped (no .symtab), so only its exported functions are known (list them with: nm -D --defined-only ${base.path}); static functions need its debug file: give --debug-file FILE (from objcopy --only-keep-debug) or install its debug package (/usr/lib/debug/.build-id/)`
+      : ` (list its functions with: nm --defined-only ${base.path})`;
+    fail('ENOENT', `function ${f.name} is not a symbol of the base ${base.path}${hint}${list}`);
   }
   if (sym.size === 0n) fail('EINVAL', `${f.name} in the base ${base.path} has no size in its symbol table, so it cannot be patched safely`);
   if (sym.size > 0xffffffffn) fail('EINVAL', `${f.name} in the base ${base.path} is ${sym.size} bytes, too large for old_size`);
@@ -267,16 +313,18 @@ function compile(opts: BuildOptions, cwd: string, work: string): { objects: stri
  * The dry run: with --depends, upload and apply (nodeps) the payload below,
  * then upload and apply the new one; else `hotstack check --image BASE NEW`.
  */
-function dryRun(base: BaseInfo, file: string, name: string, dep: DependsInfo | undefined): BuildCheckStep[] {
+function dryRun(base: BaseInfo, file: string, name: string, dep: DependsInfo | undefined, libs: LibraryOptions): DryRun {
   if (!dep) {
-    const r = runCheck({ image: base.file, files: [file] });
-    return r.steps.map((s) => {
+    const r = runCheck({ image: base.file, files: [file], debugFile: base.debugFile, ...libs });
+    const steps = r.steps.map((s) => {
       const step: BuildCheckStep = { name, file: 'the new payload', action: s.action === 'apply' ? 'apply' : 'upload', nodeps: false, ok: s.ok, message: s.message };
       if (!s.ok) throw new HotstackError(errnoNamed(s.errno), `check against ${base.path} failed: ${s.action} ${name}: ${s.message}`);
       return step;
     });
+    const up = r.steps.find((s) => s.action === 'upload');
+    return { steps, hazards: up?.hazards ?? [], veneers: (up?.veneers ?? []).map((v) => ({ function: v.function, registers: v.registers })) };
   }
-  const engine = new Engine(ImageTarget.open(base.file));
+  const engine = new Engine(ImageTarget.open(base.file, { debugFile: base.debugFile, ...libs }));
   const steps: BuildCheckStep[] = [];
   const step = (n: string, f: string, action: 'upload' | 'apply', nodeps: boolean, fn: () => void): void => {
     try {
@@ -289,11 +337,43 @@ function dryRun(base: BaseInfo, file: string, name: string, dep: DependsInfo | u
   };
   const depName = dep.name;
   const newName = name === depName ? `${name}.new` : name;
-  step(depName, dep.path, 'upload', false, () => void engine.upload(depName, readFileSync(dep.file)));
+  step(depName, dep.path, 'upload', false, () => void engine.upload(depName, readPayloadFile(dep.file)));
   step(depName, dep.path, 'apply', true, () => void engine.action(depName, 'APPLY', { nodeps: true }));
-  step(newName, 'the new payload', 'upload', false, () => void engine.upload(newName, readFileSync(file)));
+  let rec: PayloadRecord | undefined;
+  step(newName, 'the new payload', 'upload', false, () => void (rec = engine.upload(newName, readFileSync(file))));
   step(newName, 'the new payload', 'apply', false, () => void engine.action(newName, 'APPLY'));
-  return steps;
+  const veneers = (rec?.funcs ?? []).filter((f) => f.veneer).map((f) => ({ function: f.name, registers: f.veneer!.registers }));
+  return { steps, hazards: rec?.hazards ?? [], veneers };
+}
+
+interface DryRun {
+  steps: BuildCheckStep[];
+  hazards: Hazard[];
+  veneers: BuildVeneer[];
+}
+
+/**
+ * A jump to a function nothing reaches changes nothing: gcc inlined it
+ * everywhere (keeping the symbol) or it is unused. Refused here, where the
+ * payload is made; `check` and `apply` only report it. Xen's own image is
+ * exempt: its outcomes stay Xen's.
+ */
+function refuseUnreached(base: BaseInfo, funcs: { name: string; kind: 'jump' | 'nop' }[]): void {
+  if (base.reportOnly) return;
+  const jumps = funcs.filter((f) => f.kind === 'jump');
+  if (!jumps.length) return;
+  let analysis: BaseAnalysis;
+  try {
+    analysis = BaseAnalysis.of(base.elf, { debug: base.debugElf, path: base.path });
+  } catch {
+    return; // not analysable (another architecture): the dry run reports it
+  }
+  for (const f of jumps) {
+    const r = analysis.report(f.name);
+    if (!r || !r.noCallers) continue;
+    const why = r.hazards.find((h) => h.kind === 'inlined')?.detail ?? `nothing calls, jumps to or takes the address of ${f.name}`;
+    fail('EINVAL', `HOTSTACK_PATCH(${f.name}): ${why}`);
+  }
 }
 
 /** Build a payload. Throws HotstackError; OUT is written only when everything succeeded. */
@@ -324,7 +404,9 @@ export function buildPayload(opts: BuildOptions): BuildReport {
     if (p !== undefined && resolve(cwd, p) === out) fail('EINVAL', `-o ${opts.out} is also the ${what}; write the payload somewhere else`);
   }
 
-  const base = openBase(resolve(cwd, opts.base), opts.base);
+  // Checked before compiling: a mistyped directory should not cost a build.
+  const libs = checkLibraryOptions({ libPaths: opts.libPaths, sysroot: opts.sysroot }, cwd);
+  const base = openBase(resolve(cwd, opts.base), opts.base, opts.debugFile !== undefined ? resolve(cwd, opts.debugFile) : undefined);
   const dep = opts.depends !== undefined ? openDepends(resolve(cwd, opts.depends), opts.depends, base) : undefined;
   const baseHex = toHex(base.buildId);
 
@@ -366,6 +448,7 @@ export function buildPayload(opts: BuildOptions): BuildReport {
         expect: expect ? { len: expect.length, bytes: toHex(expect) } : null, noExpectation,
       });
     }
+    refuseUnreached(base, funcs);
     fillRecords(bytes, fills);
     writeFileSync(combined, bytes);
 
@@ -395,7 +478,9 @@ export function buildPayload(opts: BuildOptions): BuildReport {
     }
 
     // 6. Dry run, then into place.
-    const checks = dryRun(base, linked, name, dep);
+    const { steps: checks, hazards, veneers } = dryRun(base, linked, name, dep, libs);
+    // Last step (build --sign): the signature covers the final bytes; OUT is still untouched if it fails.
+    if (opts.finish) writeFileSync(linked, opts.finish(readPayloadFile(linked)));
     const tmp = `${out}.tmp-${process.pid}`;
     try {
       copyFileSync(linked, tmp);
@@ -422,6 +507,8 @@ export function buildPayload(opts: BuildOptions): BuildReport {
       metadata: built.metadata,
       patched,
       checks,
+      hazards,
+      veneers,
       compilerOutput,
     };
   } finally {

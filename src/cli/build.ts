@@ -7,7 +7,8 @@ import { buildPayload, type BuildReport } from '../build/build.js';
 import { payloadCflags, shellQuote } from '../build/tools.js';
 import { toHotstackError } from '../errors.js';
 import { errorLine, exitCodeFor } from './format.js';
-import type { Io } from './lifecycle.js';
+import { safetyText, type Io } from './lifecycle.js';
+import { buildSigner } from './trust.js';
 
 const defaultIo: Io = {
   out: (s) => process.stdout.write(s),
@@ -27,6 +28,17 @@ already patches. .modinfo gets hotstack.name=NAME, hotstack.patched=...
 --meta KEY=VALUE. Before OUT is written, the payload is checked on the base
 like \`hotstack check\` (with --depends: that payload applied --nodeps
 first); any failure leaves OUT untouched.
+
+A stripped base (only .dynsym) names only its exported functions; static
+ones come from its separate debug file (objcopy --only-keep-debug): give
+--debug-file FILE, or it is found by build-id in
+$HOTSTACK_DEBUG_ROOT/.build-id/xx/rest.debug (default /usr/lib/debug, where
+debug packages install) or through the base's .gnu_debuglink. Its build-id
+must be the base's.
+
+Functions of libraries the base needs (printf, ...) are found for the dry
+run as \`hotstack check\` finds them: --lib-path DIR and --sysroot DIR as
+there (see hotstack check --help).
 
 Example:
   hotstack build --base ./server --expect -o fix1.livepatch fix1.c
@@ -70,6 +82,7 @@ export function printBuild(r: BuildReport, io: Io): void {
   io.out(`  metadata  ${r.metadata.join('; ')}\n`);
   const chain = r.checks.filter((s) => s.action === 'apply').map((s) => `${s.name}${s.nodeps ? ' (--nodeps)' : ''}`);
   io.out(`  checked   on ${r.base.path}: ${chain.join(' -> ')} applied\n`);
+  io.out(safetyText(r.hazards, r.veneers));
 }
 
 /** Register `build` and `cflags` on the program. */
@@ -77,18 +90,22 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
   const build = program
     .command('build')
     .description('compile C replacement functions into a payload that stacks on the base or on --depends')
-    .usage('--base ELF [--depends PAYLOAD] [--name NAME] [--meta KEY=VALUE]... [--expect] [--cc CC] -o OUT SRC.c... [-- CFLAGS...]')
+    .usage('--base ELF [--debug-file FILE] [--lib-path DIR]... [--sysroot DIR] [--depends PAYLOAD] [--name NAME] [--meta KEY=VALUE]... [--expect] [--cc CC] [--sign KEY] -o OUT SRC.c... [-- CFLAGS...]')
     .requiredOption('--base <elf>', 'the program (or shared object) the payload patches; needs a build-id')
     .option('--depends <payload>', 'the payload this one stacks on (default: the base itself)')
     .option('--name <name>', "payload name recorded in .modinfo (default: OUT's base name without extension)")
     .option('--meta <key=value>', 'add KEY=VALUE to .modinfo (repeatable)', collect)
     .option('--expect', "give each function an expectation: its current first bytes, checked at apply")
     .option('--cc <cc>', 'C compiler (default: $CC, else gcc)')
+    .option('--debug-file <file>', "separate debug file of a stripped base (its .symtab names static functions); default: found by build-id under $HOTSTACK_DEBUG_ROOT or /usr/lib/debug, or by .gnu_debuglink")
+    .option('--lib-path <dir>', "for the dry run: look for the base's libraries in DIR first (repeatable)", collect)
+    .option('--sysroot <dir>', "for the dry run: DIR is the target system's /, where the base's libraries are")
     .requiredOption('-o, --output <file>', 'the payload file to write')
+    .option('--sign <key>', 'sign the payload with this private key (hotstack keygen) as the last step')
     .option('--json', 'print one JSON object')
     .argument('<sources...>', 'C sources, then optionally -- and compiler flags')
     .addHelpText('after', BUILD_HELP)
-    .action((args: string[], o: { base: string; depends?: string; name?: string; meta?: string[]; expect?: boolean; cc?: string; output: string; json?: boolean }) => {
+    .action((args: string[], o: { base: string; depends?: string; name?: string; meta?: string[]; expect?: boolean; cc?: string; debugFile?: string; libPath?: string[]; sysroot?: string; output: string; json?: boolean; sign?: string }) => {
       // Commander hands everything after `--` over as more sources: split them off.
       // (rawArgs, the argv given to parse(), is public in commander but missing from its typings.)
       const raw = (program as unknown as { rawArgs?: string[] }).rawArgs ?? [];
@@ -97,13 +114,17 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
       const sources = args.slice(0, args.length - nflags);
       const cflags = args.slice(args.length - nflags);
       try {
-        const r = buildPayload({
+        // The key is read first: a bad key fails before anything is compiled.
+        const signer = o.sign !== undefined ? buildSigner(o.sign) : undefined;
+        const built = buildPayload({
           base: o.base, depends: o.depends, name: o.name, meta: o.meta, expect: o.expect, cc: o.cc,
-          out: o.output, sources, cflags,
+          out: o.output, sources, cflags, debugFile: o.debugFile, libPaths: o.libPath, sysroot: o.sysroot, finish: signer?.sign,
         });
+        const r = signer ? { ...built, signature: { key: signer.key.name, keyId: signer.key.keyId } } : built;
         if (r.compilerOutput.trim() && !o.json) io.err(r.compilerOutput);
         if (o.json) io.out(JSON.stringify(r) + '\n');
         else printBuild(r, io);
+        if (signer && !o.json) io.out(`  signed    key ${signer.key.name} (${signer.key.keyId})\n`);
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);

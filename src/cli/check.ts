@@ -7,8 +7,13 @@ import { toHex } from '../elf/bytes.js';
 import { Engine } from '../core/engine.js';
 import { toHotstackError } from '../errors.js';
 import { ImageTarget } from '../targets/image/index.js';
-import { errnoOf, nameFromFile } from './format.js';
-import { readPayloadFile, type Io } from './lifecycle.js';
+import type { PayloadRecord } from '../core/state.js';
+import { basename } from 'node:path';
+import { errnoOf, nameFromFile, veneersOf } from './format.js';
+import type { Hazard } from '../analysis/types.js';
+import { readPayloadFile, safetyText, type Io } from './lifecycle.js';
+import { signatureJson, type LoadedPayload } from './trust.js';
+import { signatureText } from '../trust/signature.js';
 
 export interface CheckStep {
   file: string;
@@ -21,6 +26,14 @@ export interface CheckStep {
   hooksRun: boolean;
   /** Hooks the step would run but could not, offline. */
   hooksSkipped: string[];
+  /** Compiler hazards of the functions the payload patches (empty when its upload failed). */
+  hazards: Hazard[];
+  /** Functions that will be entered through a preserving veneer, and the registers it keeps. */
+  veneers: { function: string; registers: string[] }[];
+  /** Upload steps (CLI): the payload's signature, null when unsigned (signature.ts SignatureInfo). */
+  signature?: Record<string, unknown> | null;
+  /** Upload steps: the payload's undefined symbols resolved in a library, and which. */
+  symbols?: { name: string; object: string; ifuncResolver?: boolean }[];
 }
 
 export interface CheckReport {
@@ -34,29 +47,49 @@ export interface CheckOptions {
   files: string[];
   replace?: string;
   nodeps?: boolean;
+  /** Separate debug file of a stripped image (`--debug-file`). */
+  debugFile?: string;
+  /** Where the image's libraries are: `--lib-path` directories (searched first), `--sysroot`. */
+  libPaths?: string[];
+  sysroot?: string;
   /** Called after each file, for progress on long runs. */
   progress?: (done: number, total: number) => void;
+  /** Reads a payload and checks its signature (the CLI: policy, keyring); absent: plain bounded read. */
+  load?: (file: string) => LoadedPayload;
 }
 
 /** Run the dry run and return the report (throws only for an unusable image). */
 export function runCheck(opts: CheckOptions): CheckReport {
-  const target = ImageTarget.open(opts.image);
+  const target = ImageTarget.open(opts.image, { debugFile: opts.debugFile, libPaths: opts.libPaths, sysroot: opts.sysroot });
   const engine = new Engine(target);
   const steps: CheckStep[] = [];
   const step = (file: string, name: string, action: CheckStep['action'], fn: () => string[] | void, okMsg: string): boolean => {
     try {
       const skipped = fn() ?? [];
-      steps.push({ file, name, action, ok: true, errno: null, code: 0, message: okMsg + (skipped.length ? ` (hooks not run offline: ${skipped.join(', ')})` : ''), hooksRun: false, hooksSkipped: skipped });
+      const p = engine.find(name);
+      const safety = { hazards: p?.hazards ?? [], veneers: p ? veneersOf(p) : [], ...(action === 'upload' ? { symbols: externalsOf(p) } : {}) };
+      steps.push({ file, name, action, ok: true, errno: null, code: 0, message: okMsg + (skipped.length ? ` (hooks not run offline: ${skipped.join(', ')})` : ''), hooksRun: false, hooksSkipped: skipped, ...safety });
       return true;
     } catch (e) {
       const err = toHotstackError(e);
-      steps.push({ file, name, action, ok: false, errno: err.errno, code: err.code, message: err.message, hooksRun: false, hooksSkipped: [] });
+      steps.push({ file, name, action, ok: false, errno: err.errno, code: err.code, message: err.message, hooksRun: false, hooksSkipped: [], hazards: [], veneers: [], ...(action === 'upload' ? { symbols: [] } : {}) });
       return false;
     }
   };
   const uploadStep = (file: string): string | undefined => {
     const name = nameFromFile(file);
-    return step(file, name, 'upload', () => void engine.upload(name, readPayloadFile(file)), 'uploaded') ? name : undefined;
+    let loaded: LoadedPayload | undefined;
+    const ok = step(file, name, 'upload', () => {
+      loaded = opts.load?.(file);
+      void engine.upload(name, loaded ? loaded.bytes : readPayloadFile(file));
+    }, 'uploaded');
+    if (opts.load) {
+      // Each upload step says whether (and by which key) its payload is signed.
+      const s = steps[steps.length - 1]!;
+      s.signature = signatureJson(loaded?.signature ?? null);
+      if (ok) s.message += ` (signature: ${signatureText(loaded?.signature ?? null)})`;
+    }
+    return ok ? name : undefined;
   };
   const total = opts.files.length + (opts.replace ? 1 : 0);
   opts.files.forEach((file, i) => {
@@ -80,6 +113,18 @@ export function runCheck(opts: CheckOptions): CheckReport {
   };
 }
 
+/** A payload's external symbols as the report shows them. */
+function externalsOf(p: PayloadRecord | undefined): NonNullable<CheckStep['symbols']> {
+  return (p?.externals ?? []).map((x) => ({ name: x.symbol, object: x.object, ...(x.ifuncResolver ? { ifuncResolver: true } : {}) }));
+}
+
+/** "snprintf, qsort (libc.so.6); foo (libfoo.so)": grouped by library, in first-use order. */
+function externalsText(symbols: NonNullable<CheckStep['symbols']>): string {
+  const by = new Map<string, string[]>();
+  for (const x of symbols) by.set(x.object, [...(by.get(x.object) ?? []), x.name]);
+  return [...by].map(([obj, names]) => `${names.join(', ')} (${basename(obj)})`).join('; ');
+}
+
 /** Human rendering: one line per step and the final stack. */
 export function printCheck(r: CheckReport, io: Io): void {
   io.out(`Image ${r.image.path} (build-id ${r.image.buildId ?? 'none'})\n`);
@@ -87,6 +132,8 @@ export function printCheck(r: CheckReport, io: Io): void {
   for (const s of r.steps) {
     const status = s.ok ? `ok: ${s.message}` : `FAILED ${s.errno} (${s.code}): ${s.message}`;
     io.out(`  ${s.action.padEnd(7)} ${s.name.padEnd(w)}  ${status}\n`);
+    if (s.action === 'upload') io.out(safetyText(s.hazards, s.veneers).replace(/^ {2}/gm, ' '.repeat(12 + w)));
+    if (s.symbols?.length) io.out(`${' '.repeat(12 + w)}from libraries: ${externalsText(s.symbols)}\n`);
   }
   io.out(`Stack (bottom to top): ${r.stack.length ? r.stack.join(' -> ') : '(empty)'}\n`);
 }

@@ -1,6 +1,7 @@
 /** Output formatting shared by the commands: errors, exit codes, the list table. */
 import { ERRNO, HotstackError, STRERROR, type ErrnoName } from '../errors.js';
 import type { PayloadRecord } from '../core/state.js';
+import { basename } from 'node:path';
 
 /** Exit status for an error: 2 when worth retrying (EAGAIN, EBUSY), else 1. */
 export function exitCodeFor(e: HotstackError): number {
@@ -24,15 +25,23 @@ export function errnoOf(rc: number): string | null {
   return name ?? `E${-rc}`;
 }
 
-/** The xen-livepatch list table. */
+/**
+ * The xen-livepatch list table, plus a last column: the base object's
+ * file name, so a process with stacks on several objects (the program,
+ * its libraries) reads clearly. xen-livepatch's columns keep their layout;
+ * metadata is padded so the base column lines up (except on rows with a
+ * non-zero rc, whose status cell is longer, unpadded as in xen-livepatch).
+ */
 export function listTable(list: PayloadRecord[]): string {
   if (!list.length) return 'Nothing to list\n';
-  let out = ' ID                                     | status     | metadata\n';
-  out += '----------------------------------------+------------+---------------\n';
-  for (const p of list) {
+  const meta = list.map((p) => p.metadata.join(';'));
+  const w = Math.max(13, ...meta.map((m) => m.length));
+  let out = ` ID                                     | status     | ${'metadata'.padEnd(w)} | base\n`;
+  out += `----------------------------------------+------------+${'-'.repeat(w + 2)}+---------------\n`;
+  list.forEach((p, i) => {
     // As xen-livepatch: the state, the rc when non-zero, then "    | " and the metadata.
-    out += `${p.name.padEnd(40)}| ${p.state}${p.rc ? ` (${rcText(p.rc)})` : ''}    | ${p.metadata.join(';')}\n`;
-  }
+    out += `${p.name.padEnd(40)}| ${p.state}${p.rc ? ` (${rcText(p.rc)})` : ''}    | ${meta[i]!.padEnd(w)} | ${basename(p.basePath)}\n`;
+  });
   return out;
 }
 
@@ -47,7 +56,16 @@ export function listJson(p: PayloadRecord): Record<string, unknown> {
     depends: p.depends,
     base: { path: p.basePath, buildId: p.baseBuildId },
     metadata: p.metadata,
+    veneers: veneersOf(p),
+    hazards: p.hazards ?? [],
+    // Only signed payloads have the key: unsigned entries keep their former shape.
+    ...(p.signature ? { signature: p.signature } : {}),
   };
+}
+
+/** The functions of `p` entered through a preserving veneer, and the registers each keeps. */
+export function veneersOf(p: PayloadRecord): { function: string; registers: string[]; address: string }[] {
+  return p.funcs.filter((f) => f.veneer).map((f) => ({ function: f.name, registers: f.veneer!.registers, address: `0x${f.veneer!.addr.toString(16)}` }));
 }
 
 /** The payload name `load` and `check` use: base name without its last extension. */

@@ -1,14 +1,22 @@
 /** `hotstack inspect FILE`: what a payload holds, statically. */
 import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
 import { readPayloadFile, type Io } from './lifecycle.js';
+import { inspectSignature, signatureJson } from './trust.js';
+import { signatureText, type SignatureInfo } from '../trust/signature.js';
 
-export function runInspect(file: string): InspectedPayload {
-  return inspectPayload(readPayloadFile(file));
+/** What inspect reports: the payload, and its signature (null: unsigned; never enforced here). */
+export type InspectReport = InspectedPayload & { signature: Record<string, unknown> | null };
+
+export function runInspect(file: string, keyring?: string): InspectReport {
+  const bytes = readPayloadFile(file);
+  const p = inspectPayload(bytes);
+  return { ...p, signature: signatureJson(inspectSignature(file, bytes, keyring)) };
 }
 
-export function printInspect(file: string, p: InspectedPayload, io: Io): void {
+export function printInspect(file: string, p: InspectReport, io: Io): void {
   io.out(`${file}\n`);
   io.out(`  build-id:       ${p.buildId}\n`);
+  io.out(`  signature:      ${signatureText(p.signature as SignatureInfo | null)}\n`);
   io.out(`  depends:        ${p.depends}\n`);
   io.out(`  base build-id:  ${p.baseBuildId ?? '(missing: .livepatch.xen_depends)'}\n`);
   io.out(`  functions:      ${p.funcs.length}\n`);

@@ -3,11 +3,13 @@
  * unload, replace, load. Same words, output and exit codes as
  * xen-livepatch (actions.md).
  */
-import { readFileSync } from 'node:fs';
+import { readPayloadFile } from '../payload/file.js';
 import { HotstackError, toHotstackError } from '../errors.js';
 import type { ActionCmd, Engine } from '../core/engine.js';
 import type { PayloadStateName } from '../core/state.js';
-import { errorLine, exitCodeFor, listJson, listTable, nameFromFile } from './format.js';
+import { errorLine, exitCodeFor, listJson, listTable, nameFromFile, veneersOf } from './format.js';
+import type { Hazard } from '../analysis/types.js';
+import { recordedSignature, signatureJson, signatureLine, type LoadedPayload } from './trust.js';
 
 export interface Io {
   out(s: string): void;
@@ -29,6 +31,12 @@ export interface JsonStep {
   message: string;
   hooksCalled?: string[];
   hooksSkipped?: string[];
+  /** Compiler hazards of the patched functions (upload, apply). */
+  hazards?: Hazard[];
+  /** Functions entered through a preserving veneer (upload). */
+  veneers?: { function: string; registers: string[] }[];
+  /** upload: the file's signature (trust.ts signatureJson), null when unsigned. */
+  signature?: Record<string, unknown> | null;
 }
 
 function step(io: Io, s: Omit<JsonStep, 'errno' | 'code' | 'message'> & Partial<JsonStep>): void {
@@ -36,14 +44,8 @@ function step(io: Io, s: Omit<JsonStep, 'errno' | 'code' | 'message'> & Partial<
   io.steps!.push({ action, name, ok, result, state, errno, code, message, ...hooks });
 }
 
-/** Read a payload file; unreadable files are typed errors. */
-export function readPayloadFile(file: string): Uint8Array {
-  try {
-    return readFileSync(file);
-  } catch (e) {
-    throw toHotstackError(e);
-  }
-}
+/** Read a payload file (bounded, regular files only: src/payload/file.ts); unreadable files are typed errors. */
+export { readPayloadFile } from '../payload/file.js';
 
 export function cmdList(engine: Engine, json: boolean, io: Io): number {
   const list = engine.list();
@@ -55,6 +57,9 @@ interface Outcome {
   text?: string;
   hooksCalled?: string[];
   hooksSkipped?: string[];
+  hazards?: Hazard[];
+  veneers?: { function: string; registers: string[] }[];
+  signature?: Record<string, unknown> | null;
 }
 
 /**
@@ -65,7 +70,8 @@ function attempt(io: Io, what: string, action: string, name: string, engine: Eng
   if (!io.steps) io.out(`${what}... `);
   try {
     const o = fn() ?? {};
-    if (io.steps) step(io, { action, name, ok: true, result: 'completed', state: engine.find(name)?.state ?? null, hooksCalled: o.hooksCalled, hooksSkipped: o.hooksSkipped });
+    const extra = { hooksCalled: o.hooksCalled, hooksSkipped: o.hooksSkipped, hazards: o.hazards, veneers: o.veneers, signature: o.signature };
+    if (io.steps) step(io, { action, name, ok: true, result: 'completed', state: engine.find(name)?.state ?? null, ...extra });
     else {
       io.out('completed\n');
       if (o.text) io.out(o.text);
@@ -82,8 +88,25 @@ function attempt(io: Io, what: string, action: string, name: string, engine: Eng
   }
 }
 
-export function cmdUpload(engine: Engine, name: string, file: string, io: Io): number {
-  return attempt(io, `Uploading ${file}`, 'upload', name, engine, () => void engine.upload(name, readPayloadFile(file)));
+/** `pre`: the file already read and its signature checked (trust.ts preloadForLive); else read here. */
+export function cmdUpload(engine: Engine, name: string, file: string, io: Io, pre?: LoadedPayload): number {
+  return attempt(io, `Uploading ${file}`, 'upload', name, engine, () => {
+    const p = engine.upload(name, pre ? pre.bytes : readPayloadFile(file), { signature: recordedSignature(pre) });
+    const hazards = p.hazards ?? [];
+    const veneers = veneersOf(p);
+    const signature = pre ? signatureJson(pre.signature) : undefined;
+    return { hazards, veneers, signature, text: signatureLine(pre) + safetyText(hazards, veneers) || undefined };
+  });
+}
+
+/** Indented notes after `completed`: functions entered through veneers, then hazards. */
+export function safetyText(hazards: Hazard[], veneers: { function: string; registers: string[] }[]): string {
+  let out = '';
+  for (const v of veneers) out += `  veneer: ${v.function}: callers keep ${v.registers.join(', ')} across calls to it; the replacement is entered through a veneer that preserves them\n`;
+  // A register hazard with a veneer is defused: the veneer line says so.
+  const veneered = new Set(veneers.map((v) => v.function));
+  for (const h of hazards) if (h.kind !== 'registers' || !veneered.has(h.function)) out += `  hazard: ${h.function}: ${h.kind}: ${h.detail}\n`;
+  return out;
 }
 
 interface ActionDef {
@@ -128,14 +151,17 @@ export function cmdAction(engine: Engine, action: string, name: string, opts: Ac
   }
   return attempt(io, `${def.verb} ${name}`, action, name, engine, () => {
     const o = engine.action(name, def.cmd, { nodeps: opts.nodeps, timeoutMs: opts.timeoutMs });
-    return { ...o, text: o.hooksSkipped.length ? `(hooks not run: ${o.hooksSkipped.join(', ')})\n` : undefined };
+    // Patching a function nothing calls changes nothing: say so every time it is applied.
+    const inlined = def.cmd === 'APPLY' || def.cmd === 'REPLACE' ? (engine.find(name)?.hazards ?? []).filter((h) => h.kind === 'inlined') : [];
+    if (!io.steps) for (const h of inlined) io.err(`hotstack: warning: ${h.function}: ${h.detail}\n`);
+    return { ...o, hazards: inlined.length ? inlined : undefined, text: o.hooksSkipped.length ? `(hooks not run: ${o.hooksSkipped.join(', ')})\n` : undefined };
   });
 }
 
 /** load: upload under the file's base name, apply; unload again if the apply fails. */
-export function cmdLoad(engine: Engine, file: string, opts: ActionCliOptions, io: Io): number {
+export function cmdLoad(engine: Engine, file: string, opts: ActionCliOptions, io: Io, pre?: LoadedPayload): number {
   const name = nameFromFile(file);
-  const rc = cmdUpload(engine, name, file, io);
+  const rc = cmdUpload(engine, name, file, io, pre);
   if (rc) return rc;
   const arc = cmdAction(engine, 'apply', name, opts, io);
   if (arc) {

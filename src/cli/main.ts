@@ -7,11 +7,13 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { HotstackError, toHotstackError } from '../errors.js';
 import type { Engine } from '../core/engine.js';
+import { registerAnalyze } from './analyze.js';
 import { registerBuild } from './build.js';
 import { checkExit, printCheck, runCheck } from './check.js';
-import { errorLine, exitCodeFor } from './format.js';
+import { errorLine, exitCodeFor, nameFromFile } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
 import { cmdAction, cmdList, cmdLoad, cmdUpload, type Io } from './lifecycle.js';
+import { loadPayloadFile, preloadForLive, registerTrust, requireSignatureOption } from './trust.js';
 
 /** The version in package.json (read once, for --version). */
 function packageVersion(): string {
@@ -28,14 +30,18 @@ const io: Io = {
   err: (s) => process.stderr.write(s),
 };
 
-function parseIntArg(what: string, min: number) {
+function parseIntArg(what: string, min: number, max = Number.MAX_SAFE_INTEGER, unit = '') {
   return (v: string): number => {
     if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${what} must be a whole number`);
     const n = Number(v);
     if (n < min) throw new InvalidArgumentError(`${what} must be at least ${min}`);
+    if (n > max) throw new InvalidArgumentError(`${what} must be at most ${max}${unit}`);
     return n;
   };
 }
+
+/** Longest --timeout: an action that found no safe moment in 10 minutes will not find one. */
+const MAX_TIMEOUT_MS = 600_000;
 
 /** Open the engine for a live process, run `fn`, always release the process. */
 async function withLive(pidOpt: number | undefined, fn: (e: Engine) => number): Promise<number> {
@@ -65,8 +71,25 @@ async function actionCommand(pidOpt: number | undefined, json: boolean | undefin
   }
 }
 
+/** How `check` (and `build`) resolve symbols of other libraries offline. */
+export const LIBRARIES_HELP = `
+Symbols a payload uses that neither the image nor a payload defines (printf,
+strlen, a function of one of its libraries) are looked up in the libraries
+the image needs (DT_NEEDED, and theirs), found as ld.so would: DT_RPATH,
+DT_RUNPATH ($ORIGIN expanded), /etc/ld.so.cache, then the default
+directories; --lib-path DIR is searched first. With --sysroot DIR every
+absolute path, the cache and symlinks are taken inside DIR (another
+machine's files). Libraries are only read when a payload needs one; each
+symbol's library is listed (--json: "symbols" of the upload step).
+`;
+
+/** Commander accumulator for a repeatable option. */
+function collectArg(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
+
 function timeoutOption(): Option {
-  return new Option('--timeout <ms>', 'how long to keep retrying for a safe moment, in ms').default(1000).argParser(parseIntArg('--timeout', 1));
+  return new Option('--timeout <ms>', 'how long to keep retrying for a safe moment, in ms').default(1000).argParser(parseIntArg('--timeout', 1, MAX_TIMEOUT_MS, ' (10 minutes)'));
 }
 
 export function buildProgram(setExit: (n: number) => void): Command {
@@ -76,6 +99,7 @@ export function buildProgram(setExit: (n: number) => void): Command {
     .description("Live patching with Xen's payload format and build-id stacks: live processes and offline images.")
     .version(packageVersion(), '-V, --version')
     .option('--pid <pid>', 'the live process to act on', parseIntArg('--pid', 1))
+    .option('--keyring <dir>', 'directory of trusted public keys (*.pub) for signed payloads (default $HOTSTACK_KEYRING, else /etc/hotstack/keys)')
     .showHelpAfterError('(hotstack --help for usage)')
     .addHelpText(
       'after',
@@ -85,13 +109,18 @@ Examples:
   hotstack check --image ./server fix1.livepatch fix2.livepatch
   hotstack --pid 1234 load fix1.livepatch
   hotstack --pid 1234 list
+  hotstack sign --key release.key -o fix1.livepatch fix1.livepatch
+  hotstack --pid 1234 load --require-signature fix1.livepatch
 
 Exit status: 0 success, 2 worth retrying (EBUSY, EAGAIN), 1 any other failure.
 Environment: HOTSTACK_STATE_DIR (per-process state, default /run/hotstack),
-HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of internal errors).`,
+HOTSTACK_DEBUG_ROOT (debug files of stripped programs, default /usr/lib/debug),
+HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of internal errors),
+HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (default /etc/hotstack/policy).`,
     )
     .exitOverride();
   const pid = (): number | undefined => program.opts<{ pid?: number }>().pid;
+  const keyring = (): string | undefined => program.opts<{ keyring?: string }>().keyring;
 
   program
     .command('inspect')
@@ -100,7 +129,7 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
     .option('--json', 'machine-readable output')
     .action((file: string, o: { json?: boolean }) => {
       try {
-        const r = runInspect(file);
+        const r = runInspect(file, keyring());
         if (o.json) io.out(JSON.stringify({ file, ...r }) + '\n');
         else printInspect(file, r, io);
         setExit(0);
@@ -116,17 +145,23 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
     .command('check')
     .description('dry run on an offline image: would these payloads load and apply, in order?')
     .requiredOption('--image <elf>', 'the base image (an ELF executable, e.g. xen-syms)')
+    .option('--debug-file <file>', "separate debug file of a stripped image (its .symtab names static functions); default: found by build-id under $HOTSTACK_DEBUG_ROOT or /usr/lib/debug, or by .gnu_debuglink")
+    .option('--lib-path <dir>', "look for the image's libraries (DT_NEEDED) in DIR before ld.so's search order (repeatable)", collectArg)
+    .option('--sysroot <dir>', "DIR is the target system's /: library search paths, ld.so.cache and symlinks are taken inside it")
     .option('--nodeps', 'apply without the dependency-on-top check')
     .option('--replace <file>', 'upload this payload last and REPLACE the stack with it')
     .option('--json', 'print one JSON object')
+    .addOption(requireSignatureOption())
     .argument('<files...>', 'payloads, bottom of the stack first')
-    .action((files: string[], o: { image: string; nodeps?: boolean; replace?: string; json?: boolean }) => {
+    .addHelpText('after', LIBRARIES_HELP)
+    .action((files: string[], o: { image: string; debugFile?: string; libPath?: string[]; sysroot?: string; nodeps?: boolean; replace?: string; json?: boolean; requireSignature?: boolean }) => {
       const progress = !o.json && process.stderr.isTTY && files.length > 20
         ? (d: number, t: number) => process.stderr.write(`\r${d}/${t} payloads${d === t ? '\n' : ''}`)
         : undefined;
       let r;
       try {
-        r = runCheck({ image: o.image, files, replace: o.replace, nodeps: o.nodeps, progress });
+        r = runCheck({ image: o.image, files, replace: o.replace, nodeps: o.nodeps, debugFile: o.debugFile, libPaths: o.libPath, sysroot: o.sysroot, progress,
+          load: (f) => loadPayloadFile(f, { requireSignature: o.requireSignature, keyring: keyring() }) });
       } catch (e) {
         const err = toHotstackError(e);
         if (o.json) io.out(JSON.stringify({ image: { path: o.image, buildId: null }, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
@@ -151,9 +186,12 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
     .argument('<name>', 'name to give it')
     .argument('<file>', 'payload file')
     .option('--json', 'print one JSON object instead of the xen-livepatch lines')
-    .action(async (name: string, file: string, o: { json?: boolean }) =>
-      setExit(await actionCommand(pid(), o.json, (e, out) => cmdUpload(e, name, file, out))),
-    );
+    .addOption(requireSignatureOption())
+    .action(async (name: string, file: string, o: { json?: boolean; requireSignature?: boolean }) => {
+      // The file is read and its signature checked before the process is opened or locked.
+      const pre = preloadForLive(file, name, { requireSignature: o.requireSignature, keyring: keyring() }, o.json, io);
+      setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), o.json, (e, out) => cmdUpload(e, name, file, out, pre)));
+    });
 
   for (const [action, help] of [
     ['apply', 'apply a checked payload on top of the stack'],
@@ -176,11 +214,15 @@ HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of inter
     .option('--nodeps', 'skip the dependency-on-top check')
     .addOption(timeoutOption())
     .option('--json', 'print one JSON object instead of the xen-livepatch lines')
-    .action(async (file: string, o: { timeout: number; nodeps?: boolean; json?: boolean }) =>
-      setExit(await actionCommand(pid(), o.json, (e, out) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, out))),
-    );
+    .addOption(requireSignatureOption())
+    .action(async (file: string, o: { timeout: number; nodeps?: boolean; json?: boolean; requireSignature?: boolean }) => {
+      const pre = preloadForLive(file, nameFromFile(file), { requireSignature: o.requireSignature, keyring: keyring() }, o.json, io);
+      setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), o.json, (e, out) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, out, pre)));
+    });
 
   registerBuild(program, setExit);
+  registerAnalyze(program, setExit, io);
+  registerTrust(program, setExit, io);
 
   return program;
 }

@@ -15,7 +15,7 @@ import {
   commitWrites, Overlay, patchRanges, planApply, planRevert, toJournal, type PlannedWrite,
 } from './patching.js';
 import * as rules from './rules.js';
-import { emptyState, type EngineState, type FuncRecord, type PayloadRecord, type PayloadStateName } from './state.js';
+import { emptyState, type EngineState, type FuncRecord, type PayloadRecord, type PayloadSignature, type PayloadStateName } from './state.js';
 import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
 import { upload } from './upload.js';
 import { faultPoint } from './fault.js';
@@ -95,7 +95,8 @@ export class Engine {
 
   // ---- upload --------------------------------------------------------
 
-  upload(name: string, bytes: Uint8Array): PayloadRecord {
+  /** `opts.signature`: what the CLI verified of the file's signature, kept in the record (list --json). */
+  upload(name: string, bytes: Uint8Array, opts: { signature?: PayloadSignature } = {}): PayloadRecord {
     rules.checkName(name);
     rules.checkUniqueName(name, this.find(name));
     const seq = this.state.nextSeq;
@@ -117,6 +118,7 @@ export class Engine {
         name,
         bytes,
       );
+      if (opts.signature) rec.signature = opts.signature;
       this.state.payloads.push(rec);
       this.state.nextSeq = seq + 1;
       this.index(rec);
@@ -278,6 +280,9 @@ export class Engine {
   private unload(p: PayloadRecord, timeout: number): void {
     rules.checkState(p, 'CHECKED', 'unload');
     const busy: AddrRange[] = p.text ? [{ start: p.text.start, end: p.text.end, label: `code of payload ${p.name}` }] : [];
+    for (const f of p.funcs) {
+      if (f.veneer) busy.push({ start: f.veneer.addr, end: f.veneer.addr + BigInt(f.veneer.size), label: `veneer of ${f.name} of payload ${p.name}` });
+    }
     const release = (): void => {
       for (const r of p.regions) this.target.free(r.addr, r.size);
     };

@@ -3,8 +3,18 @@
  * makes the tool SIGKILL itself right after its N-th code write of an
  * action, the worst instant for a half-applied payload. Unset, it costs
  * one comparison per write.
+ *
+ * Like every test switch, it only works with HOTSTACK_TEST_MODE=1 as well:
+ * an environment variable left over (or planted, e.g. through sudo's
+ * env_keep) must not be able to kill a production run halfway.
  */
-const spec = process.env.HOTSTACK_FAULT ?? '';
+
+/** True when the test switches (HOTSTACK_FAULT, HOTSTACK_TEST_DIE_AT) are honoured. */
+export function testMode(): boolean {
+  return process.env.HOTSTACK_TEST_MODE === '1';
+}
+
+const spec = testMode() ? process.env.HOTSTACK_FAULT ?? '' : '';
 const m = /^after-write:(\d+)$/.exec(spec);
 const killAfter = m ? Number(m[1]) : 0;
 let writes = 0;

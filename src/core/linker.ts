@@ -15,6 +15,7 @@ import { encodeVeneer, fitsI32 } from '../arch/x86_64/insn.js';
 import { RELOC_KIND, writeReloc } from '../arch/x86_64/relocs.js';
 import type { CheckedElf } from '../payload/elf-checks.js';
 import type { BaseObject, Perm, Target } from './target.js';
+import type { ExternalRecord } from './state.js';
 
 const PAGE = 4096;
 const GOT_ENTRY = 8;
@@ -39,6 +40,8 @@ export interface Linked {
   sectionBytes: (Uint8Array | undefined)[];
   /** Resolved value per symbol index. */
   symbolValue: bigint[];
+  /** Undefined symbols resolved outside the base and the payloads, with the object that defined each. */
+  externals: ExternalRecord[];
   /** Offsets written by a relocation, per section index. */
   relocated: Map<number, Set<number>>;
   text: { start: bigint; end: bigint } | null;
@@ -153,7 +156,8 @@ export function link(c: CheckedElf, ctx: LinkContext): Linked {
     sectionBytes[s.index] = dst;
   }
   const got = regs.r && lay.gotSlots.size ? regs.r.addr + BigInt(lay.gotOffset) : 0n;
-  const symbolValue = resolveSymbols(c, sectionAddr, ctx, got);
+  const externals: ExternalRecord[] = [];
+  const symbolValue = resolveSymbols(c, sectionAddr, ctx, got, externals);
   const relocated = relocate(c, lay, regs, sectionAddr, sectionBytes, symbolValue);
   const regions = [regs.rx, regs.r, regs.rw].filter((r): r is LinkedRegion => !!r);
   const text = regs.rx ? { start: regs.rx.addr, end: regs.rx.addr + BigInt(lay.sizes.rx) } : null;
@@ -162,6 +166,7 @@ export function link(c: CheckedElf, ctx: LinkContext): Linked {
     sectionAddr,
     sectionBytes,
     symbolValue,
+    externals,
     relocated,
     text,
     reserved: ctx.reserveRw && regs.rw ? regs.rw.addr + BigInt(lay.reserveOffset) : 0n,
@@ -186,35 +191,48 @@ export function link(c: CheckedElf, ctx: LinkContext): Linked {
   };
 }
 
+/** An undefined symbol's value and where it came from. */
+export interface Resolved {
+  addr: bigint;
+  source: Exclude<SymbolSource, 'local'>;
+  /** For 'external': the defining object, and whether addr is an IFUNC resolver. */
+  object?: string;
+  ifuncResolver?: boolean;
+}
+
 /** Resolve one undefined symbol: base, then loaded payloads, then other objects. */
-export function resolveUndefined(name: string, ctx: Pick<LinkContext, 'base' | 'exports' | 'target'>): bigint | undefined {
+export function resolveUndefined(name: string, ctx: Pick<LinkContext, 'base' | 'exports' | 'target'>): Resolved | undefined {
   const b = ctx.base.lookup(name);
-  if (b) return b.addr;
+  if (b) return { addr: b.addr, source: 'base' };
   const p = ctx.exports(name);
-  if (p !== undefined) return p;
-  return ctx.target.lookupExternal(name);
+  if (p !== undefined) return { addr: p, source: 'payload' };
+  const e = ctx.target.lookupExternal(name);
+  return e ? { addr: e.addr, source: 'external', object: e.object, ifuncResolver: e.ifuncResolver } : undefined;
 }
 
 /** The linker-defined symbol -fPIC code mentions; it names the payload's own GOT. */
 const GOT_SYMBOL = '_GLOBAL_OFFSET_TABLE_';
 
-function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext, got: bigint): bigint[] {
+function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext, got: bigint, externals: ExternalRecord[]): bigint[] {
   const out: bigint[] = new Array(c.symbols.length).fill(0n);
   for (let i = 1; i < c.symbols.length; i++) {
     const s = c.symbols[i]!;
-    out[i] = s.shndx === SHN_UNDEF && s.name === GOT_SYMBOL ? got : symbolValue(s, sectionAddr, c, ctx);
+    out[i] = s.shndx === SHN_UNDEF && s.name === GOT_SYMBOL ? got : symbolValue(s, sectionAddr, c, ctx, externals);
   }
   return out;
 }
 
-function symbolValue(s: ElfSymbol, sectionAddr: (bigint | undefined)[], c: CheckedElf, ctx: LinkContext): bigint {
+function symbolValue(s: ElfSymbol, sectionAddr: (bigint | undefined)[], c: CheckedElf, ctx: LinkContext, externals: ExternalRecord[]): bigint {
   checkSymbolSection(c, s);
   if (s.shndx === SHN_UNDEF) {
     const v = resolveUndefined(s.name, ctx);
     if (v === undefined) {
-      fail('ENOENT', `unknown symbol ${s.name}: not in the base ${ctx.base.path}, nor exported by a loaded payload${ctx.target.kind === 'process' ? ', nor in another loaded object' : ''} (if a payload loaded earlier exports it, load that one first)`, symbolOffset(c, s));
+      fail('ENOENT', `unknown symbol ${s.name}: not in the base ${ctx.base.path}, nor exported by a loaded payload, nor in ${ctx.target.externalScope()} (if a payload loaded earlier exports it, load that one first)`, symbolOffset(c, s));
     }
-    return v;
+    if (v.source === 'external' && !externals.some((x) => x.symbol === s.name)) {
+      externals.push({ symbol: s.name, object: v.object!, ...(v.ifuncResolver ? { ifuncResolver: true } : {}) });
+    }
+    return v.addr;
   }
   if (s.shndx === SHN_ABS) return s.value;
   if ((c.elf.sections[s.shndx]!.flags & SHF_ALLOC) === 0n) return s.value;

@@ -41,6 +41,11 @@ export class Overlay {
   }
 }
 
+/** Where the jump of `f` goes: its preserving veneer, else the replacement itself. */
+export function entryOf(f: FuncRecord): bigint {
+  return f.veneer?.addr ?? f.newAddr;
+}
+
 /** Bytes the patch of `f` occupies after its patch offset. */
 export function patchLength(f: FuncRecord): number {
   return f.newAddr !== 0n ? JMP_LEN : Math.max(0, f.newSize - f.patchOffset);
@@ -53,7 +58,7 @@ export function planApply(p: PayloadRecord, mem: Overlay): PlannedWrite[] {
     const len = patchLength(f);
     if (len === 0) continue;
     const addr = f.oldAddr + BigInt(f.patchOffset);
-    const after = f.newAddr !== 0n ? encodeJump(addr, f.newAddr) : encodeNops(len);
+    const after = f.newAddr !== 0n ? encodeJump(addr, entryOf(f)) : encodeNops(len);
     const before = mem.read(addr, len);
     mem.write(addr, after);
     out.push({ addr, before, after, payload: p, func: f, kind: 'apply' });
@@ -99,6 +104,10 @@ export function patchRanges(p: PayloadRecord, withNew: boolean): AddrRange[] {
     out.push({ start: f.oldAddr, end: f.oldAddr + BigInt(f.oldSize), label: `function ${f.name}` });
     if (withNew && f.newAddr !== 0n) {
       out.push({ start: f.newAddr, end: f.newAddr + BigInt(Math.max(f.newSize, 1)), label: `${f.name} of payload ${p.name}` });
+    }
+    // A thread in a veneer, or returning into one, would come back to code that is going away.
+    if (withNew && f.veneer) {
+      out.push({ start: f.veneer.addr, end: f.veneer.addr + BigInt(f.veneer.size), label: `veneer of ${f.name} of payload ${p.name}` });
     }
   }
   return out;

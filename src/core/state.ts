@@ -4,6 +4,7 @@
  * (see serializeState) and an image target can keep it in memory.
  */
 import type { Perm } from './target.js';
+import type { Hazard } from '../analysis/types.js';
 
 export type PayloadStateName = 'CHECKED' | 'APPLIED';
 
@@ -31,6 +32,11 @@ export interface FuncRecord {
   /** Hex of the bytes saved at oldAddr+patchOffset when applied; '' when not applied. */
   undo: string;
   applied: boolean;
+  /**
+   * The preserving veneer the jump enters instead of newAddr, when callers
+   * rely on registers the replacement may clobber (absent: jump to newAddr).
+   */
+  veneer?: { addr: bigint; size: number; registers: string[] };
 }
 
 export interface RegionRecord {
@@ -56,6 +62,25 @@ export interface ExportedSymbol {
   size: bigint;
 }
 
+/** An undefined symbol of a payload resolved outside the base and payloads (libc and friends). */
+export interface ExternalRecord {
+  symbol: string;
+  /** Path of the object that defined it. */
+  object: string;
+  /** Offline: the address used is the IFUNC's resolver (it cannot run in a dry run). */
+  ifuncResolver?: boolean;
+}
+
+/** A payload file's signature as checked when it was uploaded (src/trust/signature.ts). */
+export interface PayloadSignature {
+  /** Hex key id of the signer. */
+  keyId: string;
+  /** Keyring name of that key; null when the key was not in the keyring. */
+  key: string | null;
+  /** Whether a trusted key verified it. */
+  valid: boolean;
+}
+
 export interface PayloadRecord {
   name: string;
   state: PayloadStateName;
@@ -75,6 +100,8 @@ export interface PayloadRecord {
   hooks: HookAddrs;
   /** New symbols exported to later payloads (overriding symbols excluded). */
   symbols: ExportedSymbol[];
+  /** Undefined symbols resolved in other objects, and which (absent in state written by older versions). */
+  externals?: ExternalRecord[];
   /** Address of the struct hotstack_payload handed to hooks (0n when none). */
   hookArg: bigint;
   /** Run-time address of the payload's .livepatch.funcs (0n when none). */
@@ -82,6 +109,10 @@ export interface PayloadRecord {
   /** Text range of the payload (code being removed on unload). */
   text: { start: bigint; end: bigint } | null;
   uploadSeq: number;
+  /** The file's signature, when it had one (absent for unsigned payloads and in older state files). */
+  signature?: PayloadSignature;
+  /** Compiler hazards of the patched functions, found at upload (absent in older state files). */
+  hazards?: Hazard[];
 }
 
 /** One memory write of an action in progress, for crash repair. */

@@ -4,6 +4,7 @@
  * to patch, a way to stop the world, and a place to keep engine state.
  */
 import type { EngineState } from './state.js';
+import type { FunctionReport } from '../analysis/types.js';
 
 /** Final protection of a payload region (W^X: never writable and executable). */
 export type Perm = 'rx' | 'r' | 'rw';
@@ -31,6 +32,26 @@ export interface BaseObject {
   lookup(name: string): BaseSymbol | undefined;
   /** True when `name` is a global (or weak) defined symbol of this object: the EEXIST rule. */
   hasGlobal(name: string): boolean;
+  /**
+   * Patch-safety analysis of a function of this object (link-time
+   * addresses), from its machine code; undefined when not a function or
+   * when the object cannot be analysed.
+   */
+  analyze?(name: string): FunctionReport | undefined;
+  /**
+   * Hazards are only reported, never acted on (no veneers, no refusals):
+   * Xen's own image, whose loader builds no veneers.
+   */
+  readonly reportOnly?: boolean;
+}
+
+/** A symbol resolved outside the bases and payloads, and who defined it. */
+export interface ExternalSymbol {
+  addr: bigint;
+  /** Path of the defining object (a library). */
+  object: string;
+  /** True when `addr` is an IFUNC resolver, not the implementation (offline: the resolver cannot run). */
+  ifuncResolver?: boolean;
 }
 
 /** A range of run-time addresses [start, end). */
@@ -83,9 +104,12 @@ export interface Target {
   bases(): BaseObject[];
   /**
    * Resolve a symbol in objects other than the bases (a process: dynamic
-   * symbols of libc and friends). Returns the run-time address.
+   * symbols of libc and friends; an image: the libraries it needs, found
+   * as ld.so would). Returns the run-time address and the defining object.
    */
-  lookupExternal(name: string): bigint | undefined;
+  lookupExternal(name: string): ExternalSymbol | undefined;
+  /** What lookupExternal searches, for "unknown symbol" messages: "another loaded object". */
+  externalScope(): string;
 
   read(addr: bigint, len: number): Uint8Array;
   write(addr: bigint, data: Uint8Array): void;

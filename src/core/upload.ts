@@ -6,7 +6,7 @@
  */
 import { fail } from '../errors.js';
 import {
-  cString, parseBuildIdNote, SHF_ALLOC, SHF_MERGE, SHF_WRITE, SHN_UNDEF, toHex, type Section,
+  alignUp, cString, parseBuildIdNote, SHF_ALLOC, SHF_MERGE, SHF_WRITE, SHN_UNDEF, toHex, type Section,
 } from '../elf/index.js';
 import { checkPayloadElf, type CheckedElf } from '../payload/elf-checks.js';
 import { decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
@@ -19,6 +19,9 @@ import * as rules from './rules.js';
 import type { ExportedSymbol, FuncRecord, HookAddrs, PayloadRecord, RegionRecord } from './state.js';
 import type { BaseObject, Target } from './target.js';
 import { HOOK_ARG_SIZE } from './hookarg.js';
+import { assessFunctions, type VeneerNeed } from './safety.js';
+import { encodePreservingVeneer } from '../arch/x86_64/preserve.js';
+import { fitsI32 } from '../arch/x86_64/insn.js';
 
 /** What upload needs from the engine. */
 export interface UploadContext {
@@ -77,7 +80,14 @@ export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): Pay
       },
     });
     const rec = describe(ctx, c, linked, base, name, hookSecs);
-    for (const r of linked.regions) ctx.target.write(r.addr, r.bytes);
+    const plan = assessFunctions(base, rec.funcs);
+    rec.hazards = plan.hazards;
+    const veneers = placeVeneers(ctx.target, base, plan.veneers, (r) => {
+      allocated.push(r);
+      ctx.onAlloc({ addr: r.addr, size: r.size, perm: r.perm });
+    });
+    if (veneers) rec.regions.push({ addr: veneers.addr, size: veneers.size, perm: veneers.perm });
+    for (const r of [...linked.regions, ...(veneers ? [veneers] : [])]) ctx.target.write(r.addr, r.bytes);
     return rec;
   } catch (e) {
     for (const r of allocated) {
@@ -130,6 +140,7 @@ function describe(ctx: UploadContext, c: CheckedElf, linked: Linked, base: BaseO
     funcs,
     hooks,
     symbols,
+    externals: linked.externals,
     hookArg: linked.reserved,
     funcsAddr: funcsSec ? linked.sectionAddr[funcsSec.index] ?? 0n : 0n,
     text: linked.text,
@@ -270,4 +281,39 @@ function exportedSymbols(ctx: UploadContext, c: CheckedElf, linked: Linked, base
     out.push({ name: s.name, addr, size: s.size });
   }
   return out;
+}
+
+const PAGE = 4096;
+const VENEER_ALIGN = 16;
+
+/**
+ * Lay out, allocate and fill one RX region holding the preserving veneers
+ * of `needs`, near the base, and point each function's record at its
+ * veneer. Returns the region (to be written with the payload), or null.
+ */
+function placeVeneers(target: Target, base: BaseObject, needs: VeneerNeed[], onAlloc: (r: LinkedRegion) => void): LinkedRegion | null {
+  if (!needs.length) return null;
+  // A veneer's length does not depend on where it is placed (rel32 call).
+  const lengths = needs.map((n) => encodePreservingVeneer(0n, 0n, n.registers).length);
+  const offsets: number[] = [];
+  let size = 0;
+  for (const len of lengths) {
+    offsets.push(size);
+    size = alignUp(size + len, VENEER_ALIGN);
+  }
+  const rounded = alignUp(size, PAGE);
+  const addr = target.allocate(rounded, 'rx', base);
+  const region: LinkedRegion = { perm: 'rx', addr, size: rounded, bytes: new Uint8Array(rounded) };
+  onAlloc(region);
+  needs.forEach((n, i) => {
+    const at = addr + BigInt(offsets[i]!);
+    const f = n.func;
+    if (!fitsI32(BigInt.asIntN(64, f.newAddr - (at + 5n))) || !fitsI32(BigInt.asIntN(64, at - f.oldAddr))) {
+      fail('EOVERFLOW', `function ${f.name}: its preserving veneer at 0x${at.toString(16)} is out of rel32 reach of the function or of its replacement`);
+    }
+    const code = encodePreservingVeneer(at, f.newAddr, n.registers);
+    region.bytes.set(code, offsets[i]!);
+    f.veneer = { addr: at, size: code.length, registers: n.registers.map((r) => (r.width > 16 ? `${r.width === 32 ? 'y' : 'z'}${r.name.slice(1)}` : r.name)) };
+  });
+  return region;
 }

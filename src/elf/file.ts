@@ -63,6 +63,9 @@ export interface Segment {
 
 const MAGIC = [0x7f, 0x45, 0x4c, 0x46];
 
+/** Largest NOBITS section data() makes zeros for (64 MiB: the bound on a payload's memory). */
+export const MAX_NOBITS_DATA = 64 * 1024 * 1024;
+
 /** Read just the ELF header (size and magic checked: EINVAL; class/data: EOPNOTSUPP). */
 export function readHeader(view: ByteView): ElfHeader {
   if (view.length < EHDR_SIZE) {
@@ -150,9 +153,18 @@ export class ElfFile {
     return this.byName.get(name) ?? [];
   }
 
-  /** Contents of a section (NOBITS: zeros). Bounds-checked. */
+  /**
+   * Contents of a section (NOBITS: zeros). Bounds-checked; a NOBITS
+   * section's zeros are only made up to MAX_NOBITS_DATA (ENOMEM beyond), so
+   * a header declaring a terabyte cannot make the reader allocate it.
+   */
   data(sec: Section): Uint8Array {
-    if (sec.type === SHT_NOBITS) return new Uint8Array(Number(sec.size));
+    if (sec.type === SHT_NOBITS) {
+      if (sec.size > BigInt(MAX_NOBITS_DATA)) {
+        fail('ENOMEM', `section [${sec.index}] ${sec.name} is a NOBITS section of ${sec.size} bytes; reading it would take more than ${MAX_NOBITS_DATA} bytes (section header at file offset 0x${sec.headerOffset.toString(16)})`, sec.headerOffset);
+      }
+      return new Uint8Array(Number(sec.size));
+    }
     return this.view.slice(sec.offset, sec.size, `section [${sec.index}] ${sec.name || ''} data`.trimEnd());
   }
 

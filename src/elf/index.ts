@@ -5,3 +5,4 @@ export * from './symbols.js';
 export * from './relocations.js';
 export * from './notes.js';
 export * from './symindex.js';
+export * from './dynamic.js';

@@ -7,10 +7,10 @@
 import { fail } from '../errors.js';
 import {
   ByteView, EHDR_SIZE, ELFOSABI_FREEBSD, ELFOSABI_NONE, EM_X86_64, ET_REL, EV_CURRENT, SHDR_SIZE,
-  SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, ElfFile, readHeader, readSymbols,
+  RELA_SIZE, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_SYMTAB, SYM_SIZE, ElfFile, readHeader, readSymbols,
   stringTable, type ElfHeader, type ElfSymbol, type Section,
 } from '../elf/index.js';
-import { MAX_BSS } from './sections.js';
+import { MAX_BSS, MAX_RELOCATIONS, MAX_SYMBOLS } from './sections.js';
 
 const MAX_SECTIONS = 1024;
 /** Largest alignment of a loaded section: a page. */
@@ -50,11 +50,37 @@ export function checkSection(elf: ElfFile, s: Section): void {
     fail('EOPNOTSUPP', `section [${s.index}] ${s.name} is both writable and executable (W^X)`, s.headerOffset);
   }
   // Any loaded NOBITS, not only a writable one: its size is memory we must map.
-  if (s.type === SHT_NOBITS && (s.flags & SHF_ALLOC) !== 0n && s.size > BigInt(MAX_BSS)) {
-    fail('EINVAL', `section [${s.index}] ${s.name} is a ${s.size}-byte .bss, larger than ${MAX_BSS}`, s.headerOffset);
+  // And any other NOBITS too: a non-allocated one named .livepatch.funcs, a
+  // hook section, .modinfo or a note would otherwise be read as that many
+  // zero bytes (1 TiB asked for by a 64-byte header).
+  if (s.type === SHT_NOBITS && s.size > BigInt(MAX_BSS)) {
+    const what = (s.flags & SHF_ALLOC) !== 0n ? '.bss' : 'non-allocated NOBITS section';
+    fail('EINVAL', `section [${s.index}] ${s.name} is a ${s.size}-byte ${what}, larger than ${MAX_BSS} (section header at file offset 0x${s.headerOffset.toString(16)})`, s.headerOffset);
   }
   if ((s.flags & SHF_ALLOC) !== 0n && s.addralign > MAX_ALIGN) {
     fail('EOPNOTSUPP', `section [${s.index}] ${s.name} asks for ${s.addralign}-byte alignment; at most ${MAX_ALIGN} (a page) is supported`, s.headerOffset);
+  }
+}
+
+/**
+ * Symbol and relocation counts, from the section headers (before any table
+ * is parsed): more than MAX_SYMBOLS symbols, or more than MAX_RELOCATIONS
+ * entries applying to loaded sections, is E2BIG.
+ */
+export function checkCounts(elf: ElfFile, symtab: Section): void {
+  if (symtab.entsize >= BigInt(SYM_SIZE) && symtab.size / symtab.entsize > BigInt(MAX_SYMBOLS)) {
+    fail('E2BIG', `symbol table [${symtab.index}] holds ${symtab.size / symtab.entsize} symbols; at most ${MAX_SYMBOLS}`, symtab.headerOffset);
+  }
+  let relocs = 0n;
+  for (const s of elf.sections) {
+    if (s.type !== SHT_RELA && s.type !== SHT_REL) continue;
+    // Relocations of debug sections are skipped unread (structure.ts), so they do not count.
+    const target = elf.sections[s.info];
+    if (!target || (target.flags & SHF_ALLOC) === 0n) continue;
+    relocs += s.size / BigInt(RELA_SIZE);
+    if (relocs > BigInt(MAX_RELOCATIONS)) {
+      fail('E2BIG', `relocation sections hold more than ${MAX_RELOCATIONS} entries (at section [${s.index}] ${s.name})`, s.headerOffset);
+    }
   }
 }
 
@@ -78,6 +104,7 @@ export function checkPayloadElf(bytes: Uint8Array): CheckedElf {
   const elf = ElfFile.parse(bytes, 'payload');
   for (const s of elf.sections) if (s.index !== 0) checkSection(elf, s);
   const symtab = findSymtab(elf);
+  checkCounts(elf, symtab);
   // Section names: Xen checks .shstrtab and every name offset before symbols.
   stringTable(elf, elf.header.shstrndx, 'section name table');
   if (!elf.namesOk) fail('EINVAL', 'a section name lies outside the section name table');

@@ -51,3 +51,10 @@ export const MAX_PAYLOAD_SIZE = 2 * 1024 * 1024;
 export const MAX_BSS = 2 * 1024 * 1024;
 /** Name length limit, without the NUL (XEN_LIVEPATCH_NAME_SIZE 128). */
 export const MAX_NAME = 127;
+/**
+ * Most symbols and relocation entries a payload may have. A 2 MiB file
+ * cannot hold more than 87381 24-byte entries anyway; the explicit bounds
+ * are checked from the section headers, before a table is parsed.
+ */
+export const MAX_SYMBOLS = 65536;
+export const MAX_RELOCATIONS = 65536;

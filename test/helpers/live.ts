@@ -9,9 +9,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, closeSync, openSync, readSync } from 'node:fs';
+import {
+  chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, closeSync, openSync, readSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   FIXTURES_DIR, buildBase, buildPayload, codeSizes, run, startBase, symbolInfo, type BaseProcess,
@@ -52,6 +54,8 @@ export interface CliOptions {
   asUser?: number;
   /** Extra environment. */
   env?: Record<string, string>;
+  /** Run this bin/hotstack instead of HOTSTACK_BIN (e.g. a readableCliCopy() for another user). */
+  bin?: string;
   timeoutMs?: number;
 }
 
@@ -72,7 +76,7 @@ export class Cli {
 
   /** `hotstack ARGS...` (no --pid added). */
   raw(args: string[], opts: CliOptions = {}): CliResult {
-    const argv = [process.execPath, HOTSTACK_BIN, ...args];
+    const argv = [process.execPath, opts.bin ?? HOTSTACK_BIN, ...args];
     const full = opts.asUser !== undefined
       ? ['setpriv', `--reuid=${opts.asUser}`, `--regid=${opts.asUser}`, '--clear-groups', ...argv]
       : argv;
@@ -203,6 +207,63 @@ export function canSwitchUser(): boolean {
   if (process.getuid?.() !== 0) return false;
   const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', '0']);
   return r.status === 0;
+}
+
+/**
+ * The packages the CLI loads at run time: package.json's dependencies and
+ * theirs, with the optional ones installed here (koffi's native module is
+ * one: @koromix/koffi-linux-x64). node_modules is flat.
+ */
+function runtimePackages(root: string): string[] {
+  const seen = new Set<string>();
+  const visit = (pkgJson: string): void => {
+    const pkg = JSON.parse(readFileSync(pkgJson, 'utf8')) as { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string> };
+    for (const d of [...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.optionalDependencies ?? {})]) {
+      const dir = join(root, 'node_modules', d);
+      if (seen.has(d) || !existsSync(join(dir, 'package.json'))) continue;
+      seen.add(d);
+      visit(join(dir, 'package.json'));
+    }
+  };
+  visit(join(root, 'package.json'));
+  return [...seen];
+}
+
+/** chmod a+rX, everywhere below `path` (the checkout may have been made with umask 077). */
+function makeReadable(path: string): void {
+  const st = lstatSync(path);
+  if (st.isSymbolicLink()) return;
+  if (st.isDirectory()) {
+    chmodSync(path, (st.mode & 0o7777) | 0o555);
+    for (const n of readdirSync(path)) makeReadable(join(path, n));
+  } else {
+    chmodSync(path, (st.mode & 0o7777) | 0o444 | ((st.mode & 0o100) ? 0o111 : 0));
+  }
+}
+
+/**
+ * A copy of the CLI under test (bin/, dist/src, package.json and the
+ * packages it loads) in a fresh directory every user can read, for
+ * running it as another user (`asUser` with `bin`): the checkout itself
+ * may lie below a directory only its owner can enter (/root/...), where
+ * nobody could even load the CLI. Remove `dir` when done.
+ */
+export function readableCliCopy(): { dir: string; bin: string } {
+  const root = dirname(dirname(realpathSync(HOTSTACK_BIN)));
+  const dir = mkdtempSync(join(tmpdir(), 'hotstack-cli-'));
+  try {
+    cpSync(join(root, 'bin'), join(dir, 'bin'), { recursive: true });
+    cpSync(join(root, 'package.json'), join(dir, 'package.json'));
+    cpSync(join(root, 'dist', 'src'), join(dir, 'dist', 'src'), { recursive: true });
+    for (const p of runtimePackages(root)) {
+      cpSync(join(root, 'node_modules', p), join(dir, 'node_modules', p), { recursive: true, dereference: true });
+    }
+    makeReadable(dir);
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  return { dir, bin: join(dir, 'bin', basename(HOTSTACK_BIN)) };
 }
 
 /** A state directory the given uid may write (for running the CLI as that user). */

@@ -34,7 +34,8 @@ export function sandbox<J extends object, R>(script: string, envVar: string, job
     const jobFile = join(dir, 'job.json');
     writeFileSync(jobFile, JSON.stringify({ ...job, out, progress }));
     const path = fileURLToPath(new URL(`./${script}`, import.meta.url));
-    const r = spawnSync('/bin/sh', ['-c', `ulimit -v ${opts.memKb ?? SANDBOX_MEM_KB} && exec "$0" "$@"`, process.execPath, path], {
+    // iced-x86's WebAssembly reserves guard regions that a virtual memory limit forbids (src/analysis/iced.ts).
+    const r = spawnSync('/bin/sh', ['-c', `ulimit -v ${opts.memKb ?? SANDBOX_MEM_KB} && exec "$0" "$@"`, process.execPath, '--disable-wasm-trap-handler', path], {
       env: { ...process.env, [envVar]: jobFile }, encoding: 'utf8', timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20, killSignal: 'SIGKILL',
     });
     const timedOut = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT';

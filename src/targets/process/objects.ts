@@ -8,6 +8,8 @@ import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
 import { readObjects, type MappedObject } from './maps.js';
+import { baseSymbols } from '../../elf/debugfile.js';
+import { BaseAnalysis, type FunctionReport } from '../../analysis/index.js';
 
 const PAGE_MASK = ~0xfffn;
 
@@ -21,6 +23,7 @@ export class ProcessObject implements BaseObject {
   private readonly elf: ElfFile;
   private index: SymbolIndex | undefined;
   private dynamic: SymbolIndex | undefined;
+  private debug: ElfFile | undefined;
 
   constructor(m: MappedObject, elf: ElfFile) {
     this.path = m.deleted ? `${m.path} (deleted)` : m.path;
@@ -30,8 +33,23 @@ export class ProcessObject implements BaseObject {
     this.range = { start: m.mappings[0]!.start, end: m.mappings[m.mappings.length - 1]!.end };
   }
 
+  /**
+   * `.symtab`, else (stripped) that of its debug file found by the object's
+   * own build-id (ROOT/.build-id/xx/rest.debug), else `.dynsym`. By
+   * build-id, not path: the mapped file may have been replaced or deleted.
+   */
   private symbols(): SymbolIndex {
-    return (this.index ??= SymbolIndex.fromElf(this.elf));
+    if (!this.index) {
+      const found = baseSymbols(this.elf, undefined);
+      this.index = new SymbolIndex(found.symbols);
+      this.debug = found.debug?.elf;
+    }
+    return this.index;
+  }
+
+  analyze(name: string): FunctionReport | undefined {
+    this.symbols();
+    return BaseAnalysis.of(this.elf, { debug: this.debug, path: this.path }).report(name);
   }
 
   lookup(name: string): BaseSymbol | undefined {

@@ -11,6 +11,7 @@ import { errnoName, fail, ERRNO, isHotstackError, type ErrnoName } from '../../e
 import * as pt from './ptrace.js';
 import { readMaps, type MapEntry } from './maps.js';
 import { leaderLeftEarly, type StoppedProcess } from './threads.js';
+import { testMode } from '../../core/fault.js';
 
 /** Linux x86-64 system call numbers used here (and handy for callers). */
 export const SYS = {
@@ -193,9 +194,12 @@ function syscallStep(tid: number): void {
   pt.syscallStep(tid);
 }
 
-/** Test hook: HOTSTACK_TEST_DIE_AT=<stage> makes this process SIGKILL itself there (tests of a killed hotstack). */
+/**
+ * Test hook: HOTSTACK_TEST_DIE_AT=<stage> makes this process SIGKILL itself
+ * there (tests of a killed hotstack); only with HOTSTACK_TEST_MODE=1 too.
+ */
 function dieAt(stage: string): void {
-  if (process.env.HOTSTACK_TEST_DIE_AT === stage) process.kill(process.pid, 'SIGKILL');
+  if (process.env.HOTSTACK_TEST_DIE_AT === stage && testMode()) process.kill(process.pid, 'SIGKILL');
 }
 
 const runtimePages = new WeakMap<StoppedProcess, bigint>();

@@ -7,7 +7,7 @@ import { accessSync, constants, readFileSync } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { INT3 } from '../../arch/x86_64/insn.js';
-import type { AddrRange, BaseObject, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
+import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, stateDir, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, readMaps } from './maps.js';
@@ -89,14 +89,18 @@ export class ProcessTarget implements Target {
     return this.objects();
   }
 
-  lookupExternal(name: string): bigint | undefined {
+  lookupExternal(name: string): ExternalSymbol | undefined {
     for (const o of this.objects()) {
       const s = o.dynamicSymbol(name);
       if (!s) continue;
       const addr = s.value + o.bias;
-      return s.isIfunc ? this.resolveIfunc(name, addr) : addr;
+      return { addr: s.isIfunc ? this.resolveIfunc(name, addr) : addr, object: o.path };
     }
     return undefined;
+  }
+
+  externalScope(): string {
+    return 'another object loaded in the process';
   }
 
   /** An IFUNC symbol's value is a resolver: run it in the target, as the dynamic linker did. */

@@ -1,0 +1,230 @@
+/**
+ * Patch-safety analysis of a base object: for a function, who reaches it
+ * and how, what its callers rely on beyond the calling convention, whether
+ * it uses its caller's stack frame, and which other copies of its code
+ * exist. See src/analysis/types.ts for the report and README (analyze)
+ * for what each hazard means.
+ */
+import type { ElfFile } from '../elf/index.js';
+import { EM_X86_64, ET_DYN, ET_EXEC, findBuildId, SymbolIndex } from '../elf/index.js';
+import { fail } from '../errors.js';
+import { Clobbers } from './clobbers.js';
+import { loadIced } from './iced.js';
+import { copiesOf } from './copies.js';
+import { CodeImage } from './decode.js';
+import { DwarfInlines, producerMayRelyOnClobbers } from './dwarf.js';
+import { FlowModel } from './flow.js';
+import { FunctionTable, type FuncSym } from './functions.js';
+import { DataRefs } from './refs.js';
+import { CALLER_SAVED_GPR, CALLER_SAVED_VEC, setNames, GPR_NAMES } from './regs.js';
+import { noneRelied, Reliance, reliedWithin, Walker, type Relied } from './reliance.js';
+import { stackArguments } from './stackargs.js';
+import type { CallerSite, FunctionReport, Hazard, ReliedRegister } from './types.js';
+
+export type { CallerSite, FunctionReport, Hazard, ReliedRegister } from './types.js';
+
+const cache = new WeakMap<ElfFile, BaseAnalysis>();
+
+export class BaseAnalysis {
+  readonly elf: ElfFile;
+  readonly debug: ElfFile | undefined;
+  readonly path: string | undefined;
+  /** GNU build-id as hex, null when the object has none. */
+  readonly buildId: string | null;
+  private readonly code: CodeImage;
+  private readonly table: FunctionTable;
+  private readonly flow: FlowModel;
+  private readonly clobbers: Clobbers;
+  private readonly reliance: Reliance;
+  private refs: DataRefs | undefined;
+  private dwarf: DwarfInlines | null | undefined;
+  private symIndex: SymbolIndex | undefined;
+  private readonly producerCache = new Map<string, boolean>();
+
+  private constructor(elf: ElfFile, debug: ElfFile | undefined, path: string | undefined) {
+    if (elf.header.machine !== EM_X86_64) fail('EOPNOTSUPP', `${path ?? 'the base'} is not an x86-64 object (e_machine ${elf.header.machine}): analyze reads x86-64 code only`);
+    if (elf.header.type !== ET_EXEC && elf.header.type !== ET_DYN) {
+      fail('EINVAL', `${path ?? 'the base'} is not a linked executable or shared object (e_type ${elf.header.type}): give the program or library the payload patches`);
+    }
+    loadIced();
+    this.elf = elf;
+    this.debug = debug;
+    this.path = path;
+    const id = findBuildId(elf);
+    this.buildId = id ? Buffer.from(id).toString('hex') : null;
+    this.code = new CodeImage(elf);
+    this.table = new FunctionTable(this.code, elf, debug);
+    this.flow = new FlowModel(this.code, this.table, () => this.dataRefs().slots);
+    this.clobbers = new Clobbers(this.flow);
+    const walker = new Walker(this.code, this.flow, this.clobbers);
+    this.reliance = new Reliance(this.code, this.flow, this.table, this.clobbers, walker, (at) => this.mayRely(at));
+  }
+
+  /** Cached per ElfFile. `debug`: a separate debug ELF with .symtab/DWARF for the same build-id (optional). */
+  static of(elf: ElfFile, opts: { debug?: ElfFile; path?: string } = {}): BaseAnalysis {
+    const hit = cache.get(elf);
+    if (hit && (opts.debug === undefined || hit.debug === opts.debug)) return hit;
+    const a = new BaseAnalysis(elf, opts.debug, opts.path);
+    cache.set(elf, a);
+    return a;
+  }
+
+  /** Names of all function symbols (for `analyze` with no function given). */
+  functions(): string[] {
+    return [...new Set(this.table.all.map((f) => f.display))];
+  }
+
+  /** Report on the function symbol `name` (global name, or FILE#NAME / unique local name, as SymbolIndex.lookup resolves it); undefined if no such function. */
+  report(name: string): FunctionReport | undefined {
+    const f = this.resolve(name);
+    if (!f) return undefined;
+    const code = this.code;
+    const entry = f.start;
+    const hazards: Hazard[] = [];
+    const problems: string[] = [...this.table.problems];
+    const refs = this.dataRefs();
+    problems.push(...refs.problems);
+    const undecodable = [...code.scan().undecodable];
+    const own = this.flow.of(entry);
+    problems.push(...own.problems);
+    if (own.list.length === 0) problems.push(`no instructions found at 0x${code.toAddr(entry).toString(16)}`);
+
+    const clob = this.clobbers.of(entry);
+    const keep = { g: CALLER_SAVED_GPR & ~clob.g, v: CALLER_SAVED_VEC & ~clob.v };
+    const inName = (at: number): string | null => this.table.containing(at)?.display ?? null;
+    const callers: CallerSite[] = [];
+    for (const s of this.reliance.sites(entry)) {
+      let r: Relied;
+      if (s.kind === 'call') {
+        r = this.reliance.siteRelies(s.at, entry);
+        const w = this.reliance.siteWalk(s.at, entry);
+        if (w.incomplete) problems.push(w.incomplete);
+      } else {
+        const from = this.table.entryOf(s.at);
+        r = from >= 0 ? reliedWithin(this.reliance.of(from), keep) : noneRelied();
+      }
+      callers.push({ kind: s.kind, at: code.toAddr(s.at), in: inName(s.at), relies: reliedNames(r) });
+    }
+    for (const at of code.scan().refs.get(entry) ?? []) callers.push({ kind: 'address', at: code.toAddr(at), in: inName(at) });
+    for (const at of refs.words.get(entry) ?? []) callers.push({ kind: 'data', at: code.toAddr(at), in: this.table.objectAt(at) ?? inName(at) });
+    for (const at of refs.relocs.get(entry) ?? []) callers.push({ kind: 'reloc', at: code.toAddr(at), in: this.table.objectAt(at) ?? null });
+    // Exported, or entered by the kernel or the dynamic loader (entry point, DT_INIT, DT_FINI): called from outside.
+    if (refs.exports.has(entry) || refs.loader.has(entry)) callers.push({ kind: 'export', at: 0n, in: null });
+
+    const relied = this.reliance.of(entry);
+    const reliedRegisters = reliedList(reliedWithin(relied, keep));
+    const dwarf = this.dwarfInlines();
+    const inlinedInto = dwarf ? dwarf.inlinedInto(f.name, f.global ? undefined : f.file, (pc) => this.symbolNameAt(pc)) : [];
+    const copies = copiesOf(this.table, f, (at) => code.toAddr(at));
+    const stack = stackArguments(code, this.flow, entry);
+    const noCallers = callers.length === 0;
+
+    const fn = f.display;
+    if (noCallers) {
+      hazards.push({
+        function: fn, kind: 'inlined',
+        detail: inlinedInto.length
+          ? `nothing calls, jumps to or takes the address of ${fn}: it was inlined into ${list(inlinedInto)}; patch those functions instead, a patch of ${fn} changes nothing`
+          : `nothing calls, jumps to or takes the address of ${fn}: it was inlined into its callers or is unused${dwarf ? '' : ' (no DWARF to say where: give the debug file)'}; a patch of ${fn} changes nothing`,
+      });
+    } else if (inlinedInto.length) {
+      hazards.push({ function: fn, kind: 'inlined', detail: `${fn} was also inlined into ${list(inlinedInto)}: those copies are not patched by a patch of ${fn}; patch them too` });
+    }
+    if (reliedRegisters.length) {
+      const example = callers.find((c) => c.relies && c.relies.length);
+      const where = example ? ` (e.g. ${example.kind} at 0x${example.at.toString(16)}${example.in ? ` in ${example.in}` : ''} relies on ${example.relies!.join(', ')})` : '';
+      hazards.push({
+        function: fn, kind: 'registers',
+        detail: `callers keep ${reliedRegisters.map((r) => r.name).join(', ')} live across calls to ${fn}${where}: a replacement must preserve them, or be called through a veneer that does`,
+      });
+    }
+    if (stack === true) {
+      hazards.push({ function: fn, kind: 'stack-arguments', detail: `${fn} reads arguments from its caller's stack frame (stack-passed or variadic arguments): no preserving veneer can be put in front of a replacement` });
+    } else if (stack === 'unknown') {
+      problems.push(`could not follow the stack pointer through ${fn} (realigned stack, alloca or unusual code): whether it uses stack arguments is unknown`);
+    }
+    for (const c of copies) {
+      if (c.kind === 'alias') hazards.push({ function: fn, kind: 'alias', detail: `${c.name} is the same code at the same address: patching ${fn} patches ${c.name} too` });
+      else hazards.push({ function: fn, kind: 'copy', detail: `${c.name} is a ${c.kind === 'clone' ? 'compiler-made copy' : `${c.kind} copy`} of ${fn} at 0x${c.addr.toString(16)}: a patch of ${fn} does not reach it; patch it too` });
+    }
+    if (undecodable.length && own.problems.length) {
+      problems.push(`parts of ${undecodable.map(([s, n]) => `${s} (${n} bytes)`).join(', ')} do not decode: references from there are missing`);
+    }
+    for (const p of [...new Set(problems)]) hazards.push({ function: fn, kind: 'unanalysable', detail: p });
+
+    return {
+      function: fn,
+      addr: code.toAddr(entry),
+      size: BigInt(f.end - f.start),
+      callers,
+      noCallers,
+      inlinedInto,
+      reliedRegisters,
+      clobbers: setNames(clob),
+      stackArguments: stack,
+      copies,
+      hazards,
+    };
+  }
+
+  private resolve(name: string): FuncSym | undefined {
+    this.symIndex ??= new SymbolIndex(this.table.symbols);
+    const hit = this.symIndex.lookup(name);
+    const byDisplay = this.table.all.filter((f) => f.display === name);
+    if (hit && hit.isFunc) {
+      const at = this.code.toInternal(hit.value);
+      const f = this.table.startingAt(at).find((g) => g.name === hit.name && g.global === hit.global);
+      if (f) return f;
+    }
+    return byDisplay.find((f) => f.global) ?? byDisplay[0];
+  }
+
+  private dataRefs(): DataRefs {
+    this.refs ??= new DataRefs(this.elf, this.code);
+    return this.refs;
+  }
+
+  private dwarfInlines(): DwarfInlines | null {
+    if (this.dwarf === undefined) {
+      const d = new DwarfInlines(this.debug ?? this.elf);
+      this.dwarf = d.present ? d : null;
+    }
+    return this.dwarf;
+  }
+
+  /** Per compile unit, from DW_AT_producer: can code at `at` rely on its callees' actual clobbers? Yes when unknown. */
+  private mayRely(at: number): boolean {
+    const d = this.dwarfInlines();
+    if (!d) return true;
+    const producer = d.producerAt(Number(this.code.toAddr(at)));
+    if (producer === undefined) return true;
+    let v = this.producerCache.get(producer);
+    if (v === undefined) {
+      v = producerMayRelyOnClobbers(producer);
+      this.producerCache.set(producer, v);
+    }
+    return v;
+  }
+
+  private symbolNameAt(pc: number): string | undefined {
+    const at = this.code.toInternal(BigInt(pc));
+    const syms = this.table.startingAt(at);
+    return (syms.find((s) => s.global) ?? syms[0])?.display;
+  }
+}
+
+function reliedList(r: Relied): ReliedRegister[] {
+  const out: ReliedRegister[] = [];
+  for (let i = 0; i < 16; i++) if (r.g & (1 << i)) out.push({ name: GPR_NAMES[i]!, width: 8 });
+  for (let i = 0; i < 16; i++) if (r.vw[i]) out.push({ name: `xmm${i}`, width: r.vw[i]! });
+  return out;
+}
+
+function reliedNames(r: Relied): string[] {
+  return reliedList(r).map((x) => x.name);
+}
+
+function list(names: string[]): string {
+  return names.length > 4 ? `${names.slice(0, 4).join(', ')} and ${names.length - 4} more` : names.join(', ');
+}
+

@@ -1,0 +1,82 @@
+/**
+ * What the loader does about compiler hazards of the functions a payload
+ * patches (spec/real-programs.md). The base object supplies the analysis;
+ * this module decides, per function:
+ *
+ *   - callers rely on caller-saved registers (-fipa-ra): enter the
+ *     replacement through a preserving veneer that keeps exactly those;
+ *   - that cannot be done safely (stack arguments, unknown stack use, a
+ *     register a veneer cannot keep): refuse, naming the function;
+ *   - nothing reaches the function, clones, aliases: report.
+ *
+ * On a report-only base (Xen's own image: its loader builds no veneers)
+ * every hazard is reported and nothing is refused, so outcomes stay Xen's.
+ */
+import { fail, toHotstackError } from '../errors.js';
+import { isPreservable, type KeptRegister } from '../arch/x86_64/preserve.js';
+import type { FunctionReport, Hazard } from '../analysis/types.js';
+import type { FuncRecord } from './state.js';
+import type { BaseObject } from './target.js';
+
+/** A function that will be entered through a preserving veneer. */
+export interface VeneerNeed {
+  func: FuncRecord;
+  registers: KeptRegister[];
+}
+
+export interface SafetyPlan {
+  hazards: Hazard[];
+  veneers: VeneerNeed[];
+}
+
+/**
+ * The analysis of `f`, when the base can analyse it and the report is
+ * about the same address; a base whose code cannot be analysed gives a
+ * hazard instead (the patch goes on as it would without analysis).
+ */
+function reportFor(base: BaseObject, f: FuncRecord, hazards: Hazard[]): FunctionReport | undefined {
+  if (!base.analyze) return undefined;
+  let r: FunctionReport | undefined;
+  try {
+    r = base.analyze(f.name);
+  } catch (e) {
+    const err = toHotstackError(e);
+    hazards.push({ function: f.name, kind: 'unanalysable', detail: `${base.path} could not be analysed: ${err.errno}: ${err.message}` });
+    return undefined;
+  }
+  return r && r.addr + base.bias === f.oldAddr ? r : undefined;
+}
+
+function regList(regs: KeptRegister[]): string {
+  return regs.map((r) => r.name).join(', ');
+}
+
+/**
+ * Assess every jump-patched function of a payload. Throws EOPNOTSUPP for a
+ * function whose callers rely on registers when no veneer can keep them.
+ */
+export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPlan {
+  const hazards: Hazard[] = [];
+  const veneers: VeneerNeed[] = [];
+  for (const f of funcs) {
+    const r = reportFor(base, f, hazards);
+    if (!r) continue;
+    hazards.push(...r.hazards.map((h) => ({ ...h, function: f.name })));
+    // NOP patches change bytes in place: callers see the same function.
+    if (f.newAddr === 0n || !r.reliedRegisters.length || base.reportOnly) continue;
+    const registers = r.reliedRegisters.map((x) => ({ name: x.name, width: x.width }));
+    const odd = registers.filter((x) => !isPreservable(x.name));
+    const why = odd.length
+      ? `they rely on ${regList(odd)}, which a veneer cannot keep`
+      : r.stackArguments === true
+        ? 'it takes arguments on the stack, which a veneer (a call in between) would shift'
+        : r.stackArguments === 'unknown'
+          ? 'its use of the stack could not be analysed, so a veneer (a call in between) might shift its arguments'
+          : null;
+    if (why) {
+      fail('EOPNOTSUPP', `function ${f.name}: its callers keep values in ${regList(registers)} across the call (gcc -fipa-ra), which a replacement may clobber, and no preserving veneer can be used: ${why}; patch its callers as well (build the payload from a source patch) or rebuild the program with -flive-patching=inline-clone`);
+    }
+    veneers.push({ func: f, registers });
+  }
+  return { hazards, veneers };
+}
