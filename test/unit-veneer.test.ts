@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import iced from 'iced-x86';
 import { encodePreservingVeneer, isPreservable, type KeptRegister } from '../src/arch/x86_64/preserve.js';
+import { entryOf, patchRanges } from '../src/core/patching.js';
+import type { FuncRecord, PayloadRecord } from '../src/core/state.js';
 
 const { Decoder, DecoderOptions, Formatter, FormatterSyntax, Mnemonic } = iced;
 
@@ -80,4 +82,18 @@ test('vector registers are saved at their width and the stack is aligned at the 
 test('only caller-saved registers can be kept', () => {
   for (const r of ['rax', 'rcx', 'rdx', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'xmm0', 'xmm15']) assert.ok(isPreservable(r), r);
   for (const r of ['rsp', 'rbp', 'rbx', 'r12', 'xmm16', 'k1']) assert.ok(!isPreservable(r), r);
+});
+
+test('the consistency check covers veneers: no action while a thread is in one or returns into one; the jump enters it', () => {
+  const f: FuncRecord = {
+    name: 'label', oldAddr: 0x1000n, newAddr: 0x9000n, oldSize: 32, newSize: 40, patchOffset: 0,
+    expect: { enabled: false, len: 0, rsv: 0, data: '' },
+    undo: '', applied: false, veneer: { addr: 0xa000n, size: 30, registers: ['r8', 'r9'] },
+  };
+  const p = { name: 'fix', funcs: [f] } as unknown as PayloadRecord;
+  const labels = (withNew: boolean): string[] => patchRanges(p, withNew).map((r) => `${r.label} ${r.start.toString(16)}-${r.end.toString(16)}`);
+  assert.deepEqual(labels(true), ['function label 1000-1020', 'label of payload fix 9000-9028', 'veneer of label of payload fix a000-a01e']);
+  assert.deepEqual(labels(false), ['function label 1000-1020'], 'applying: only the old function matters, the new code is not reachable yet');
+  assert.equal(entryOf(f), 0xa000n);
+  assert.equal(entryOf({ ...f, veneer: undefined }), 0x9000n);
 });
