@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { benchCheckChain } from './check-chain.js';
 import { benchProcess, printProcessBench } from './process.js';
 import { benchVeneer, printVeneerBench } from './veneer.js';
+import { benchStall, printStallBench } from './stall.js';
 
 function machine(): string {
   const c = cpus();
@@ -32,10 +33,14 @@ async function main(): Promise<void> {
   const proc = await benchProcess(join(work, 'process'));
   printProcessBench(proc);
 
+  console.log('\nlive process: the stall seen inside the target, next to the ptrace floor:');
+  const stall = await benchStall(join(work, 'stall'));
+  printStallBench(stall);
+
   console.log('\nlive process: the cost of a preserving veneer:');
   const veneer = await benchVeneer(join(work, 'veneer'));
   printVeneerBench(veneer);
-  console.log(JSON.stringify({ machine: machine(), checkChain: { rows, growth }, process: proc, veneer }));
+  console.log(JSON.stringify({ machine: machine(), checkChain: { rows, growth }, process: proc, stall, veneer }));
 }
 
 main().catch((e: unknown) => {

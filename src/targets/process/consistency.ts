@@ -24,9 +24,18 @@ function hex(v: bigint): string {
 /** Limit of one stack read, so a huge or unbounded mapping cannot stall the check. */
 const MAX_STACK_SCAN = 8 * 1024 * 1024;
 
-/** The first conflict found, or null when it is safe to patch. */
-export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: MapEntry[], busy: AddrRange[]): Conflict | null {
+/**
+ * The first conflict found, or null when it is safe to patch. `maps` may
+ * have been read before the threads stopped: a thread whose stack pointer
+ * lies in no mapping it lists (a thread started since) gets `fresh()`.
+ */
+export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: MapEntry[], busy: AddrRange[], fresh?: () => MapEntry[]): Conflict | null {
   if (!busy.length) return null;
+  // Stack words are compared as doubles, not BigInts (this runs while the
+  // process is stopped): user addresses are below 2^47, so exact; a word
+  // of 2^53 or more rounds but can match no user range either way.
+  const lo = busy.map((r) => Number(r.start));
+  const hi = busy.map((r) => Number(r.end));
   for (const t of proc.threads) {
     const regs = proc.refreshRegs(t.tid);
     const rip = regs.rip;
@@ -34,21 +43,32 @@ export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: Map
       if (rip >= r.start && rip < r.end) return { thread: t.label, range: r, how: `is executing ${r.label} (rip ${hex(rip)})` };
     }
     const rsp = regs.rsp & ~7n;
-    const m = maps.find((e) => rsp >= e.start && rsp < e.end);
-    if (!m) continue;
-    const len = Number(m.end - rsp < BigInt(MAX_STACK_SCAN) ? m.end - rsp : BigInt(MAX_STACK_SCAN));
-    let stack: Uint8Array;
-    try {
-      stack = mem.read(rsp, len);
-    } catch {
-      continue;
+    let stack: Uint8Array | null = null;
+    // With maps read before the stop, a stack that is not listed, or no longer
+    // readable to the listed end, sends the check to fresh maps once.
+    for (;;) {
+      const m = maps.find((e) => rsp >= e.start && rsp < e.end);
+      if (m) {
+        const len = Number(m.end - rsp < BigInt(MAX_STACK_SCAN) ? m.end - rsp : BigInt(MAX_STACK_SCAN));
+        try {
+          stack = mem.read(rsp, len);
+          break;
+        } catch {
+          /* stale or unreadable */
+        }
+      }
+      if (!fresh) break;
+      maps = fresh();
+      fresh = undefined;
     }
+    if (!stack) continue;
     const dv = new DataView(stack.buffer, stack.byteOffset, stack.byteLength);
     for (let o = 0; o + 8 <= stack.length; o += 8) {
-      const w = dv.getBigUint64(o, true);
-      for (const r of busy) {
+      const w = dv.getUint32(o + 4, true) * 4294967296 + dv.getUint32(o, true);
+      for (let k = 0; k < lo.length; k++) {
         // A return address follows its call: it may equal the range's end.
-        if (w > r.start && w <= r.end) {
+        if (w > lo[k]! && w <= hi[k]!) {
+          const r = busy[k]!;
           return { thread: t.label, range: r, how: `has a return address into ${r.label} on its stack (at ${hex(rsp + BigInt(o))})` };
         }
       }

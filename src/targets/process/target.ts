@@ -45,6 +45,14 @@ export class ProcessTarget implements Target {
    * only its last stop (the process ran in between).
    */
   readonly pauses: number[] = [];
+  /**
+   * Per stop, where its time went (ms): `stop` (seize, interrupt, wait),
+   * `check` (consistency check: maps and stacks), `work` (what ran while
+   * stopped: writes, journal, state, remote calls), `detach`. For the
+   * benchmark's breakdown.
+   */
+  readonly phases: Record<string, number>[] = [];
+  private phase: { rec: Record<string, number>; last: number } | null = null;
   private stopStart = 0;
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
@@ -127,15 +135,29 @@ export class ProcessTarget implements Target {
   private stopped<T>(fn: (p: StoppedProcess) => T): T {
     if (this.current) return fn(this.current);
     this.stopStart = performance.now();
+    this.phase = { rec: {}, last: this.stopStart };
     const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
+    this.lap('stop');
     this.current = p;
     try {
       return fn(p);
     } finally {
       this.current = null;
+      this.lap('work');
       p.detach();
+      this.lap('detach');
       this.pauses.push(performance.now() - this.stopStart);
+      this.phases.push(this.phase.rec);
+      this.phase = null;
     }
+  }
+
+  /** Charge the time since the last lap to `name` (phases). */
+  private lap(name: string): void {
+    if (!this.phase) return;
+    const now = performance.now();
+    this.phase.rec[name] = (this.phase.rec[name] ?? 0) + now - this.phase.last;
+    this.phase.last = now;
   }
 
   allocate(size: number, perm: Perm, near: BaseObject): bigint {
@@ -247,11 +269,15 @@ export class ProcessTarget implements Target {
 
   quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {
     const start = performance.now();
+    // Read before stopping: stacks are the only mappings the check needs, and a
+    // thread whose stack is not listed (started since) makes it read them again.
+    let maps = readMaps(this.pid);
     return this.stopped((p) => {
       let tries = 0;
       for (;;) {
         tries++;
-        const conflict = findConflict(p, this.mem, readMaps(this.pid), busy);
+        const conflict = findConflict(p, this.mem, maps, busy, () => (maps = readMaps(this.pid)));
+        this.lap('check');
         if (!conflict) return fn({ callHook: (kind, f, arg) => this.call(p, kind, f, arg) });
         const elapsed = performance.now() - start;
         if (elapsed >= timeoutMs) {
@@ -261,7 +287,10 @@ export class ProcessTarget implements Target {
         p.resume();
         p.serviceSignals(Math.min(Math.max(1, tries), 20, Math.max(1, timeoutMs - elapsed)));
         this.stopStart = performance.now();
+        // Only the final stop counts, as for pauses.
+        this.phase = { rec: {}, last: this.stopStart };
         p.restop(STOP_TIMEOUT_MS);
+        this.lap('stop');
       }
     });
   }
