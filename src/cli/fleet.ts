@@ -186,7 +186,7 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   const status = fleetExit(all);
   if (c.json) {
     const processes = all.map((x) => ({
-      pid: x.pid, comm: x.comm, result: x.result, detail: x.detail, errno: x.errno, code: x.code, message: x.message,
+      pid: x.pid, comm: x.comm, result: x.result, detail: x.detail, errno: x.errno, code: x.code, message: x.message, ms: Math.round(x.ms * 100) / 100,
       ...(x.payloads ? { payloads: x.payloads } : { steps: x.steps }), ...(x.notices.length ? { notices: x.notices } : {}),
     }));
     io.out(JSON.stringify({ ok: status === 0, action: c.action, name: c.name, summary, processes }) + '\n');

@@ -87,7 +87,11 @@ export class BuildIdCache {
   reads = 0;
 
   get(dev: string, inode: bigint, path: string): string | null {
-    const key = `${dev}/${inode}`;
+    return this.getByKey(`${dev}/${inode}`, path);
+  }
+
+  /** The same, keyed by maps' own `dev/inode` text (e.g. "fd:01/1234"). */
+  getByKey(key: string, path: string): string | null {
     if (this.byFile.has(key)) return this.byFile.get(key)!;
     this.reads++;
     const id = readFileBuildId(path);

@@ -11,7 +11,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync, stat
 import { resolve } from 'node:path';
 import { BuildIdCache } from './buildid.js';
 import { processIdentity } from './lock.js';
-import { groupObjects, parseMaps, procBase } from './maps.js';
+import { procBase } from './maps.js';
 import { stateFileOf } from './store.js';
 
 export interface FleetFilter {
@@ -124,14 +124,13 @@ export function allPids(): number[] {
  * file, executable, then the maps and build-ids.
  */
 function check(pid: number, f: FleetFilter, exe: ExeTarget | undefined, ids: BuildIdCache): { why: string; gone: boolean } | { object: string } {
-  let status: string;
-  try {
-    status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  } catch {
-    return { why: 'it does not exist (any more)', gone: true };
-  }
-  if (/^State:\s+Z/m.test(status)) return { why: 'it is a zombie', gone: true };
   if (f.uid !== undefined) {
+    let status: string;
+    try {
+      status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    } catch {
+      return GONE;
+    }
     const uid = effectiveUid(status);
     if (uid !== f.uid) return { why: `its user id is ${uid ?? 'unknown'}, not ${f.uid}`, gone: false };
   }
@@ -140,26 +139,60 @@ function check(pid: number, f: FleetFilter, exe: ExeTarget | undefined, ids: Bui
     try {
       has = existsSync(stateFileOf(processIdentity(pid)));
     } catch {
-      return { why: 'it does not exist (any more)', gone: true };
+      return GONE;
     }
     if (!has) return { why: 'hotstack has no payloads in it', gone: false };
   }
   if (exe) {
     const why = exeMismatch(pid, exe);
-    if (why) return { why, gone: false };
+    if (why) return { why, gone: !existsSync(`/proc/${pid}`) };
   }
-  if (f.buildId === undefined) return { object: '' };
-  const base = procBase(pid);
-  let maps;
+  if (f.buildId === undefined) {
+    return existsSync(`/proc/${pid}`) ? { object: '' } : GONE;
+  }
+  let base = `/proc/${pid}`;
+  let text: string;
   try {
-    maps = parseMaps(readFileSync(`${base}/maps`, 'utf8'));
+    text = readFileSync(`${base}/maps`, 'utf8');
+    // Empty for a zombie, and for a leader that called pthread_exit: its live threads still show the maps.
+    if (text === '') {
+      base = procBase(pid);
+      if (base !== `/proc/${pid}`) text = readFileSync(`${base}/maps`, 'utf8');
+    }
   } catch {
-    return { why: 'its memory map cannot be read (exited, or not permitted)', gone: false };
+    return existsSync(`/proc/${pid}`) ? { why: 'its memory map cannot be read (not permitted)', gone: false } : GONE;
   }
-  for (const o of groupObjects(pid, maps, base)) {
-    if (ids.get(o.dev, o.inode, o.mapFilesPath) === f.buildId) return { object: o.deleted ? `${o.path} (deleted)` : o.path };
-  }
+  const object = matchingObject(text, base, f.buildId, ids);
+  if (object !== undefined) return { object };
   return { why: `no object with build-id ${f.buildId} is mapped in it`, gone: false };
+}
+
+const GONE = { why: 'it does not exist (any more)', gone: true } as const;
+
+/**
+ * The path of the first mapped file whose build-id is `buildId`, or
+ * undefined. Reads the maps text field by field rather than through
+ * parseMaps: across a whole machine this is the hot loop, and only the
+ * device, inode, first range and path of file mappings matter; each file
+ * is recognised by device and inode before anything is read from it.
+ */
+function matchingObject(text: string, base: string, buildId: string, ids: BuildIdCache): string | undefined {
+  const seen = new Set<string>();
+  for (const line of text.split('\n')) {
+    // start-end perms offset dev inode [path]
+    const f = line.split(' ', 6);
+    const inode = f[4];
+    if (inode === undefined || inode === '0') continue;
+    const key = `${f[3]}/${inode}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const path = line.slice(line.indexOf('/'));
+    if (!path.startsWith('/')) continue; // anon_inode:... and the like
+    // map_files names the range without maps' zero padding.
+    const range = f[0]!.split('-').map((x) => x.replace(/^0+(?=.)/, '')).join('-');
+    if (ids.getByKey(key, `${base}/map_files/${range}`) === buildId) return path;
+  }
+  return undefined;
 }
 
 /** The processes `f` selects, in pid order. */
