@@ -8,7 +8,7 @@
 import { toHotstackError, HotstackError } from '../errors.js';
 import { inspectPayload } from '../payload/inspect.js';
 import { discover, type FleetFilter, type FleetProcess } from '../targets/process/discover.js';
-import { defaultJobs, runPool } from '../fleet/pool.js';
+import { defaultJobs, FleetPool } from '../fleet/pool.js';
 import type { FleetAction, FleetActionName, ProcessOutcome } from '../fleet/task.js';
 import { errorLine, exitCodeFor, listTable } from './format.js';
 import type { Io } from './lifecycle.js';
@@ -156,12 +156,15 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   let prep: ReturnType<typeof prepare>;
   let procs: FleetProcess[];
   let pre: ProcessOutcome[];
+  let pool: FleetPool | undefined;
   try {
     prep = prepare(c, o);
+    pool = new FleetPool(prep.action, o.jobs ?? defaultJobs());
     const d = discover(prep.filter);
     procs = d.selected;
     pre = d.unselected.map(unselectedOutcome);
   } catch (e) {
+    pool?.close();
     const err = toHotstackError(e);
     if (c.json) io.out(JSON.stringify({ ok: false, action: c.action, name: c.name, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
     else io.err(`hotstack: ${errorLine(err)}\n`);
@@ -177,7 +180,7 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
     io.out(x.result === 'listed' ? listText(x) : outcomeLine(x));
   };
   pre.forEach(show);
-  const acted = await runPool(procs, prep.action, o.jobs ?? defaultJobs(), show);
+  const acted = await pool.run(procs, show);
   progress.stop();
   const all = [...pre, ...acted].sort((a, b) => a.pid - b.pid);
   const count = (r: string) => all.filter((x) => x.result === r).length;

@@ -46,7 +46,7 @@ const MAX_TIMEOUT_MS = 600_000;
 
 /** Open the engine for a live process, run `fn`, always release the process. */
 async function withLive(pidOpt: number | undefined, fn: (e: Engine) => number): Promise<number> {
-  if (pidOpt === undefined) throw new HotstackError('EINVAL', 'this command acts on a live process: give --pid PID');
+  if (pidOpt === undefined) throw new HotstackError('EINVAL', 'this command acts on a live process: give --pid PID (or --all for every process of a build)');
   const { openProcessEngine } = await import('../targets/process/session.js');
   return openProcessEngine(pidOpt, (engine) => {
     for (const n of engine.notices) io.err(`hotstack: ${n}\n`);
@@ -116,7 +116,7 @@ export function buildProgram(setExit: (n: number) => void): Command {
         throw new InvalidArgumentError((e as Error).message);
       }
     })
-    .option('--jobs <n>', 'fleet: processes worked on at once (default: twice the CPUs, at most 16)', parseIntArg('--jobs', 1, 256))
+    .option('--jobs <n>', 'fleet: processes worked on at once (default: one per CPU, at most 16)', parseIntArg('--jobs', 1, 256))
     .option('--keyring <dir>', 'directory of trusted public keys (*.pub) for signed payloads (default $HOTSTACK_KEYRING, else /etc/hotstack/keys)')
     .showHelpAfterError('(hotstack --help for usage)')
     .addHelpText(

@@ -18,71 +18,94 @@ export interface WorkerTask {
 export type WorkerReply = { ready: true; outcome?: undefined } | { ready?: undefined; outcome: ProcessOutcome };
 
 /**
- * Default --jobs: twice the CPUs, at most 16. Much of a process's time is
- * spent waiting for its threads to reach a ptrace stop or for the kernel's
- * syscall round trips, which another worker can fill; beyond that, more
- * threads only compete for the same CPUs (see the fleet bench).
+ * Default --jobs: one worker per CPU, at most 16. The per-process work is
+ * mostly CPU (parsing /proc, remote system calls, state saves) with short
+ * waits for the target to reach a ptrace stop; measured on 2 CPUs (the
+ * fleet bench's sweep), 2 workers beat 1 by about 1.4x while 4 gained
+ * less and 8 was slower than 1: more threads than CPUs only compete.
  */
 export function defaultJobs(): number {
-  return Math.max(1, Math.min(16, availableParallelism() * 2));
+  return Math.max(1, Math.min(16, availableParallelism()));
 }
 
 /**
- * Run `action` on every process of `procs` with at most `jobs` at a time.
- * `onOutcome` is called as each finishes (in completion order); resolves
- * with every outcome in `procs` order. Never rejects for a process's sake.
+ * The workers of one fleet command. Started as soon as the action is
+ * known, before the processes are picked: loading the engine in each
+ * thread takes longer than a scan of /proc, and the two then overlap.
  */
-export function runPool(procs: FleetProcess[], action: FleetAction, jobs: number, onOutcome: (o: ProcessOutcome) => void): Promise<ProcessOutcome[]> {
-  const outcomes = new Map<number, ProcessOutcome>();
-  const n = Math.max(1, Math.min(jobs, procs.length));
-  if (!procs.length) return Promise.resolve([]);
-  return new Promise((resolve) => {
-    let next = 0;
-    let live = n;
-    const record = (o: ProcessOutcome): void => {
-      outcomes.set(o.pid, o);
-      onOutcome(o);
-    };
-    const finish = (): void => {
-      if (--live > 0) return;
-      // A process no worker got to (every worker died): failed, not forgotten.
-      for (const p of procs) {
-        if (!outcomes.has(p.pid)) {
-          const message = 'not acted on: the fleet workers stopped';
-          record({ pid: p.pid, comm: p.comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 });
-        }
-      }
-      resolve(procs.map((p) => outcomes.get(p.pid)!));
-    };
-    for (let i = 0; i < n; i++) {
-      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { action } });
-      let current: WorkerTask | undefined;
-      let ended = false;
-      const feed = (): void => {
-        const p = procs[next++];
-        if (!p) {
-          current = undefined;
-          void w.terminate();
-          return;
-        }
-        current = { pid: p.pid, comm: p.comm };
-        w.postMessage(current);
-      };
-      w.on('message', (r: WorkerReply) => {
-        if (r.outcome) record(r.outcome);
-        feed();
-      });
-      const end = (why?: string): void => {
-        if (ended) return;
-        ended = true;
-        if (current && why) {
-          const message = `internal error in a fleet worker: ${why}`;
-          record({ pid: current.pid, comm: current.comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 });
-        }
-        finish();
-      };
-      w.on('error', (e) => end(e.message));
-      w.on('exit', (code) => end(code !== 0 && current ? `exit status ${code}` : undefined));
+export class FleetPool {
+  private readonly workers: Worker[] = [];
+
+  constructor(action: FleetAction, jobs: number) {
+    for (let i = 0; i < Math.max(1, jobs); i++) this.workers.push(new Worker(new URL('./worker.js', import.meta.url), { workerData: { action } }));
+  }
+
+  /** Stop every worker (a run that found nothing to do, or a user error after the start). */
+  close(): void {
+    for (const w of this.workers) void w.terminate();
+  }
+
+  /**
+   * Act on every process of `procs`, at most one per worker at a time.
+   * `onOutcome` is called as each finishes (in completion order); resolves
+   * with every outcome in `procs` order, then the workers are gone. Never
+   * rejects for a process's sake.
+   */
+  run(procs: FleetProcess[], onOutcome: (o: ProcessOutcome) => void): Promise<ProcessOutcome[]> {
+    const outcomes = new Map<number, ProcessOutcome>();
+    // Workers beyond the number of processes have nothing to do.
+    const used = this.workers.slice(0, Math.max(1, Math.min(this.workers.length, procs.length)));
+    for (const w of this.workers.slice(used.length)) void w.terminate();
+    if (!procs.length) {
+      this.close();
+      return Promise.resolve([]);
     }
-  });
+    return new Promise((resolve) => {
+      let next = 0;
+      let live = used.length;
+      const record = (o: ProcessOutcome): void => {
+        outcomes.set(o.pid, o);
+        onOutcome(o);
+      };
+      const finish = (): void => {
+        if (--live > 0) return;
+        // A process no worker got to (every worker died): failed, not forgotten.
+        for (const p of procs) {
+          if (!outcomes.has(p.pid)) record(workerFailure(p, 'not acted on: the fleet workers stopped'));
+        }
+        resolve(procs.map((p) => outcomes.get(p.pid)!));
+      };
+      for (const w of used) {
+        let current: FleetProcess | undefined;
+        let ended = false;
+        // Posted at once: a worker still loading finds its first task queued.
+        const feed = (): void => {
+          current = procs[next++];
+          if (!current) {
+            void w.terminate();
+            return;
+          }
+          w.postMessage({ pid: current.pid, comm: current.comm } satisfies WorkerTask);
+        };
+        w.on('message', (r: WorkerReply) => {
+          if (!r.outcome) return; // started
+          record(r.outcome);
+          feed();
+        });
+        const end = (why?: string): void => {
+          if (ended) return;
+          ended = true;
+          if (current && why) record(workerFailure(current, `internal error in a fleet worker: ${why}`));
+          finish();
+        };
+        w.on('error', (e) => end(e.message));
+        w.on('exit', (code) => end(code !== 0 && current ? `exit status ${code}` : undefined));
+        feed();
+      }
+    });
+  }
+}
+
+function workerFailure(p: FleetProcess, message: string): ProcessOutcome {
+  return { pid: p.pid, comm: p.comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 };
 }
