@@ -12,6 +12,7 @@ import { cmdAction, cmdLoad, cmdUpload, type Io, type JsonStep } from '../cli/li
 import type { LoadedPayload } from '../cli/trust.js';
 import { openProcessEngine } from '../targets/process/session.js';
 import { processIdentity } from '../targets/process/lock.js';
+import { leaderLeftEarly, threadSchedState } from '../targets/process/threads.js';
 
 export type FleetActionName = 'list' | 'upload' | 'load' | 'apply' | 'revert' | 'unload' | 'replace';
 
@@ -50,10 +51,15 @@ export interface ProcessOutcome {
   ms: number;
 }
 
-/** Start time of `pid`, or null when it does not exist. */
+/**
+ * Start time of `pid`, or null when it does not exist or has exited and
+ * is only waiting to be reaped (a zombie whose threads are all gone).
+ */
 function startTime(pid: number): bigint | null {
   try {
-    return processIdentity(pid).startTime;
+    const t = processIdentity(pid).startTime;
+    if ('ZX'.includes(threadSchedState(pid, pid)) && !leaderLeftEarly(pid)) return null;
+    return t;
   } catch {
     return null;
   }
