@@ -6,7 +6,9 @@
  * across machines is the ratio, measured in the same run.
  *
  * Then a --jobs sweep on a subset (an explicit --pid set), each point
- * after reverting and unloading the subset again.
+ * after reverting and unloading the subset again; the points are taken in
+ * interleaved rounds and the median kept, since the machine's other load
+ * moves single figures by tens of percent.
  *
  * The state directory is on tmpfs when /dev/shm is one: hotstack's default,
  * /run/hotstack, is tmpfs on systemd machines, and every state save is a
@@ -53,6 +55,8 @@ export interface FleetBenchOptions {
   /** Processes of the --jobs sweep (default 200, at most `processes`). */
   sweepProcesses?: number;
   sweepJobs?: number[];
+  /** Interleaved rounds of the sweep (default 3). */
+  sweepRounds?: number;
 }
 
 function fsType(dir: string): string {
@@ -143,6 +147,7 @@ export async function benchFleet(workDir: string, opts: FleetBenchOptions = {}):
   const sample = opts.sample ?? 50;
   const sweepN = Math.min(n, opts.sweepProcesses ?? 200);
   const sweepJobs = opts.sweepJobs ?? [1, 2, 4, 8];
+  const rounds = opts.sweepRounds ?? 3;
   mkdirSync(workDir, { recursive: true });
   const stateDir = existsSync('/dev/shm') && fsType('/dev/shm') === 'tmpfs' ? mkdtempSync('/dev/shm/hotstack-bench-fleet-') : join(workDir, 'state');
   const env = { HOTSTACK_STATE_DIR: stateDir };
@@ -169,17 +174,24 @@ export async function benchFleet(workDir: string, opts: FleetBenchOptions = {}):
     const really = patchedCount(fleetPids, fleetFx.exe);
     if (main.patched !== n || really !== n) throw new Error(`fleet bench: ${main.patched} reported patched, ${really} with the jump, of ${n}`);
 
-    const sweep: FleetRun[] = [];
     const subset = ['--pid', fleetPids.slice(0, sweepN).join(',')];
-    for (const jobs of sweepJobs) {
-      for (const undo of ['revert', 'unload']) {
-        const r = cli([...subset, undo, 'fleet_fix'], env);
-        if (r.status !== 0) throw new Error(`fleet bench: ${undo} of the subset: exit ${r.status}\n${r.stdout.slice(-2000)}${r.stderr}`);
+    const points = new Map<number, FleetRun[]>(sweepJobs.map((j) => [j, []]));
+    for (let round = 0; round < rounds; round++) {
+      for (const jobs of sweepJobs) {
+        for (const undo of ['revert', 'unload']) {
+          const r = cli([...subset, undo, 'fleet_fix'], env);
+          if (r.status !== 0) throw new Error(`fleet bench: ${undo} of the subset: exit ${r.status}\n${r.stdout.slice(-2000)}${r.stderr}`);
+        }
+        const row = fleetLoad(subset, fleetFx.fix, env, jobs);
+        if (row.patched !== sweepN) throw new Error(`fleet bench: --jobs ${jobs}: ${row.patched} of ${sweepN} patched`);
+        points.get(jobs)!.push(row);
       }
-      const row = fleetLoad(subset, fleetFx.fix, env, jobs);
-      if (row.patched !== sweepN) throw new Error(`fleet bench: --jobs ${jobs}: ${row.patched} of ${sweepN} patched`);
-      sweep.push(row);
     }
+    const sweep: FleetRun[] = sweepJobs.map((jobs) => {
+      const rows = points.get(jobs)!;
+      const totalMs = median(rows.map((r) => r.totalMs));
+      return { ...rows[0]!, totalMs, perProcessMs: totalMs / sweepN, medianInWorkerMs: median(rows.map((r) => r.medianInWorkerMs)) };
+    });
     return {
       machine: machineNote(), stateDir, stateFs: fsType(stateDir), processes: n, fleet: main,
       single: { sampled: sample, meanMs: mean, medianMs: median(singles), extrapolatedMs: mean * n },
@@ -200,7 +212,7 @@ export function printFleetBench(r: FleetBenchResult): void {
   console.log(`  single --pid load, ${r.single.sampled} sampled: ${r.single.meanMs.toFixed(1)} ms mean (median ${r.single.medianMs.toFixed(1)}),`
     + ` ${(r.single.extrapolatedMs / 1000).toFixed(1)} s extrapolated to ${r.processes}`);
   console.log(`  speedup of the fleet run: ${r.speedup.toFixed(1)}x`);
-  console.log(`  --jobs sweep (${r.sweep[0]?.processes ?? 0} processes, explicit --pid set):`);
+  console.log(`  --jobs sweep (${r.sweep[0]?.processes ?? 0} processes, explicit --pid set; median of interleaved rounds):`);
   console.log('      jobs   total s   ms/process   in-worker ms   vs jobs 1');
   const base = r.sweep[0]?.totalMs ?? NaN;
   for (const s of r.sweep) {
