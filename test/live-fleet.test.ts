@@ -8,7 +8,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -134,6 +134,19 @@ test('--all load again: nothing done twice (skipped), --json has the same counts
   assert.deepEqual([bad.result, bad.errno, bad.code], ['failed', 'EBUSY', -16]);
   assert.match(bad.message, /no safe moment within 200 ms/);
   assert.deepEqual(bad.steps.map((s) => `${s.action}:${s.result}`), ['upload:completed', 'apply:failed', 'unload:completed']);
+});
+
+test('on a terminal: a progress bar on stderr once the run lasts a second, the same lines and counts', (t) => {
+  if (spawnSync('script', ['--version']).status !== 0) return t.skip('no script(1) to give hotstack a terminal');
+  // The parked process keeps the run going for 1.5 s (its apply retries until the timeout).
+  const cmd = [process.execPath, HOTSTACK_BIN, '--all', '--jobs', '1', 'load', fx.fix, '--timeout', '1500'].map((a) => `'${a}'`).join(' ');
+  const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state }, timeout: 60_000 });
+  const out = `exit ${r.status}\n${r.stdout}${r.stderr}`;
+  assert.equal(r.status, 2, out);
+  const total = survivors.length + 1;
+  assert.match(r.stdout, new RegExp(`\\r\\[[#.]{30}\\] \\d+/${total} processes`), `a progress bar\n${out}`);
+  assert.match(r.stdout, /\r\x1b\[K/, `cleared before the lines under it\n${out}`);
+  assert.match(r.stdout, new RegExp(`patched 0, skipped ${survivors.length}, failed 1\\r?\\n$`), out);
 });
 
 test('--all list --json: every process with payloads, its stack; none other', () => {
