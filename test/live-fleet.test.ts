@@ -9,7 +9,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildAll, type BaseProcess } from './helpers/toolchain.js';
@@ -233,4 +233,22 @@ test('--all revert, twice, then --all unload: every process back to its own code
   assert.deepEqual((JSON.parse(r.stdout) as { summary: unknown }).summary, { patched: survivors.length, skipped: 1, failed: 0 });
   for (const p of survivors) assert.deepEqual(cli.list(p.pid), []);
   assert.equal(await unrelated.ask('v'), '-unstable');
+});
+
+test('a process whose program file was deleted (an upgrade) is still matched, by build-id and by --exe', async () => {
+  const copy = join(work, 'fleet-old');
+  copyFileSync(fx.exe, copy);
+  chmodSync(copy, 0o755);
+  const p = await procs.start(copy);
+  rmSync(copy);
+  let r = cli.raw(['--pid', `${p.pid},${unrelated.pid}`, 'load', fx.fix, '--json']);
+  expectCli(r, { status: 0, stderr: '' });
+  const v = JSON.parse(r.stdout) as { summary: Record<string, number>; processes: { pid: number; result: string }[] };
+  assert.deepEqual(v.summary, { patched: 1, skipped: 1, failed: 0 });
+  assert.deepEqual(v.processes.find((x) => x.pid === p.pid)!.result, 'patched');
+  assert.equal(await p.ask('v'), 'answer 2');
+  assert.deepEqual(cli.list(p.pid).map((e) => e.base.path), [`${copy} (deleted)`]);
+  r = cli.raw(['--all', '--exe', copy, 'revert', 'fleet_fix']);
+  expectCli(r, { status: 0, stdout: new RegExp(`^${p.pid} \\(fleet-old\\): patched: revert fleet_fix: completed\\npatched 1, skipped 0, failed 0\\n$`) });
+  assert.equal(await p.ask('v'), 'answer 1');
 });

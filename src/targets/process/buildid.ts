@@ -5,7 +5,7 @@
  * be a regular file. Used to pick processes out of thousands, so it never
  * reads a whole object and never trusts a size it has not checked.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { toHex } from '../../elf/bytes.js';
 import { NT_GNU_BUILD_ID, PT_NOTE } from '../../elf/constants.js';
 import { parseNotes } from '../../elf/notes.js';
@@ -37,7 +37,8 @@ function readExactly(fd: number, len: number, pos: number): Buffer | null {
 export function readFileBuildId(path: string): string | null | undefined {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    // O_NONBLOCK: a FIFO would otherwise block the open until a writer came; it is refused below.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch {
     return undefined;
   }

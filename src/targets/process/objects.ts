@@ -4,7 +4,7 @@
  * read through /proc/PID/map_files, so the mapped inode is used even when
  * the file on disk was replaced or deleted.
  */
-import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
 import { readObjects, type MappedObject } from './maps.js';
@@ -108,7 +108,7 @@ function loadBias(m: MappedObject, elf: ElfFile): bigint {
 function fileData(m: MappedObject): FileData | undefined {
   let fd: number | undefined;
   try {
-    fd = openSync(m.mapFilesPath, 'r');
+    fd = openSync(m.mapFilesPath, constants.O_RDONLY | constants.O_NONBLOCK); // never wait on a FIFO: refused below
     const st = fstatSync(fd, { bigint: true });
     if (!st.isFile()) return undefined;
     const key = `${st.dev}/${st.ino}/${st.size}/${st.mtimeNs}`;
