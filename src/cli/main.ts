@@ -13,6 +13,7 @@ import { checkExit, printCheck, runCheck } from './check.js';
 import { errorLine, exitCodeFor, nameFromFile } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
 import { cmdAction, cmdList, cmdLoad, cmdUpload, type Io } from './lifecycle.js';
+import { checkSingleProcess, isFleet, parseBuildIdArg, runFleet, type FleetCommand, type FleetOptions } from './fleet.js';
 import { loadPayloadFile, preloadForLive, registerTrust, requireSignatureOption } from './trust.js';
 
 /** The version in package.json (read once, for --version). */
@@ -45,7 +46,7 @@ const MAX_TIMEOUT_MS = 600_000;
 
 /** Open the engine for a live process, run `fn`, always release the process. */
 async function withLive(pidOpt: number | undefined, fn: (e: Engine) => number): Promise<number> {
-  if (pidOpt === undefined) throw new HotstackError('EINVAL', 'this command acts on a live process: give --pid PID');
+  if (pidOpt === undefined) throw new HotstackError('EINVAL', 'this command acts on a live process: give --pid PID (or --all for every process of a build)');
   const { openProcessEngine } = await import('../targets/process/session.js');
   return openProcessEngine(pidOpt, (engine) => {
     for (const n of engine.notices) io.err(`hotstack: ${n}\n`);
@@ -83,6 +84,12 @@ machine's files). Libraries are only read when a payload needs one; each
 symbol's library is listed (--json: "symbols" of the upload step).
 `;
 
+/** --pid, repeatable and comma-separated: every pid given, in order. */
+function collectPids(v: string, prev: number[] | undefined): number[] {
+  const one = parseIntArg('--pid', 1);
+  return [...(prev ?? []), ...v.split(',').map((s) => one(s.trim()))];
+}
+
 /** Commander accumulator for a repeatable option. */
 function collectArg(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
@@ -98,7 +105,18 @@ export function buildProgram(setExit: (n: number) => void): Command {
     .name('hotstack')
     .description("Live patching with Xen's payload format and build-id stacks: live processes and offline images.")
     .version(packageVersion(), '-V, --version')
-    .option('--pid <pid>', 'the live process to act on', parseIntArg('--pid', 1))
+    .option('--pid <pid>', 'the live process to act on; several (repeated or comma-separated) act as a fleet', collectPids)
+    .option('--all', 'act on every process with the payload\'s base object mapped (upload, load) or with hotstack payloads (list, apply, revert, replace, unload)')
+    .option('--exe <path>', 'fleet: only processes running this executable (its replaced or deleted file too)')
+    .option('--uid <uid>', 'fleet: only processes of this effective user id', parseIntArg('--uid', 0))
+    .option('--base-build-id <id>', 'fleet: only processes in which an object with this build-id is mapped', (v: string) => {
+      try {
+        return parseBuildIdArg(v);
+      } catch (e) {
+        throw new InvalidArgumentError((e as Error).message);
+      }
+    })
+    .option('--jobs <n>', 'fleet: processes worked on at once (default: one per CPU, at most 16)', parseIntArg('--jobs', 1, 256))
     .option('--keyring <dir>', 'directory of trusted public keys (*.pub) for signed payloads (default $HOTSTACK_KEYRING, else /etc/hotstack/keys)')
     .showHelpAfterError('(hotstack --help for usage)')
     .addHelpText(
@@ -111,15 +129,34 @@ Examples:
   hotstack --pid 1234 list
   hotstack sign --key release.key -o fix1.livepatch fix1.livepatch
   hotstack --pid 1234 load --require-signature fix1.livepatch
+  hotstack --all load fix1.livepatch          # every process with its base mapped
+  hotstack --all --exe /usr/sbin/server list --json
 
 Exit status: 0 success, 2 worth retrying (EBUSY, EAGAIN), 1 any other failure.
+A fleet run (--all, or several --pid) exits 0 when no process failed, 2 when
+every failure was EBUSY or EAGAIN, else 1; exited processes and processes
+already in the wanted state are skipped, not failed.
 Environment: HOTSTACK_STATE_DIR (per-process state, default /run/hotstack),
 HOTSTACK_DEBUG_ROOT (debug files of stripped programs, default /usr/lib/debug),
 HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of internal errors),
 HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (default /etc/hotstack/policy).`,
     )
     .exitOverride();
-  const pid = (): number | undefined => program.opts<{ pid?: number }>().pid;
+  const fleetOpts = (): FleetOptions => {
+    const o = program.opts<{ pid?: number[]; all?: boolean; exe?: string; uid?: number; baseBuildId?: string; jobs?: number }>();
+    return { pids: o.pid, all: o.all, exe: o.exe, uid: o.uid, baseBuildId: o.baseBuildId, jobs: o.jobs };
+  };
+  /** The one process of a single-process command (fleet options refused). */
+  const pid = (): number | undefined => {
+    const o = fleetOpts();
+    checkSingleProcess(o);
+    return o.pids?.[0];
+  };
+  /** When the command line asks for a fleet: run it there and return its status; else undefined. */
+  const fleet = async (c: FleetCommand): Promise<number | undefined> => {
+    const o = fleetOpts();
+    return isFleet(o) ? runFleet({ ...c, trust: { ...c.trust, keyring: keyring() } }, o, io, !!process.stderr.isTTY) : undefined;
+  };
   const keyring = (): string | undefined => program.opts<{ keyring?: string }>().keyring;
 
   program
@@ -178,7 +215,7 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .command('list')
     .description('list loaded payloads: the applied stack bottom to top, then checked ones')
     .option('--json', 'one JSON array')
-    .action(async (o: { json?: boolean }) => setExit(await withLive(pid(), (e) => cmdList(e, !!o.json, io))));
+    .action(async (o: { json?: boolean }) => setExit(await fleet({ action: 'list', name: '', json: o.json }) ?? await withLive(pid(), (e) => cmdList(e, !!o.json, io))));
 
   program
     .command('upload')
@@ -188,6 +225,8 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .option('--json', 'print one JSON object instead of the xen-livepatch lines')
     .addOption(requireSignatureOption())
     .action(async (name: string, file: string, o: { json?: boolean; requireSignature?: boolean }) => {
+      const f = await fleet({ action: 'upload', name, file, json: o.json, trust: { requireSignature: o.requireSignature } });
+      if (f !== undefined) return setExit(f);
       // The file is read and its signature checked before the process is opened or locked.
       const pre = preloadForLive(file, name, { requireSignature: o.requireSignature, keyring: keyring() }, o.json, io);
       setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), o.json, (e, out) => cmdUpload(e, name, file, out, pre)));
@@ -203,7 +242,8 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     if (action === 'apply') c.option('--nodeps', 'skip the dependency-on-top check');
     c.option('--json', 'print one JSON object instead of the xen-livepatch lines');
     c.action(async (name: string, o: { timeout: number; nodeps?: boolean; json?: boolean }) =>
-      setExit(await actionCommand(pid(), o.json, (e, out) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, out))),
+      setExit(await fleet({ action, name, nodeps: o.nodeps, timeoutMs: o.timeout, json: o.json })
+        ?? await actionCommand(pid(), o.json, (e, out) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, out))),
     );
   }
 
@@ -216,6 +256,8 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .option('--json', 'print one JSON object instead of the xen-livepatch lines')
     .addOption(requireSignatureOption())
     .action(async (file: string, o: { timeout: number; nodeps?: boolean; json?: boolean; requireSignature?: boolean }) => {
+      const f = await fleet({ action: 'load', name: nameFromFile(file), file, nodeps: o.nodeps, timeoutMs: o.timeout, json: o.json, trust: { requireSignature: o.requireSignature } });
+      if (f !== undefined) return setExit(f);
       const pre = preloadForLive(file, nameFromFile(file), { requireSignature: o.requireSignature, keyring: keyring() }, o.json, io);
       setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), o.json, (e, out) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, out, pre)));
     });

@@ -10,7 +10,21 @@ import { join } from 'node:path';
 import { fail } from '../../errors.js';
 import { deserializeState, serializeState, type EngineState } from '../../core/state.js';
 import type { StateStore } from '../../core/target.js';
-import { ensureStateDir, processIdentity, type ProcessIdentity } from './lock.js';
+import { ensureStateDir, processIdentity, stateDir, type ProcessIdentity } from './lock.js';
+
+/** The state file of a process: what `ProcessStore` reads and writes (and what the fleet looks for). */
+export function stateFileOf(id: ProcessIdentity): string {
+  return join(stateDir(), `${id.key}.json`);
+}
+
+/**
+ * When the state directory was last swept, per directory. A fleet run opens
+ * thousands of processes in one hotstack; sweeping on every open would read
+ * /proc/PID/stat for every state file each time (quadratic), so one sweep a
+ * second is enough there. A single-process run still sweeps on its open.
+ */
+const lastSweep = new Map<string, number>();
+const SWEEP_INTERVAL_MS = 1000;
 
 /** What is kept besides the engine state: the process's runtime page. */
 export interface RuntimeState {
@@ -33,7 +47,12 @@ export class ProcessStore implements StateStore {
     const dir = ensureStateDir();
     this.key = id.key;
     this.file = join(dir, `${id.key}.json`);
-    removeStale(dir);
+    const now = performance.now();
+    const last = lastSweep.get(dir);
+    if (last === undefined || now - last >= SWEEP_INTERVAL_MS) {
+      lastSweep.set(dir, now);
+      removeStale(dir);
+    }
   }
 
   load(): EngineState | null {

@@ -1,0 +1,210 @@
+/**
+ * `hotstack --all ACTION ...` (or several --pid): one command on every
+ * process running a build. Picks the processes (src/targets/process/
+ * discover.ts), runs the action in each with bounded parallelism
+ * (src/fleet/pool.ts), and prints one line per process, a summary, and
+ * a progress bar on a terminal for runs longer than a second.
+ */
+import { toHotstackError, HotstackError } from '../errors.js';
+import { inspectPayload } from '../payload/inspect.js';
+import { discover, type FleetFilter, type FleetProcess } from '../targets/process/discover.js';
+import { defaultJobs, FleetPool } from '../fleet/pool.js';
+import type { FleetAction, FleetActionName, ProcessOutcome } from '../fleet/task.js';
+import { errorLine, exitCodeFor, listTable } from './format.js';
+import type { Io } from './lifecycle.js';
+import { loadPayloadFile, type TrustCliOptions } from './trust.js';
+import type { PayloadRecord } from '../core/state.js';
+
+/** The options that make and narrow a fleet run. */
+export interface FleetOptions {
+  all?: boolean;
+  /** Every --pid given (repeated or comma-separated). */
+  pids?: number[];
+  exe?: string;
+  uid?: number;
+  baseBuildId?: string;
+  jobs?: number;
+}
+
+/** True when the command acts on a fleet: --all, or more than one --pid. */
+export function isFleet(o: FleetOptions): boolean {
+  return !!o.all || (o.pids?.length ?? 0) > 1;
+}
+
+/** EINVAL when fleet-only options are given to a single-process command. */
+export function checkSingleProcess(o: FleetOptions): void {
+  const stray = [o.exe !== undefined && '--exe', o.uid !== undefined && '--uid', o.baseBuildId !== undefined && '--base-build-id', o.jobs !== undefined && '--jobs'].filter(Boolean);
+  if (stray.length) throw new HotstackError('EINVAL', `${stray.join(', ')} narrow${stray.length === 1 ? 's' : ''} a fleet: add --all (or give several --pid)`);
+}
+
+/** A build-id as given on the command line: hex, lower-cased. */
+export function parseBuildIdArg(v: string): string {
+  const h = v.toLowerCase();
+  if (!/^([0-9a-f]{2}){1,64}$/.test(h)) throw new HotstackError('EINVAL', `--base-build-id ${JSON.stringify(v)} is not a build-id (an even number of hex digits, as readelf -n or hotstack inspect print it)`);
+  return h;
+}
+
+export interface FleetCommand {
+  action: FleetActionName;
+  /** upload: NAME; the actions: NAME; load: derived from FILE. */
+  name: string;
+  /** upload/load: the payload file. */
+  file?: string;
+  nodeps?: boolean;
+  timeoutMs?: number;
+  json?: boolean;
+  trust?: TrustCliOptions;
+}
+
+const PAST: Record<FleetActionName, string> = {
+  list: 'listed', upload: 'patched', load: 'patched', apply: 'patched', revert: 'patched', unload: 'patched', replace: 'patched',
+};
+
+/** The selection and the per-process action, or a user error (payload unreadable, bad option). */
+function prepare(c: FleetCommand, o: FleetOptions): { filter: FleetFilter; action: FleetAction } {
+  const action: FleetAction = { action: c.action, name: c.name, nodeps: c.nodeps, timeoutMs: c.timeoutMs };
+  const filter: FleetFilter = { pids: o.all && !(o.pids?.length) ? undefined : o.pids, exe: o.exe, uid: o.uid };
+  if (c.action === 'upload' || c.action === 'load') {
+    const payload = loadPayloadFile(c.file!, c.trust);
+    const info = inspectPayload(payload.bytes);
+    if (!info.baseBuildId) throw new HotstackError('EINVAL', `${c.file} names no base object (.livepatch.xen_depends is missing): no process can be selected for it`);
+    if (o.baseBuildId !== undefined && o.baseBuildId !== info.baseBuildId) {
+      throw new HotstackError('EINVAL', `${c.file} is built for the object with build-id ${info.baseBuildId}, not ${o.baseBuildId}`);
+    }
+    action.payload = payload;
+    action.buildId = info.buildId;
+    filter.buildId = info.baseBuildId;
+  } else {
+    filter.withState = true;
+    filter.buildId = o.baseBuildId;
+  }
+  return { filter, action };
+}
+
+/** A terminal progress bar on stderr, shown once a run has lasted a second. */
+class Progress {
+  private shown = false;
+  private readonly timer: NodeJS.Timeout | undefined;
+  private done = 0;
+
+  constructor(private readonly total: number, private readonly io: Io, enabled: boolean) {
+    const start = performance.now();
+    if (enabled && total > 0) {
+      this.timer = setInterval(() => {
+        if (performance.now() - start >= 1000) this.draw();
+      }, 100);
+    }
+  }
+
+  tick(): void {
+    this.done++;
+  }
+
+  /** Take the bar off the line before printing a result line under it. */
+  clear(): void {
+    if (this.shown) this.io.err('\r\x1b[K');
+    this.shown = false;
+  }
+
+  private draw(): void {
+    const width = 30;
+    const full = Math.round((this.done / this.total) * width);
+    this.io.err(`\r[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${this.done}/${this.total} processes`);
+    this.shown = true;
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.clear();
+  }
+}
+
+function outcomeLine(o: ProcessOutcome): string {
+  return `${o.pid} (${o.comm}): ${o.result}: ${o.detail}\n`;
+}
+
+/** The per-process `list` text: the same table `--pid PID list` prints, under a header. */
+function listText(o: ProcessOutcome): string {
+  return `process ${o.pid} (${o.comm}):\n${listTable((o.payloads ?? []).map(asRecord))}`;
+}
+
+/** listTable reads these fields of a record; list --json entries carry them. */
+function asRecord(j: Record<string, unknown>): PayloadRecord {
+  const base = j.base as { path: string };
+  return { name: j.name, state: j.state, rc: j.rc, metadata: j.metadata, basePath: base.path } as unknown as PayloadRecord;
+}
+
+/** Exit status of a fleet run: 0 when none failed, 2 when every failure is worth retrying (EBUSY, EAGAIN), else 1. */
+export function fleetExit(outcomes: ProcessOutcome[]): number {
+  const failed = outcomes.filter((o) => o.result === 'failed');
+  if (!failed.length) return 0;
+  return failed.every((o) => o.errno === 'EBUSY' || o.errno === 'EAGAIN') ? 2 : 1;
+}
+
+function unselectedOutcome(u: { pid: number; comm: string | null; gone: boolean; reason: string }): ProcessOutcome {
+  return {
+    pid: u.pid, comm: u.comm ?? '?', result: 'skipped', detail: u.gone ? 'exited' : `not selected: ${u.reason}`,
+    errno: null, code: 0, message: '', steps: [], notices: [], ms: 0,
+  };
+}
+
+/**
+ * Run a fleet command; resolves to the exit status. With --json, prints one
+ * object `{"ok","action","name","summary":{...},"processes":[...]}`.
+ */
+export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrIsTty: boolean): Promise<number> {
+  let prep: ReturnType<typeof prepare>;
+  let procs: FleetProcess[];
+  let pre: ProcessOutcome[];
+  let pool: FleetPool | undefined;
+  try {
+    prep = prepare(c, o);
+    pool = new FleetPool(prep.action, o.jobs ?? defaultJobs());
+    const d = discover(prep.filter);
+    procs = d.selected;
+    pre = d.unselected.map(unselectedOutcome);
+  } catch (e) {
+    pool?.close();
+    const err = toHotstackError(e);
+    if (c.json) io.out(JSON.stringify({ ok: false, action: c.action, name: c.name, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
+    else io.err(`hotstack: ${errorLine(err)}\n`);
+    return exitCodeFor(err);
+  }
+  const total = procs.length + pre.length;
+  const progress = new Progress(total, io, !c.json && stderrIsTty);
+  const show = (x: ProcessOutcome): void => {
+    progress.tick();
+    if (c.json) return;
+    progress.clear();
+    for (const n of x.notices) io.err(`hotstack: process ${x.pid}: ${n}\n`);
+    io.out(x.result === 'listed' ? listText(x) : outcomeLine(x));
+  };
+  pre.forEach(show);
+  const acted = await pool.run(procs, show);
+  progress.stop();
+  const all = [...pre, ...acted].sort((a, b) => a.pid - b.pid);
+  const count = (r: string) => all.filter((x) => x.result === r).length;
+  const done = PAST[c.action];
+  const summary = { [done]: count(done), skipped: count('skipped'), failed: count('failed') };
+  const status = fleetExit(all);
+  if (c.json) {
+    const processes = all.map((x) => ({
+      pid: x.pid, comm: x.comm, result: x.result, detail: x.detail, errno: x.errno, code: x.code, message: x.message, ms: Math.round(x.ms * 100) / 100,
+      ...(x.payloads ? { payloads: x.payloads } : { steps: x.steps }), ...(x.notices.length ? { notices: x.notices } : {}),
+    }));
+    io.out(JSON.stringify({ ok: status === 0, action: c.action, name: c.name, summary, processes }) + '\n');
+  } else {
+    if (!total) io.err(`hotstack: no process selected: ${whyNone(prep.filter)}\n`);
+    io.out(`${done} ${summary[done]}, skipped ${summary.skipped}, failed ${summary.failed}\n`);
+  }
+  return status;
+}
+
+function whyNone(f: FleetFilter): string {
+  const parts: string[] = [];
+  if (f.buildId) parts.push(`an object with build-id ${f.buildId} mapped`);
+  if (f.withState) parts.push('hotstack payloads loaded');
+  if (f.exe) parts.push(`running ${f.exe}`);
+  if (f.uid !== undefined) parts.push(`of user ${f.uid}`);
+  return `no process with ${parts.join(', ')}`;
+}

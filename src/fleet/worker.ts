@@ -1,0 +1,24 @@
+/**
+ * A fleet worker thread: acts on one process at a time, as the pool hands
+ * them out. ptrace binds a tracee to the thread that attached it, so each
+ * process is handled from start to end by one worker; the engine and the
+ * ptrace layer are synchronous, so threads are how processes overlap.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { runOnProcess, type FleetAction } from './task.js';
+import type { WorkerReply, WorkerTask } from './pool.js';
+
+const action = (workerData as { action: FleetAction }).action;
+
+parentPort!.on('message', (t: WorkerTask) => {
+  let reply: WorkerReply;
+  try {
+    reply = { outcome: runOnProcess(t.pid, t.comm, action) };
+  } catch (e) {
+    // runOnProcess reports every HotstackError itself: this is a bug, kept to this one process.
+    const message = `internal error: ${e instanceof Error ? e.message : String(e)}`;
+    reply = { outcome: { pid: t.pid, comm: t.comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 } };
+  }
+  parentPort!.postMessage(reply);
+});
+parentPort!.postMessage({ ready: true } satisfies WorkerReply);
