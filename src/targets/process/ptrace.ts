@@ -310,20 +310,27 @@ export function pollWait(tid: number): WaitStatus | null {
   }
 }
 
+/** How long waitFor polls without sleeping: interrupt stops and short remote syscalls end within it. */
+const SPIN_MS = 0.25;
+
 /**
  * Wait until `tid` reports a state change, polling (no blocking waitpid, so
  * a timeout is possible). Returns null when nothing happened within
- * `timeoutMs`. Polls immediately, then sleeps 50 us doubling up to 2 ms, so
- * a single-step costs microseconds while a long wait stays cheap.
+ * `timeoutMs`. Polls without sleeping for the first SPIN_MS (a sleep costs
+ * at least 50-100 us of timer slack, and the target is stopped meanwhile),
+ * then sleeps 50 us doubling up to 2 ms, so a long wait stays cheap.
  */
 export function waitFor(tid: number, timeoutMs: number): WaitStatus | null {
-  const deadline = performance.now() + timeoutMs;
+  const start = performance.now();
+  const deadline = start + timeoutMs;
   let delay = 0.05;
   for (;;) {
     const s = pollWait(tid);
     if (s) return s;
-    const left = deadline - performance.now();
+    const now = performance.now();
+    const left = deadline - now;
     if (left <= 0) return null;
+    if (now - start < SPIN_MS) continue;
     sleepMs(Math.min(delay, left));
     delay = Math.min(delay * 2, 2);
   }
