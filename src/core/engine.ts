@@ -18,6 +18,7 @@ import * as rules from './rules.js';
 import { emptyState, type EngineState, type FuncRecord, type PayloadRecord, type PayloadSignature, type PayloadStateName } from './state.js';
 import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
 import { upload } from './upload.js';
+import { checkPayloadName } from '../payload/name.js';
 import { faultPoint } from './fault.js';
 
 export type ActionCmd = 'APPLY' | 'REVERT' | 'REPLACE' | 'UNLOAD';
@@ -97,7 +98,7 @@ export class Engine {
 
   /** `opts.signature`: what the CLI verified of the file's signature, kept in the record (list --json). */
   upload(name: string, bytes: Uint8Array, opts: { signature?: PayloadSignature } = {}): PayloadRecord {
-    rules.checkName(name);
+    checkPayloadName(name);
     rules.checkUniqueName(name, this.find(name));
     const seq = this.state.nextSeq;
     this.state.pending = { action: 'upload', payload: name, writes: [], regions: [] };
