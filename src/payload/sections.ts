@@ -22,6 +22,9 @@ export const HOOK_SECTIONS = {
 /** The hooks a payload can have: the one type every layer uses. */
 export type HookName = keyof typeof HOOK_SECTIONS;
 
+/** The hooks whose section is an array of pointers (the others hold exactly one). */
+export type MultiHook = { [K in HookName]: (typeof HOOK_SECTIONS)[K]['multi'] extends true ? K : never }[HookName];
+
 /** Every hook, in section order. */
 export const HOOK_NAMES = Object.keys(HOOK_SECTIONS) as HookName[];
 
