@@ -8,7 +8,7 @@
  * a state with a pending journal undoes whatever part of it reached
  * memory, so no payload is ever left half-applied.
  */
-import { ERRNO, errnoName, fail, HotstackError, type ErrnoName } from '../errors.js';
+import { fail, HotstackError, knownErrno } from '../errors.js';
 import { fromHex } from '../elf/bytes.js';
 import { encodeHookArg, HOOK_ARG_SIZE } from './hookarg.js';
 import {
@@ -43,9 +43,8 @@ function unknown(name: string): never {
 
 /** A hook's non-zero return value as an error with its errno. */
 function hookError(kind: HookKind, p: PayloadRecord, rc: number, what: string): HotstackError {
-  const name = errnoName(rc);
-  const errno = (name in ERRNO ? name : 'EINVAL') as ErrnoName;
-  return new HotstackError(errno, `${kind} hook of ${p.name} ${what} (returned ${rc}${name in ERRNO ? ` ${name}` : ''})`);
+  const known = knownErrno(rc);
+  return new HotstackError(known ?? 'EINVAL', `${kind} hook of ${p.name} ${what} (returned ${rc}${known ? ` ${known}` : ''})`);
 }
 
 export class Engine {
