@@ -28,9 +28,14 @@ export function checkNopBeyondEndbr(newSize: number, endbrLen: number, what: str
   }
 }
 
-/** A jump needs JMP_LEN bytes after a kept endbr64 (`endbrLen` 0 or 4): EINVAL otherwise. */
+/** The bytes a jump patch needs: the jump, after a kept endbr64 (`endbrLen` 0 or 4). */
+export function jumpRoom(endbrLen: number): number {
+  return JMP_LEN + endbrLen;
+}
+
+/** A jump must fit in the function, after a kept endbr64 (EINVAL). */
 export function checkJumpRoom(oldSize: number, endbrLen: number, what: string): void {
-  const needed = JMP_LEN + endbrLen;
+  const needed = jumpRoom(endbrLen);
   if (oldSize < needed) {
     fail('EINVAL', `${what}: old_size ${oldSize} is too small for a ${JMP_LEN}-byte jump${endbrLen ? ' after its endbr64' : ''} (needs at least ${needed})`);
   }
