@@ -8,7 +8,7 @@
 import { fail } from '../errors.js';
 import { alignUp, SHF_ALLOC, SHF_MERGE, SHN_UNDEF, toHex } from '../elf/index.js';
 import { decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
-import { MAX_FUNC_NAME, Payload, type PayloadFunc, type PayloadHook } from '../payload/parse.js';
+import { Payload, type PayloadFunc, type PayloadHook } from '../payload/parse.js';
 import { FUNC_SIZE, HOOK_NAMES, HOOK_SECTIONS } from '../payload/sections.js';
 import { link, type Linked, type LinkedRegion } from './linker.js';
 import * as rules from './rules.js';
@@ -30,6 +30,9 @@ export interface UploadContext {
   onAlloc(r: RegionRecord): void;
   seq: number;
 }
+
+/** Largest function name read for a record, with its NUL (Xen: KSYM_NAME_LEN). */
+const MAX_FUNC_NAME = 128;
 
 /** Pick the base object named by .livepatch.xen_depends (EINVAL / ENODATA). */
 export function findBase(target: Target, p: Payload): BaseObject {

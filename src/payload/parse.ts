@@ -69,9 +69,6 @@ export interface PayloadHook {
   slots: (Rela | undefined)[];
 }
 
-/** Largest function name read for a record, with its NUL (Xen: KSYM_NAME_LEN). */
-export const MAX_FUNC_NAME = 128;
-
 /** Payload size rule (actions.md upload): 1 byte .. 2 MiB (EINVAL). */
 export function checkPayloadSize(len: number): void {
   if (len === 0) fail('EINVAL', 'payload file is empty');
@@ -169,12 +166,11 @@ export class Payload implements CheckedElf {
     });
   }
 
-  /** Stage 5: the payload's own and dependency build-ids (.livepatch.xen_depends re-checked in Xen's list order). */
+  /** Stage 5: the dependency's and the payload's own build-ids, in Xen's order (depends first). */
   notes(): { buildId: BuildIdNote; depends: BuildIdNote } {
     return this.once('notes', () => {
       this.relocations();
       const depends = buildIdNote(this.elf, SEC.depends);
-      this.baseBuildId();
       return { buildId: buildIdNote(this.elf, SEC.buildId), depends };
     });
   }
