@@ -11,7 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { buildPayload } from '../src/build/build.js';
+import { buildPayload } from '../src/builder/build.js';
 import { openProcessEngine } from '../src/targets/process/session.js';
 import type { ProcessTarget } from '../src/targets/process/target.js';
 import { machineNote, median, quantile, sleep, startStress, type StressProcess } from '../test/helpers/stress.js';

@@ -9,7 +9,7 @@
  */
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { buildPayload } from '../src/build/build.js';
+import { buildPayload } from '../src/builder/build.js';
 import { openProcessEngine } from '../src/targets/process/session.js';
 import { machineNote, median, startStress } from '../test/helpers/stress.js';
 import { run } from '../test/helpers/toolchain.js';

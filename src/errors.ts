@@ -34,9 +34,19 @@ const BY_NUMBER = new Map<number, ErrnoName>(
   Object.entries(ERRNO).map(([k, v]) => [v, k as ErrnoName]),
 );
 
+/** The errno hotstack knows by this (positive or negative) number, if any. */
+export function knownErrno(n: number): ErrnoName | undefined {
+  return BY_NUMBER.get(Math.abs(n));
+}
+
 /** The errno name for a (positive or negative) number, or `E<n>` if unknown. */
 export function errnoName(n: number): string {
-  return BY_NUMBER.get(Math.abs(n)) ?? `E${Math.abs(n)}`;
+  return knownErrno(n) ?? `E${Math.abs(n)}`;
+}
+
+/** Whether a string (a Node error code, a report's errno) names an errno hotstack knows. */
+export function isErrnoName(s: unknown): s is ErrnoName {
+  return typeof s === 'string' && Object.hasOwn(ERRNO, s);
 }
 
 /** Short strerror-style text, as xen-livepatch prints next to the number. */
@@ -99,9 +109,9 @@ export function isHotstackError(e: unknown): e is HotstackError {
 export function toHotstackError(e: unknown): HotstackError {
   if (e instanceof HotstackError) return e;
   const err = e as NodeJS.ErrnoException;
-  if (err && typeof err.code === 'string' && err.code in ERRNO) {
+  if (err && isErrnoName(err.code)) {
     // Node prefixes "ENOENT: "; the errno name is printed separately.
-    return new HotstackError(err.code as ErrnoName, err.message.replace(/^E[A-Z0-9]+: /, ''));
+    return new HotstackError(err.code, err.message.replace(/^E[A-Z0-9]+: /, ''));
   }
   const msg = err && typeof err.message === 'string' ? err.message : String(e);
   return new HotstackError('EIO', `internal error: ${msg}`);

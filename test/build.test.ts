@@ -11,25 +11,15 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { HOTSTACK_BIN, REPO_ROOT } from './helpers/repo.js';
 import {
   buildBase, buildPayload, codeSizes, FIXTURES_DIR, functionBytes, readBuildId, readSection, run, startBase, symbolInfo,
   type BaseProcess,
 } from './helpers/toolchain.js';
 
-function findRepoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'bin', 'hotstack')) && existsSync(join(dir, 'include', 'hotstack.h'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find bin/hotstack above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-}
-
-const ROOT = findRepoRoot();
-const BIN = join(ROOT, 'bin', 'hotstack');
+const ROOT = REPO_ROOT;
+const BIN = HOTSTACK_BIN;
 const SRC = join(FIXTURES_DIR, 'build');
 const src = (name: string): string => join(SRC, name);
 

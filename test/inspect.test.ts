@@ -5,7 +5,9 @@
  * metadata and sections.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { before, describe, it } from 'node:test';
+import { FUNC, PayloadElf } from './helpers/elfedit.js';
 import { assertNoStackTrace, cli, cliMany, type CliResult } from './helpers/engine.js';
 import {
   buildAll, EXPECT_LEN, functionBytes, listSections, nopSize, readBuildId, symbolInfo, VARIANTS,
@@ -191,9 +193,14 @@ for (const v of VARIANTS) {
     });
 
     it('payloads invalid without a base give their errno: bad_version EOPNOTSUPP, old_size_zero EINVAL, nop_too_big EOPNOTSUPP, no_base_id EINVAL', () => {
-      const cases: [string, string][] = [['bad_version', 'EOPNOTSUPP'], ['old_size_zero', 'EINVAL'], ['nop_too_big', 'EOPNOTSUPP'], ['no_base_id', 'EINVAL']];
+      // The file offset each error names: the record field to blame; none for a missing section.
+      const field = (p: string, at: number): number => new PayloadElf(readFileSync(f(p))).section('.livepatch.funcs').offset + at;
+      const cases: [string, string, number | null][] = [
+        ['bad_version', 'EOPNOTSUPP', field('bad_version', FUNC.version)], ['old_size_zero', 'EINVAL', field('old_size_zero', FUNC.oldSize)],
+        ['nop_too_big', 'EOPNOTSUPP', field('nop_too_big', FUNC.newSize)], ['no_base_id', 'EINVAL', null],
+      ];
       const res = cliMany(cases.flatMap(([p]) => [['inspect', f(p)], ['inspect', '--json', f(p)]]));
-      cases.forEach(([p, errno], i) => {
+      cases.forEach(([p, errno, offset], i) => {
         const t = res[2 * i]!;
         const j = res[2 * i + 1]!;
         assertNoStackTrace(t, p);
@@ -201,9 +208,11 @@ for (const v of VARIANTS) {
         assert.equal(t.stdout, '', `${p}: nothing on stdout`);
         assert.match(t.stderr, new RegExp(`^${esc(f(p))}: invalid payload: Error \\d+: ${errno}: `), `${p}: stderr ${t.stderr}`);
         assert.equal(j.status, 1, `${p}: --json exit 1`);
-        const o = JSON.parse(j.stdout.trim()) as { file: string; error: { errno: string; code: number } };
+        const o = JSON.parse(j.stdout.trim()) as { file: string; error: { errno: string; code: number; offset: number | null } };
         assert.equal(o.file, f(p));
         assert.equal(o.error.errno, errno);
+        assert.equal(o.error.offset, offset, `${p}: the error's file offset`);
+        if (offset !== null) assert.ok(t.stderr.includes(`(at file offset 0x${offset.toString(16)})`), `${p}: stderr names the offset: ${t.stderr}`);
       });
       assert.match(res[6]!.stderr, /\.livepatch\.xen_depends/, 'no_base_id: the error names the missing section');
     });

@@ -42,6 +42,8 @@ interface Case {
   inspect?: Outcome | 'skip';
   /** The spec rule the case checks, for failure messages. */
   rule: string;
+  /** The file offset the error names (asserted when given: the byte to blame). */
+  offset?: (p: PayloadElf) => number;
 }
 
 const ed = (fn: (e: Editor, p: PayloadElf) => void) => (p: PayloadElf): Buffer => p.edit((e) => fn(e, p));
@@ -66,15 +68,15 @@ function noteCases(): Case[] {
     const at = (p: PayloadElf) => p.section(sec).offset;
     const rule = 'payload-format.md build-id notes: type 3, name "GNU\\0" (namesz 4), non-zero descsz, inside its section (EINVAL)';
     out.push(
-      { name: `${sec}: note type 4`, bytes: ed((e, p) => e.u32(at(p) + 8, 4)), errno: 'EINVAL', rule },
+      { name: `${sec}: note type 4`, bytes: ed((e, p) => e.u32(at(p) + 8, 4)), errno: 'EINVAL', rule, offset: (p) => at(p) + 8 },
       { name: `${sec}: note name "GNX"`, bytes: ed((e, p) => e.u8(at(p) + 14, 0x58)), errno: 'EINVAL', rule },
       { name: `${sec}: namesz 5`, bytes: ed((e, p) => e.u32(at(p), 5)), errno: 'EINVAL', rule },
       { name: `${sec}: namesz 0xffffffff (overflow)`, bytes: ed((e, p) => e.u32(at(p), 0xffffffff)), errno: 'EINVAL', rule },
       { name: `${sec}: descsz 0xfffffffc (overflow)`, bytes: ed((e, p) => e.u32(at(p) + 4, 0xfffffffc)), errno: 'EINVAL', rule },
       { name: `${sec}: descsz past the section`, bytes: ed((e, p) => e.u32(at(p) + 4, p.section(sec).size)), errno: 'EINVAL', rule },
-      { name: `${sec}: empty descriptor (descsz 0)`, bytes: ed((e, p) => e.u32(at(p) + 4, 0)), errno: 'EINVAL', rule },
+      { name: `${sec}: empty descriptor (descsz 0)`, bytes: ed((e, p) => e.u32(at(p) + 4, 0)), errno: 'EINVAL', rule, offset: (p) => at(p) + 4 },
       { name: `${sec}: section of 8 bytes (shorter than a note header)`, bytes: ed((e) => e.shdr(sec, 'size', 8)), errno: 'EINVAL', rule },
-      { name: `${sec}: empty section`, bytes: ed((e) => e.shdr(sec, 'size', 0)), errno: 'EINVAL', rule: 'actions.md upload: build-id sections present and non-empty (EINVAL)' },
+      { name: `${sec}: empty section`, bytes: ed((e) => e.shdr(sec, 'size', 0)), errno: 'EINVAL', rule: 'actions.md upload: build-id sections present and non-empty (EINVAL)', offset: (p) => p.section(sec).hdr },
       { name: `${sec}: duplicated (.comment renamed to it)`, bytes: ed((e) => e.rename('.comment', sec)), errno: 'EINVAL', rule: 'duplicate special sections (EINVAL)' },
     );
   }
@@ -152,7 +154,7 @@ const CASES: Case[] = [
   { name: '.shstrtab of type PROGBITS', bytes: ed((e) => e.shdr('.shstrtab', 'type', SHT.PROGBITS)), errno: 'EINVAL', rule: '.shstrtab of type SHT_STRTAB (EINVAL)' },
   { name: 'section name offset past .shstrtab', bytes: ed((e, p) => e.shdr('.text.hello_extra_version', 'name', p.section('.shstrtab').size + 10)), errno: 'EINVAL', rule: 'every name offset inside its table (EINVAL)' },
   { name: 'symbol name offset past .strtab', bytes: ed((e, p) => e.sym('hello_extra_version', 'name', p.section('.strtab').size + 10)), errno: 'EINVAL', rule: 'every name offset inside its table (EINVAL)' },
-  { name: 'symbol in SHN_COMMON', bytes: ed((e) => e.sym('hello_extra_version', 'shndx', 0xfff2)), errno: 'EINVAL', rule: 'symbols: SHN_COMMON (EINVAL)' },
+  { name: 'symbol in SHN_COMMON', bytes: ed((e) => e.sym('hello_extra_version', 'shndx', 0xfff2)), errno: 'EINVAL', rule: 'symbols: SHN_COMMON (EINVAL)', offset: (p) => p.symbol('hello_extra_version').at },
   { name: 'symbol in reserved index 0xff00', bytes: ed((e) => e.sym('hello_extra_version', 'shndx', 0xff00)), errno: 'EOPNOTSUPP', rule: 'symbols: reserved indexes other than SHN_ABS (EOPNOTSUPP)' },
   { name: 'symbol in SHN_XINDEX', bytes: ed((e) => e.sym('hello_extra_version', 'shndx', 0xffff)), errno: 'EOPNOTSUPP', rule: 'symbols: reserved indexes other than SHN_ABS (EOPNOTSUPP)' },
   { name: 'symbol section index out of range', bytes: ed((e, p) => e.sym('hello_extra_version', 'shndx', p.shnum + 3)), errno: 'EINVAL', rule: 'symbols: section index out of range (EINVAL)' },
@@ -163,19 +165,19 @@ const CASES: Case[] = [
     const rela = (p: PayloadElf) => p.relaFor('.text.hello_extra_version');
     const first = (p: PayloadElf) => p.relocations(rela(p))[0]!;
     return [
-      { name: 'SHT_REL relocation section', bytes: ed((e, p) => e.shdr(rela(p), 'type', SHT.REL)), errno: 'EOPNOTSUPP', rule: 'relocations: SHT_REL (EOPNOTSUPP)' },
+      { name: 'SHT_REL relocation section', bytes: ed((e, p) => e.shdr(rela(p), 'type', SHT.REL)), errno: 'EOPNOTSUPP', rule: 'relocations: SHT_REL (EOPNOTSUPP)', offset: (p) => rela(p).hdr },
       { name: 'relocation sh_link to .strtab', bytes: ed((e, p) => e.shdr(rela(p), 'link', p.section('.strtab').index)), errno: 'EINVAL', rule: 'relocations: wrong sh_link (EINVAL)' },
       { name: 'relocation sh_link out of range', bytes: ed((e, p) => e.shdr(rela(p), 'link', p.shnum + 7)), errno: 'EINVAL', rule: 'relocations: wrong sh_link (EINVAL)' },
-      { name: 'relocation entsize 16', bytes: ed((e, p) => e.shdr(rela(p), 'entsize', 16)), errno: 'EINVAL', rule: 'relocations: wrong entsize (EINVAL)' },
+      { name: 'relocation entsize 16', bytes: ed((e, p) => e.shdr(rela(p), 'entsize', 16)), errno: 'EINVAL', rule: 'relocations: wrong entsize (EINVAL)', offset: (p) => rela(p).hdr },
       { name: 'relocation section size not a multiple of 24', bytes: ed((e, p) => e.shdr(rela(p), 'size', 20)), errno: 'EINVAL', rule: 'relocations: wrong entsize/size (EINVAL)' },
-      { name: 'relocation against symbol 0', bytes: ed((e, p) => e.rela(first(p), { sym: 0 })), errno: 'EOPNOTSUPP', rule: 'relocations: symbol 0 (EOPNOTSUPP)' },
+      { name: 'relocation against symbol 0', bytes: ed((e, p) => e.rela(first(p), { sym: 0 })), errno: 'EOPNOTSUPP', rule: 'relocations: symbol 0 (EOPNOTSUPP)', offset: (p) => first(p).at },
       { name: 'relocation symbol index out of range', bytes: ed((e, p) => e.rela(first(p), { sym: p.symbols.length })), errno: 'EINVAL', rule: 'relocations: symbol out of range (EINVAL)' },
       { name: 'relocation symbol index 0xffffffff', bytes: ed((e, p) => e.rela(first(p), { sym: 0xffffffff })), errno: 'EINVAL', rule: 'relocations: symbol out of range (EINVAL)' },
       { name: 'relocation offset at the end of its section', bytes: ed((e, p) => e.rela(first(p), { offset: BigInt(p.section('.text.hello_extra_version').size) })), errno: 'EINVAL', rule: 'relocations: offset outside the target section (EINVAL)' },
       { name: 'relocation field straddling the end of its section', bytes: ed((e, p) => e.rela(first(p), { offset: BigInt(p.section('.text.hello_extra_version').size - 3) })), errno: 'EINVAL', rule: 'relocations: offset outside the target section (EINVAL)' },
       { name: 'relocation offset 2^63', bytes: ed((e, p) => e.rela(first(p), { offset: 1n << 63n })), errno: 'EINVAL', rule: 'relocations: offset outside the target section (EINVAL)' },
       { name: 'relocation offset 2^64-4 (wraps)', bytes: ed((e, p) => e.rela(first(p), { offset: (1n << 64n) - 4n })), errno: 'EINVAL', rule: 'relocations: offset outside the target section (EINVAL)' },
-      { name: 'unsupported relocation type R_X86_64_COPY', bytes: ed((e, p) => e.rela(first(p), { type: 5 })), errno: 'EOPNOTSUPP', rule: 'relocations: unsupported type (EOPNOTSUPP)' },
+      { name: 'unsupported relocation type R_X86_64_COPY', bytes: ed((e, p) => e.rela(first(p), { type: 5 })), errno: 'EOPNOTSUPP', rule: 'relocations: unsupported type (EOPNOTSUPP)', offset: (p) => first(p).at },
       { name: 'unsupported relocation type R_X86_64_GOT32', bytes: ed((e, p) => e.rela(first(p), { type: 3 })), errno: 'EOPNOTSUPP', rule: 'relocations: unsupported type (EOPNOTSUPP)' },
       { name: 'unsupported relocation type R_X86_64_TPOFF32', bytes: ed((e, p) => e.rela(first(p), { type: 23 })), errno: 'EOPNOTSUPP', rule: 'relocations: unsupported type (EOPNOTSUPP)' },
       { name: 'unsupported relocation type 0xffff', bytes: ed((e, p) => e.rela(first(p), { type: 0xffff })), errno: 'EOPNOTSUPP', rule: 'relocations: unsupported type (EOPNOTSUPP)' },
@@ -192,23 +194,23 @@ const CASES: Case[] = [
   ...((): Case[] => {
     const fo = (p: PayloadElf) => p.section('.livepatch.funcs').offset;
     return [
-      { name: '.livepatch.funcs of 100 bytes (not a multiple of 104)', bytes: ed((e) => e.shdr('.livepatch.funcs', 'size', 100)), errno: 'EINVAL', rule: 'funcs size a multiple of 104 (EINVAL)' },
+      { name: '.livepatch.funcs of 100 bytes (not a multiple of 104)', bytes: ed((e) => e.shdr('.livepatch.funcs', 'size', 100)), errno: 'EINVAL', rule: 'funcs size a multiple of 104 (EINVAL)', offset: (p) => p.section('.livepatch.funcs').hdr },
       { name: '.livepatch.funcs empty', bytes: ed((e) => e.shdr('.livepatch.funcs', 'size', 0)), errno: 'EINVAL', rule: 'every present patching section non-empty (EINVAL)' },
       { name: '.livepatch.funcs duplicated (.comment renamed to it)', bytes: ed((e) => e.rename('.comment', '.livepatch.funcs')), errno: 'EINVAL', rule: 'duplicate special sections (EINVAL)' },
-      { name: 'livepatch_func version 1', bytes: ed((e, p) => e.u8(fo(p) + FUNC.version, 1)), errno: 'EOPNOTSUPP', rule: 'version == 2 (EOPNOTSUPP)' },
-      { name: 'livepatch_func version 255', bytes: ed((e, p) => e.u8(fo(p) + FUNC.version, 255)), errno: 'EOPNOTSUPP', rule: 'version == 2 (EOPNOTSUPP)' },
-      { name: 'livepatch_func old_size 0', bytes: ed((e, p) => e.u32(fo(p) + FUNC.oldSize, 0)), errno: 'EINVAL', rule: 'old_size != 0 (EINVAL)' },
-      { name: 'NOP new_size 32', fixture: 'nop', bytes: ed((e, p) => e.u32(fo(p) + FUNC.newSize, 32).u32(fo(p) + FUNC.oldSize, 64)), errno: 'EOPNOTSUPP', rule: 'NOP: new_size <= 31 (EOPNOTSUPP)' },
+      { name: 'livepatch_func version 1', bytes: ed((e, p) => e.u8(fo(p) + FUNC.version, 1)), errno: 'EOPNOTSUPP', rule: 'version == 2 (EOPNOTSUPP)', offset: (p) => fo(p) + FUNC.version },
+      { name: 'livepatch_func version 255', bytes: ed((e, p) => e.u8(fo(p) + FUNC.version, 255)), errno: 'EOPNOTSUPP', rule: 'version == 2 (EOPNOTSUPP)', offset: (p) => fo(p) + FUNC.version },
+      { name: 'livepatch_func old_size 0', bytes: ed((e, p) => e.u32(fo(p) + FUNC.oldSize, 0)), errno: 'EINVAL', rule: 'old_size != 0 (EINVAL)', offset: (p) => fo(p) + FUNC.oldSize },
+      { name: 'NOP new_size 32', fixture: 'nop', bytes: ed((e, p) => e.u32(fo(p) + FUNC.newSize, 32).u32(fo(p) + FUNC.oldSize, 64)), errno: 'EOPNOTSUPP', rule: 'NOP: new_size <= 31 (EOPNOTSUPP)', offset: (p) => fo(p) + FUNC.newSize },
       { name: 'nothing to patch (the only patching section renamed)', fixture: 'nop', bytes: ed((e) => e.rename('.livepatch.funcs', '.data')), errno: 'EINVAL', rule: 'at least one patching section (EINVAL, "nothing to patch")' },
-      { name: '.livepatch.hooks.load of 12 bytes', bytes: ed((e) => e.shdr('.livepatch.hooks.load', 'size', 12)), errno: 'EINVAL', rule: 'hook arrays a multiple of 8 (EINVAL)' },
+      { name: '.livepatch.hooks.load of 12 bytes', bytes: ed((e) => e.shdr('.livepatch.hooks.load', 'size', 12)), errno: 'EINVAL', rule: 'hook arrays a multiple of 8 (EINVAL)', offset: (p) => p.relocAt('.livepatch.hooks.load', 8).at }, // its second pointer's relocation now lies outside it, which Xen finds first
       { name: '.livepatch.hooks.unload of 20 bytes', bytes: ed((e) => e.shdr('.livepatch.hooks.unload', 'size', 20)), errno: 'EINVAL', rule: 'hook arrays a multiple of 8 (EINVAL)' },
-      { name: '.livepatch.hooks.preapply of 16 bytes', fixture: 'prepost', bytes: ed((e) => e.shdr('.livepatch.hooks.preapply', 'size', 16)), errno: 'EINVAL', rule: 'single hooks exactly one 8-byte pointer (EINVAL)' },
+      { name: '.livepatch.hooks.preapply of 16 bytes', fixture: 'prepost', bytes: ed((e) => e.shdr('.livepatch.hooks.preapply', 'size', 16)), errno: 'EINVAL', rule: 'single hooks exactly one 8-byte pointer (EINVAL)', offset: (p) => p.section('.livepatch.hooks.preapply').hdr },
       { name: '.livepatch.hooks.postrevert of 4 bytes', fixture: 'prepost', bytes: ed((e) => e.shdr('.livepatch.hooks.postrevert', 'size', 4)), errno: 'EINVAL', rule: 'single hooks exactly one 8-byte pointer (EINVAL)' },
-      { name: '.livepatch.hooks.apply empty', fixture: 'nofunc', bytes: ed((e) => e.shdr('.livepatch.hooks.apply', 'size', 0)), errno: 'EINVAL', rule: 'every present patching section non-empty (EINVAL)' },
+      { name: '.livepatch.hooks.apply empty', fixture: 'nofunc', bytes: ed((e) => e.shdr('.livepatch.hooks.apply', 'size', 0)), errno: 'EINVAL', rule: 'every present patching section non-empty (EINVAL)', offset: (p) => p.relocAt('.livepatch.hooks.apply', 0).at }, // its pointer's relocation now lies outside it, which Xen finds first
       { name: '.livepatch.hooks.apply duplicated', fixture: 'nofunc', bytes: ed((e) => e.rename('.livepatch.hooks.revert', '.livepatch.hooks.apply')), errno: 'EINVAL', rule: 'duplicate special sections (EINVAL)' },
-      { name: '.altinstructions of 40 bytes (not a multiple of 14)', bytes: ed((e) => e.renameTo('.comment', '.altinstructions')), errno: 'EINVAL', rule: 'Xen-only sections are accepted and size-checked (Xen: EINVAL)' },
+      { name: '.altinstructions of 40 bytes (not a multiple of 14)', bytes: ed((e) => e.renameTo('.comment', '.altinstructions')), errno: 'EINVAL', rule: 'Xen-only sections are accepted and size-checked (Xen: EINVAL)', offset: (p) => p.section('.comment').hdr },
       { name: '.ex_table of 40 bytes (5 entries) is accepted', bytes: ed((e) => e.renameTo('.comment', '.ex_table')), errno: 'ok', rule: 'Xen-only sections are accepted and size-checked' },
-      { name: '.modinfo not NUL-terminated', bytes: ed((e, p) => e.secByte('.modinfo', p.section('.modinfo').size - 1, 0x78)), errno: 'EINVAL', rule: '.modinfo ends with NUL (EINVAL)' },
+      { name: '.modinfo not NUL-terminated', bytes: ed((e, p) => e.secByte('.modinfo', p.section('.modinfo').size - 1, 0x78)), errno: 'EINVAL', rule: '.modinfo ends with NUL (EINVAL)', offset: (p) => p.section('.modinfo').offset + p.section('.modinfo').size - 1 },
       { name: 'payload of 2 MiB + 1 bytes', bytes: (p) => Buffer.concat([p.bytes, Buffer.alloc(MiB2 + 1 - p.bytes.length)]), errno: 'EINVAL', inspect: 'skip', rule: 'actions.md upload: size 1..2 MiB (EINVAL)' },
       { name: 'payload of exactly 2 MiB is fine', bytes: (p) => Buffer.concat([p.bytes, Buffer.alloc(MiB2 - p.bytes.length)]), errno: 'ok', inspect: 'skip', rule: 'actions.md upload: size 1..2 MiB' },
     ];
@@ -256,7 +258,8 @@ describe('malformed payloads', () => {
             e.upload('p', bytes);
             assert.equal(e.get('p').state, 'CHECKED', `${c.rule}`);
           } else {
-            throwsErrno(() => e.upload('p', bytes), c.errno, undefined, `${c.name} [${c.rule}]`);
+            const err = throwsErrno(() => e.upload('p', bytes), c.errno, undefined, `${c.name} [${c.rule}]`);
+            if (c.offset) assert.equal(err.offset, c.offset(p), `${c.name}: the error's file offset (${err.message})`);
             assert.deepEqual(e.list(), [], 'a failed upload leaves nothing behind');
           }
           assert.ok(memoryOf(t, ranges).equals(before), 'the base\'s memory is unchanged by an upload');
@@ -331,7 +334,7 @@ describe('malformed payloads', () => {
       assert.deepEqual(failures, [], failures.join('\n'));
     });
 
-    it('inspectPayload (the library call) throws HotstackError with the same errnos', () => {
+    it('inspectPayload (the library call) throws HotstackError with the same errnos and file offsets', () => {
       const failures: string[] = [];
       for (const c of CASES.filter((x) => x.inspect !== 'skip')) {
         const want = (c.inspect ?? c.errno) as Outcome;
@@ -342,6 +345,7 @@ describe('malformed payloads', () => {
         } catch (e) {
           if (!(e instanceof HotstackError)) failures.push(`${c.name}: threw ${(e as Error).constructor.name}: ${(e as Error).message}`);
           else if (e.errno !== want) failures.push(`${c.name}: ${e.errno} (${e.message}), want ${want} [${c.rule}]`);
+          else if (c.offset && e.offset !== c.offset(p)) failures.push(`${c.name}: error at file offset ${e.offset}, want ${c.offset(p)} (${e.message})`);
         }
       }
       assert.deepEqual(failures, [], failures.join('\n'));

@@ -107,153 +107,180 @@ for (const v of VARIANTS) {
     // scenarios.md "The sequence", through the xen-livepatch style
     // commands (src/cli/lifecycle.ts) on an image engine, plus bytes.
 
-    it('runs the conformance sequence of scenarios.md (steps 1-16) with the xen-livepatch command behaviour', () => {
-      const s = session();
-      const e = s.engine;
-      const c = captureIo();
+    describe('the conformance sequence of scenarios.md (steps 1-16), with the xen-livepatch command behaviour', () => {
+      // One engine for the whole sequence, one test per step: a failing step does not hide the ones after it.
+      let s: Session;
+      let e: Session['engine'];
+      let c: ReturnType<typeof captureIo>;
+      let afterReplace: string;
+      let nopped: Buffer;
+      let hb: string;
+      let ex: string;
+      let pp: string;
+      before(() => {
+        s = session();
+        e = s.engine;
+        c = captureIo();
+      });
       const run = (_what: string, fn: () => number): number => {
         c.reset();
         return fn();
       };
       const ctx = (): string => `stdout: ${JSON.stringify(c.out())} stderr: ${JSON.stringify(c.err())}`;
 
-      // 1. fresh target
-      assert.equal(run('list', () => cmdList(e, false, c.io)), 0);
-      assert.equal(c.out(), 'Nothing to list\n', 'step 1: list on a fresh target says "Nothing to list" (actions.md list)');
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 1, `step 1: revert of an unknown name exits 1; ${ctx()}`);
-      assert.match(c.err(), /ENOENT/, 'step 1: unknown name is ENOENT (actions.md action)');
+      it('step 1: fresh target', () => {
+        assert.equal(run('list', () => cmdList(e, false, c.io)), 0);
+        assert.equal(c.out(), 'Nothing to list\n', 'step 1: list on a fresh target says "Nothing to list" (actions.md list)');
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 1, `step 1: revert of an unknown name exits 1; ${ctx()}`);
+        assert.match(c.err(), /ENOENT/, 'step 1: unknown name is ENOENT (actions.md action)');
+      });
 
-      // 2. load hello
-      assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 0, `step 2: load hello; ${ctx()}`);
-      assert.match(c.out(), new RegExp(`^Uploading ${f('hello').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.\\.\\. completed\\n`), 'step 2: "Uploading FILE... completed"');
-      assert.match(c.out(), /Applying hello\.\.\. completed\n/, 'step 2: "Applying hello... completed"');
-      assert.deepEqual(e.get('hello'), { state: 'APPLIED', rc: 0 }, 'step 2: hello APPLIED, rc 0');
-      s.assertJump('extra_version', s.newAddr('hello'), 'step 2');
-      assert.equal(s.returnedString(s.newAddr('hello')), 'Hello World', 'step 2: the base now returns "Hello World"');
-      assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 1, `step 2: load hello again fails; ${ctx()}`);
-      assert.match(c.err(), /Error 17: EEXIST/, 'step 2: load hello again: EEXIST (actions.md upload: unique name)');
-      assert.deepEqual(s.names(), ['hello']);
+      it('step 2: load hello', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 0, `step 2: load hello; ${ctx()}`);
+        assert.match(c.out(), new RegExp(`^Uploading ${f('hello').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.\\.\\. completed\\n`), 'step 2: "Uploading FILE... completed"');
+        assert.match(c.out(), /Applying hello\.\.\. completed\n/, 'step 2: "Applying hello... completed"');
+        assert.deepEqual(e.get('hello'), { state: 'APPLIED', rc: 0 }, 'step 2: hello APPLIED, rc 0');
+        s.assertJump('extra_version', s.newAddr('hello'), 'step 2');
+        assert.equal(s.returnedString(s.newAddr('hello')), 'Hello World', 'step 2: the base now returns "Hello World"');
+        assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 1, `step 2: load hello again fails; ${ctx()}`);
+        assert.match(c.err(), /Error 17: EEXIST/, 'step 2: load hello again: EEXIST (actions.md upload: unique name)');
+        assert.deepEqual(s.names(), ['hello']);
+      });
 
-      // 3. revert, unload, unload again
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 0, `step 3: revert hello; ${ctx()}`);
-      assert.match(c.out(), /Reverting hello\.\.\. completed/);
-      s.assertOriginal('extra_version', 'step 3: original behaviour back');
-      assert.equal(run('unload', () => cmdAction(e, 'unload', 'hello', {}, c.io)), 0, `step 3: unload hello; ${ctx()}`);
-      assert.equal(run('unload', () => cmdAction(e, 'unload', 'hello', {}, c.io)), 1, 'step 3: unload hello again: unknown name, exit 1');
-      assert.match(c.err(), /ENOENT/);
+      it('step 3: revert, unload, unload again', () => {
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 0, `step 3: revert hello; ${ctx()}`);
+        assert.match(c.out(), /Reverting hello\.\.\. completed/);
+        s.assertOriginal('extra_version', 'step 3: original behaviour back');
+        assert.equal(run('unload', () => cmdAction(e, 'unload', 'hello', {}, c.io)), 0, `step 3: unload hello; ${ctx()}`);
+        assert.equal(run('unload', () => cmdAction(e, 'unload', 'hello', {}, c.io)), 1, 'step 3: unload hello again: unknown name, exit 1');
+        assert.match(c.err(), /ENOENT/);
+      });
 
-      // 4. hello then bye
-      assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 0, `step 4: load hello; ${ctx()}`);
-      assert.equal(run('load', () => cmdLoad(e, f('bye'), {}, c.io)), 0, `step 4: load bye; ${ctx()}`);
-      s.assertJump('extra_version', s.newAddr('bye'), 'step 4');
-      assert.equal(s.returnedString(s.newAddr('bye')), 'Bye World!', 'step 4: "Bye World!"');
+      it('step 4: hello then bye', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 0, `step 4: load hello; ${ctx()}`);
+        assert.equal(run('load', () => cmdLoad(e, f('bye'), {}, c.io)), 0, `step 4: load bye; ${ctx()}`);
+        s.assertJump('extra_version', s.newAddr('bye'), 'step 4');
+        assert.equal(s.returnedString(s.newAddr('bye')), 'Bye World!', 'step 4: "Bye World!"');
+      });
 
-      // 5. replace
-      assert.equal(run('upload', () => cmdUpload(e, 'replace', f('replace'), c.io)), 0, `step 5: upload replace; ${ctx()}`);
-      assert.equal(run('replace', () => cmdAction(e, 'replace', 'replace', {}, c.io)), 0, `step 5: replace replace; ${ctx()}`);
-      assert.deepEqual(s.stack(), ['replace'], 'step 5: the stack is [replace]');
-      assert.equal(e.get('hello').state, 'CHECKED', 'step 5: hello reverted');
-      assert.equal(e.get('bye').state, 'CHECKED', 'step 5: bye reverted');
-      s.assertJump('extra_version', s.newAddr('replace'), 'step 5');
-      assert.equal(s.returnedString(s.newAddr('replace')), 'Hello Again World!', 'step 5: "Hello Again World!"');
-      const afterReplace = s.snapshot();
+      it('step 5: replace', () => {
+        assert.equal(run('upload', () => cmdUpload(e, 'replace', f('replace'), c.io)), 0, `step 5: upload replace; ${ctx()}`);
+        assert.equal(run('replace', () => cmdAction(e, 'replace', 'replace', {}, c.io)), 0, `step 5: replace replace; ${ctx()}`);
+        assert.deepEqual(s.stack(), ['replace'], 'step 5: the stack is [replace]');
+        assert.equal(e.get('hello').state, 'CHECKED', 'step 5: hello reverted');
+        assert.equal(e.get('bye').state, 'CHECKED', 'step 5: bye reverted');
+        s.assertJump('extra_version', s.newAddr('replace'), 'step 5');
+        assert.equal(s.returnedString(s.newAddr('replace')), 'Hello Again World!', 'step 5: "Hello Again World!"');
+        afterReplace = s.snapshot();
+      });
 
-      // 6. apply hello: reverted and has .bss
-      assert.equal(run('apply', () => cmdAction(e, 'apply', 'hello', {}, c.io)), 1, `step 6: apply hello fails; ${ctx()}`);
-      assert.match(c.err(), /Error 22: EINVAL/, 'step 6: EINVAL (actions.md APPLY rule 1)');
-      assert.equal(s.snapshot(), afterReplace, 'step 6: nothing changed');
+      it('step 6: apply hello: reverted and has .bss', () => {
+        assert.equal(run('apply', () => cmdAction(e, 'apply', 'hello', {}, c.io)), 1, `step 6: apply hello fails; ${ctx()}`);
+        assert.match(c.err(), /Error 22: EINVAL/, 'step 6: EINVAL (actions.md APPLY rule 1)');
+        assert.equal(s.snapshot(), afterReplace, 'step 6: nothing changed');
+      });
 
-      // 7. apply bye: its dependency is hello, the top is replace
-      assert.equal(run('apply', () => cmdAction(e, 'apply', 'bye', {}, c.io)), 1, `step 7: apply bye fails; ${ctx()}`);
-      assert.match(c.err(), /Error 22: EINVAL/, 'step 7: EINVAL (actions.md APPLY rule 2)');
-      assert.match(c.err(), /replace/, 'step 7: the error names what it was checked against (the top, replace)');
-      assert.equal(s.snapshot(), afterReplace, 'step 7: nothing changed');
+      it('step 7: apply bye: its dependency is hello, the top is replace', () => {
+        assert.equal(run('apply', () => cmdAction(e, 'apply', 'bye', {}, c.io)), 1, `step 7: apply bye fails; ${ctx()}`);
+        assert.match(c.err(), /Error 22: EINVAL/, 'step 7: EINVAL (actions.md APPLY rule 2)');
+        assert.match(c.err(), /replace/, 'step 7: the error names what it was checked against (the top, replace)');
+        assert.equal(s.snapshot(), afterReplace, 'step 7: nothing changed');
+      });
 
-      // 8. apply replace: already applied
-      assert.equal(run('apply', () => cmdAction(e, 'apply', 'replace', {}, c.io)), 0, `step 8: apply replace; ${ctx()}`);
-      assert.equal(c.out(), 'No action needed.\n', 'step 8: "No action needed."');
+      it('step 8: apply replace: already applied', () => {
+        assert.equal(run('apply', () => cmdAction(e, 'apply', 'replace', {}, c.io)), 0, `step 8: apply replace; ${ctx()}`);
+        assert.equal(c.out(), 'No action needed.\n', 'step 8: "No action needed."');
+      });
 
-      // 9. revert replace, unload all three
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'replace', {}, c.io)), 0, `step 9: revert replace; ${ctx()}`);
-      s.assertOriginal('extra_version', 'step 9: revert replace gives the bare base back');
-      for (const n of ['replace', 'hello', 'bye']) {
-        assert.equal(run('unload', () => cmdAction(e, 'unload', n, {}, c.io)), 0, `step 9: unload ${n}; ${ctx()}`);
-      }
-      assert.equal(run('list', () => cmdList(e, false, c.io)), 0);
-      assert.equal(c.out(), 'Nothing to list\n', 'step 9: list is empty again');
+      it('step 9: revert replace, unload all three', () => {
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'replace', {}, c.io)), 0, `step 9: revert replace; ${ctx()}`);
+        s.assertOriginal('extra_version', 'step 9: revert replace gives the bare base back');
+        for (const n of ['replace', 'hello', 'bye']) {
+          assert.equal(run('unload', () => cmdAction(e, 'unload', n, {}, c.io)), 0, `step 9: unload ${n}; ${ctx()}`);
+        }
+        assert.equal(run('list', () => cmdList(e, false, c.io)), 0);
+        assert.equal(c.out(), 'Nothing to list\n', 'step 9: list is empty again');
+      });
 
-      // 10. nop: load, revert, apply again
-      assert.equal(run('load', () => cmdLoad(e, f('nop'), {}, c.io)), 0, `step 10: load nop; ${ctx()}`);
-      const nopped = s.head('minor_version');
-      assert.equal(hex(nopped.subarray(off, off + 2)), '6690', 'step 10: the leading jmp of minor_version is NOPed');
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'nop', {}, c.io)), 0, `step 10: revert nop; ${ctx()}`);
-      s.assertOriginal('minor_version', 'step 10: revert nop');
-      assert.equal(run('apply', () => cmdAction(e, 'apply', 'nop', {}, c.io)), 0, `step 10: re-apply nop is allowed (no writable data); ${ctx()}`);
-      assert.equal(hex(s.head('minor_version')), hex(nopped), 'step 10: NOPs back');
+      it('step 10: nop: load, revert, apply again', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('nop'), {}, c.io)), 0, `step 10: load nop; ${ctx()}`);
+        nopped = s.head('minor_version');
+        assert.equal(hex(nopped.subarray(off, off + 2)), '6690', 'step 10: the leading jmp of minor_version is NOPed');
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'nop', {}, c.io)), 0, `step 10: revert nop; ${ctx()}`);
+        s.assertOriginal('minor_version', 'step 10: revert nop');
+        assert.equal(run('apply', () => cmdAction(e, 'apply', 'nop', {}, c.io)), 0, `step 10: re-apply nop is allowed (no writable data); ${ctx()}`);
+        assert.equal(hex(s.head('minor_version')), hex(nopped), 'step 10: NOPs back');
+      });
 
-      // 11. unload while applied: wrong state
-      assert.equal(run('unload', () => cmdAction(e, 'unload', 'nop', {}, c.io)), 1, 'step 11: unload nop while applied exits 1');
-      assert.match(c.err(), /nop is in the wrong state/, 'step 11: "nop is in the wrong state."');
-      assert.match(c.err(), /APPLIED/, 'step 11: the current state is shown');
-      assert.match(c.err(), /CHECKED/, 'step 11: the expected state is shown');
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'nop', {}, c.io)), 0);
-      assert.equal(run('unload', () => cmdAction(e, 'unload', 'nop', {}, c.io)), 0);
-      s.assertOriginal('minor_version', 'step 11');
+      it('step 11: unload while applied: wrong state', () => {
+        assert.equal(run('unload', () => cmdAction(e, 'unload', 'nop', {}, c.io)), 1, 'step 11: unload nop while applied exits 1');
+        assert.match(c.err(), /nop is in the wrong state/, 'step 11: "nop is in the wrong state."');
+        assert.match(c.err(), /APPLIED/, 'step 11: the current state is shown');
+        assert.match(c.err(), /CHECKED/, 'step 11: the expected state is shown');
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'nop', {}, c.io)), 0);
+        assert.equal(run('unload', () => cmdAction(e, 'unload', 'nop', {}, c.io)), 0);
+        s.assertOriginal('minor_version', 'step 11');
+      });
 
-      // 12. bye on the bare base
-      assert.equal(run('load', () => cmdLoad(e, f('bye'), {}, c.io)), 1, `step 12: load bye on an empty stack fails; ${ctx()}`);
-      assert.match(c.err(), /Error 22: EINVAL/, 'step 12: EINVAL');
-      assert.match(c.err(), new RegExp(readBuildId(f('base'))), 'step 12: checked against the base (its build-id is named)');
-      assert.equal(e.find('bye'), undefined, 'step 12: load unloads bye again when the apply fails');
-      assert.equal(run('upload', () => cmdUpload(e, 'bye', f('bye'), c.io)), 0);
-      assert.equal(run('apply', () => cmdAction(e, 'apply', 'bye', { nodeps: true }, c.io)), 0, `step 12: apply bye --nodeps; ${ctx()}`);
-      s.assertJump('extra_version', s.newAddr('bye'), 'step 12: bye applied with --nodeps');
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'bye', {}, c.io)), 0);
-      assert.equal(run('unload', () => cmdAction(e, 'unload', 'bye', {}, c.io)), 0);
+      it('step 12: bye on the bare base', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('bye'), {}, c.io)), 1, `step 12: load bye on an empty stack fails; ${ctx()}`);
+        assert.match(c.err(), /Error 22: EINVAL/, 'step 12: EINVAL');
+        assert.match(c.err(), new RegExp(readBuildId(f('base'))), 'step 12: checked against the base (its build-id is named)');
+        assert.equal(e.find('bye'), undefined, 'step 12: load unloads bye again when the apply fails');
+        assert.equal(run('upload', () => cmdUpload(e, 'bye', f('bye'), c.io)), 0);
+        assert.equal(run('apply', () => cmdAction(e, 'apply', 'bye', { nodeps: true }, c.io)), 0, `step 12: apply bye --nodeps; ${ctx()}`);
+        s.assertJump('extra_version', s.newAddr('bye'), 'step 12: bye applied with --nodeps');
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'bye', {}, c.io)), 0);
+        assert.equal(run('unload', () => cmdAction(e, 'unload', 'bye', {}, c.io)), 0);
+      });
 
-      // 13. [hello, bye]: revert hello is EBUSY naming bye
-      assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 0, `step 13: load hello; ${ctx()}`);
-      assert.equal(run('load', () => cmdLoad(e, f('bye'), {}, c.io)), 0, `step 13: load bye; ${ctx()}`);
-      const hb = s.snapshot();
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 2, `step 13: revert hello under bye exits 2; ${ctx()}`);
-      assert.match(c.err(), /Error 16: EBUSY/, 'step 13: EBUSY');
-      assert.match(c.err(), /bye/, 'step 13: the error names the top, bye');
-      assert.equal(s.snapshot(), hb, 'step 13: nothing changed');
-      assert.deepEqual(s.stack(), ['hello', 'bye']);
+      it('step 13: [hello, bye]: revert hello is EBUSY naming bye', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('hello'), {}, c.io)), 0, `step 13: load hello; ${ctx()}`);
+        assert.equal(run('load', () => cmdLoad(e, f('bye'), {}, c.io)), 0, `step 13: load bye; ${ctx()}`);
+        hb = s.snapshot();
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 2, `step 13: revert hello under bye exits 2; ${ctx()}`);
+        assert.match(c.err(), /Error 16: EBUSY/, 'step 13: EBUSY');
+        assert.match(c.err(), /bye/, 'step 13: the error names the top, bye');
+        assert.equal(s.snapshot(), hb, 'step 13: nothing changed');
+        assert.deepEqual(s.stack(), ['hello', 'bye']);
+      });
 
-      // 14. no_base_id
-      assert.equal(run('upload', () => cmdUpload(e, 'no_base_id', f('no_base_id'), c.io)), 1, `step 14: upload no_base_id fails; ${ctx()}`);
-      assert.match(c.out(), /Uploading .*no_base_id\.livepatch\.\.\. failed/, 'step 14: "... failed"');
-      assert.match(c.err(), /Error 22: EINVAL/, 'step 14: EINVAL');
-      assert.deepEqual(s.names(), ['hello', 'bye'], 'step 14: nothing left loaded');
-      for (const n of ['bye', 'hello']) {
-        assert.equal(run('revert', () => cmdAction(e, 'revert', n, {}, c.io)), 0);
-        assert.equal(run('unload', () => cmdAction(e, 'unload', n, {}, c.io)), 0);
-      }
+      it('step 14: no_base_id', () => {
+        assert.equal(run('upload', () => cmdUpload(e, 'no_base_id', f('no_base_id'), c.io)), 1, `step 14: upload no_base_id fails; ${ctx()}`);
+        assert.match(c.out(), /Uploading .*no_base_id\.livepatch\.\.\. failed/, 'step 14: "... failed"');
+        assert.match(c.err(), /Error 22: EINVAL/, 'step 14: EINVAL');
+        assert.deepEqual(s.names(), ['hello', 'bye'], 'step 14: nothing left loaded');
+        for (const n of ['bye', 'hello']) {
+          assert.equal(run('revert', () => cmdAction(e, 'revert', n, {}, c.io)), 0);
+          assert.equal(run('unload', () => cmdAction(e, 'unload', n, {}, c.io)), 0);
+        }
+      });
 
-      // 15. expect / expect_fail
-      assert.equal(run('load', () => cmdLoad(e, f('expect'), {}, c.io)), 0, `step 15: load expect; ${ctx()}`);
-      s.assertJump('extra_version', s.newAddr('expect'), 'step 15');
-      const ex = s.snapshot();
-      assert.equal(run('load', () => cmdLoad(e, f('expect_fail'), {}, c.io)), 1, 'step 15: load expect_fail fails');
-      assert.match(c.err(), /Error 22: EINVAL/, 'step 15: EINVAL');
-      assert.equal(s.snapshot(), ex, 'step 15: nothing changes');
-      assert.deepEqual(s.names(), ['expect'], 'step 15: expect_fail unloaded again');
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'expect', {}, c.io)), 0);
-      assert.equal(run('unload', () => cmdAction(e, 'unload', 'expect', {}, c.io)), 0);
+      it('step 15: expect / expect_fail', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('expect'), {}, c.io)), 0, `step 15: load expect; ${ctx()}`);
+        s.assertJump('extra_version', s.newAddr('expect'), 'step 15');
+        ex = s.snapshot();
+        assert.equal(run('load', () => cmdLoad(e, f('expect_fail'), {}, c.io)), 1, 'step 15: load expect_fail fails');
+        assert.match(c.err(), /Error 22: EINVAL/, 'step 15: EINVAL');
+        assert.equal(s.snapshot(), ex, 'step 15: nothing changes');
+        assert.deepEqual(s.names(), ['expect'], 'step 15: expect_fail unloaded again');
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'expect', {}, c.io)), 0);
+        assert.equal(run('unload', () => cmdAction(e, 'unload', 'expect', {}, c.io)), 0);
+      });
 
-      // 16. prepost (offline: hooks are reported as not run)
-      assert.equal(run('load', () => cmdLoad(e, f('prepost'), {}, c.io)), 0, `step 16: load prepost; ${ctx()}`);
-      assert.match(c.out(), /hooks not run: preapply, postapply/, 'step 16: the skipped hooks are reported');
-      s.assertJump('extra_version', s.newAddr('prepost'), 'step 16');
-      assert.equal(run('upload', () => cmdUpload(e, 'replace', f('replace'), c.io)), 0);
-      const pp = s.snapshot();
-      assert.equal(run('replace', () => cmdAction(e, 'replace', 'replace', {}, c.io)), 1, 'step 16: REPLACE with prepost loaded fails');
-      assert.match(c.err(), /Error 95: EOPNOTSUPP/, 'step 16: EOPNOTSUPP (actions.md REPLACE: vetoing hooks)');
-      assert.equal(s.snapshot(), pp, 'step 16: nothing changed');
-      assert.deepEqual(s.stack(), ['prepost']);
-      assert.equal(run('revert', () => cmdAction(e, 'revert', 'prepost', {}, c.io)), 0, `step 16: revert prepost (no veto offline); ${ctx()}`);
-      s.assertOriginal('extra_version', 'step 16: prepost reverted');
+      it('step 16: prepost (offline: hooks are reported as not run)', () => {
+        assert.equal(run('load', () => cmdLoad(e, f('prepost'), {}, c.io)), 0, `step 16: load prepost; ${ctx()}`);
+        assert.match(c.out(), /hooks not run: preapply, postapply/, 'step 16: the skipped hooks are reported');
+        s.assertJump('extra_version', s.newAddr('prepost'), 'step 16');
+        assert.equal(run('upload', () => cmdUpload(e, 'replace', f('replace'), c.io)), 0);
+        pp = s.snapshot();
+        assert.equal(run('replace', () => cmdAction(e, 'replace', 'replace', {}, c.io)), 1, 'step 16: REPLACE with prepost loaded fails');
+        assert.match(c.err(), /Error 95: EOPNOTSUPP/, 'step 16: EOPNOTSUPP (actions.md REPLACE: vetoing hooks)');
+        assert.equal(s.snapshot(), pp, 'step 16: nothing changed');
+        assert.deepEqual(s.stack(), ['prepost']);
+        assert.equal(run('revert', () => cmdAction(e, 'revert', 'prepost', {}, c.io)), 0, `step 16: revert prepost (no veto offline); ${ctx()}`);
+        s.assertOriginal('extra_version', 'step 16: prepost reverted');
+      });
     });
 
     it('list prints the xen-livepatch table: name padded to 40, "| ", state, rc when non-zero, "    | ", metadata, then the base column', () => {
@@ -823,10 +850,12 @@ for (const v of VARIANTS) {
         for (const st of j.steps) {
           assert.equal(st.errno, null);
           assert.equal(st.code, 0);
-          assert.equal(st.hooksRun, false, 'offline no hook runs');
         }
         assert.equal(j.steps[0]!.file, f('hello'));
-        assert.deepEqual(j.steps[1]!.hooksSkipped, ['load', 'load']);
+        // Offline no hook runs: each step names the hooks it skipped (hello's two load hooks on apply; bye has none).
+        assert.deepEqual(j.steps.map((x) => [x.name, x.action, x.hooksSkipped]), [
+          ['hello', 'upload', []], ['hello', 'apply', ['load', 'load']], ['bye', 'upload', []], ['bye', 'apply', []],
+        ]);
         assert.deepEqual(j.stack, ['hello', 'bye']);
       });
 

@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from './helpers/repo.js';
 import { HotstackError } from '../src/errors.js';
 import {
   StoppedProcess,
@@ -46,17 +47,7 @@ const tgkill = ptrace.tgkill;
 // ---------------------------------------------------------------------------
 // fixture build
 
-function findRepoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'test', 'fixtures', 'lowlevel', 'target.c'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('cannot find test/fixtures/lowlevel/target.c');
-    dir = up;
-  }
-}
-
-const ROOT = findRepoRoot();
+const ROOT = REPO_ROOT;
 let workDir = '';
 let bin = '';
 const syms = new Map<string, bigint>();

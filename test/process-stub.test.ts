@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { REPO_ROOT } from './helpers/repo.js';
 import {
   StoppedProcess,
   ptrace,
@@ -37,17 +38,7 @@ import {
 } from '../src/targets/process/index.js';
 import { RUNTIME_PAGE_SIZE, selfRestoredRegs, useRuntimePage } from '../src/targets/process/remote.js';
 
-function findRepoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'test', 'fixtures', 'stub', 'target.c'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('cannot find test/fixtures/stub/target.c');
-    dir = up;
-  }
-}
-
-const ROOT = findRepoRoot();
+const ROOT = REPO_ROOT;
 let workDir = '';
 let bin = '';
 let driver = '';

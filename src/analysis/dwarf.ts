@@ -9,9 +9,8 @@
  */
 import { inflateSync } from 'node:zlib';
 import type { ElfFile } from '../elf/index.js';
-import { SHT_NOBITS } from '../elf/index.js';
+import { ELFCOMPRESS_ZLIB, SHF_COMPRESSED, SHT_NOBITS } from '../elf/index.js';
 
-const SHF_COMPRESSED = 0x800n;
 const TAG_SUBPROGRAM = 0x2e;
 const TAG_INLINED = 0x1d;
 const TAG_CU = 0x11;
@@ -28,7 +27,7 @@ function sectionData(elf: ElfFile, name: string, problems: string[]): Uint8Array
   if (!(s.flags & SHF_COMPRESSED)) return raw;
   if (raw.length < 24) return undefined;
   const type = new DataView(raw.buffer, raw.byteOffset, 24).getUint32(0, true);
-  if (type !== 1) {
+  if (type !== ELFCOMPRESS_ZLIB) {
     problems.push(`${name} is compressed with a method other than zlib (type ${type}); inlining not read`);
     return undefined;
   }

@@ -3,8 +3,8 @@
  * compiler flags, for people who build payloads in their own build system).
  */
 import type { Command } from 'commander';
-import { buildPayload, type BuildReport } from '../build/build.js';
-import { payloadCflags, shellQuote } from '../build/tools.js';
+import { buildPayload, type BuildReport } from '../builder/build.js';
+import { payloadCflags, shellQuote } from '../builder/tools.js';
 import { toHotstackError } from '../errors.js';
 import { errorLine, exitCodeFor } from './format.js';
 import { safetyText, type Io } from './lifecycle.js';

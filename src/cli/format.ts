@@ -1,5 +1,5 @@
 /** Output formatting shared by the commands: errors, exit codes, the list table. */
-import { ERRNO, HotstackError, STRERROR, type ErrnoName } from '../errors.js';
+import { ERRNO, errnoName, HotstackError, knownErrno, STRERROR } from '../errors.js';
 import type { PayloadRecord } from '../core/state.js';
 import { basename } from 'node:path';
 
@@ -15,14 +15,13 @@ export function errorLine(e: HotstackError): string {
 
 /** Errno name and text for a (negative) rc, for the list's `(errno, message)`. */
 export function rcText(rc: number): string {
-  const name = (Object.keys(ERRNO) as ErrnoName[]).find((k) => ERRNO[k] === -rc);
+  const name = knownErrno(rc);
   return name ? `${name}, ${STRERROR[name]}` : `${-rc}, unknown error`;
 }
 
+/** The errno name of a (negative) rc, null for 0: list --json's `errno`. */
 export function errnoOf(rc: number): string | null {
-  if (rc === 0) return null;
-  const name = (Object.keys(ERRNO) as ErrnoName[]).find((k) => ERRNO[k] === -rc);
-  return name ?? `E${-rc}`;
+  return rc === 0 ? null : errnoName(rc);
 }
 
 /**
@@ -63,14 +62,8 @@ export function listJson(p: PayloadRecord): Record<string, unknown> {
   };
 }
 
-/** The functions of `p` entered through a preserving veneer, and the registers each keeps. */
-export function veneersOf(p: PayloadRecord): { function: string; registers: string[]; address: string }[] {
-  return p.funcs.filter((f) => f.veneer).map((f) => ({ function: f.name, registers: f.veneer!.registers, address: `0x${f.veneer!.addr.toString(16)}` }));
-}
+import { veneersOf } from '../core/safety.js';
 
-/** The payload name `load` and `check` use: base name without its last extension. */
-export function nameFromFile(file: string): string {
-  const base = file.split('/').pop() ?? file;
-  const dot = base.lastIndexOf('.');
-  return dot > 0 ? base.slice(0, dot) : base;
-}
+export { veneersOf };
+
+export { nameFromFile } from '../payload/name.js';

@@ -12,7 +12,7 @@ import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
 import { generateKey, keyringDir, loadKeyring, readPrivateKey, type Keyring, type PrivateKeyInfo } from '../trust/keys.js';
 import { readPolicy, type Policy } from '../trust/policy.js';
 import {
-  assertNoEmbedded, requireValid, signDetached, signEmbedded, signatureText, verifySignature, type SignatureInfo,
+  assertNoEmbedded, requireValid, signatureJson, signDetached, signEmbedded, signatureText, verifySignature, type LoadedPayload, type SignatureInfo,
 } from '../trust/signature.js';
 import { errorLine, exitCodeFor } from './format.js';
 import type { Io } from './lifecycle.js';
@@ -26,14 +26,7 @@ export interface TrustCliOptions {
   keyring?: string;
 }
 
-/** A payload file read for upload/load/check, with what its signature says. */
-export interface LoadedPayload {
-  file: string;
-  bytes: Uint8Array;
-  signature: SignatureInfo | null;
-  /** A valid signature was required (and so is present). */
-  required: boolean;
-}
+export type { LoadedPayload };
 
 /** What a loaded payload's record keeps of its signature (list --json). */
 export interface RecordedSignature {
@@ -94,11 +87,7 @@ export function recordedSignature(p: LoadedPayload | undefined): RecordedSignatu
   return s && s.keyId ? { keyId: s.keyId, key: s.key, valid: s.valid } : undefined;
 }
 
-/** The `signature` of inspect --json and of check's upload steps. */
-export function signatureJson(s: SignatureInfo | null): Record<string, unknown> | null {
-  if (!s) return null;
-  return { keyId: s.keyId, key: s.key, valid: s.valid, detached: s.detached, ...(s.reason ? { reason: s.reason } : {}) };
-}
+export { signatureJson };
 
 /**
  * For the live commands: read and check FILE before the process is opened

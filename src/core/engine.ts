@@ -8,7 +8,7 @@
  * a state with a pending journal undoes whatever part of it reached
  * memory, so no payload is ever left half-applied.
  */
-import { ERRNO, errnoName, fail, HotstackError, type ErrnoName } from '../errors.js';
+import { fail, HotstackError, knownErrno } from '../errors.js';
 import { fromHex } from '../elf/bytes.js';
 import { encodeHookArg, HOOK_ARG_SIZE } from './hookarg.js';
 import {
@@ -18,6 +18,7 @@ import * as rules from './rules.js';
 import { emptyState, type EngineState, type FuncRecord, type PayloadRecord, type PayloadSignature, type PayloadStateName } from './state.js';
 import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
 import { upload } from './upload.js';
+import { checkPayloadName } from '../payload/name.js';
 import { faultPoint } from './fault.js';
 
 export type ActionCmd = 'APPLY' | 'REVERT' | 'REPLACE' | 'UNLOAD';
@@ -42,9 +43,8 @@ function unknown(name: string): never {
 
 /** A hook's non-zero return value as an error with its errno. */
 function hookError(kind: HookKind, p: PayloadRecord, rc: number, what: string): HotstackError {
-  const name = errnoName(rc);
-  const errno = (name in ERRNO ? name : 'EINVAL') as ErrnoName;
-  return new HotstackError(errno, `${kind} hook of ${p.name} ${what} (returned ${rc}${name in ERRNO ? ` ${name}` : ''})`);
+  const known = knownErrno(rc);
+  return new HotstackError(known ?? 'EINVAL', `${kind} hook of ${p.name} ${what} (returned ${rc}${known ? ` ${known}` : ''})`);
 }
 
 export class Engine {
@@ -97,7 +97,7 @@ export class Engine {
 
   /** `opts.signature`: what the CLI verified of the file's signature, kept in the record (list --json). */
   upload(name: string, bytes: Uint8Array, opts: { signature?: PayloadSignature } = {}): PayloadRecord {
-    rules.checkName(name);
+    checkPayloadName(name);
     rules.checkUniqueName(name, this.find(name));
     const seq = this.state.nextSeq;
     this.state.pending = { action: 'upload', payload: name, writes: [], regions: [] };

@@ -8,12 +8,12 @@
  */
 import { fail } from '../errors.js';
 import {
-  alignUp, readRelas, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHN_UNDEF, SHT_NOBITS, type ElfSymbol, type Section,
+  alignUp, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHN_UNDEF, SHT_NOBITS, type ElfSymbol, type Section,
 } from '../elf/index.js';
-import { activeRelocSections, checkRela, checkSymbolSection, relaLabel, symbolOffset } from '../payload/structure.js';
+import { relaLabel, symbolOffset } from '../payload/symbols-relocations.js';
 import { encodeVeneer, fitsI32 } from '../arch/x86_64/insn.js';
 import { RELOC_KIND, writeReloc } from '../arch/x86_64/relocs.js';
-import type { CheckedElf } from '../payload/elf-checks.js';
+import type { Payload } from '../payload/parse.js';
 import type { BaseObject, Perm, Target } from './target.js';
 import type { ExternalRecord } from './state.js';
 
@@ -78,7 +78,7 @@ interface Layout {
   reserveOffset: number;
 }
 
-function layout(c: CheckedElf, reserveRw: number): Layout {
+function layout(c: Payload, reserveRw: number): Layout {
   const sizes: Record<Perm, number> = { rx: 0, r: 0, rw: 0 };
   const offset: number[] = [];
   for (const s of c.elf.sections) {
@@ -91,8 +91,8 @@ function layout(c: CheckedElf, reserveRw: number): Layout {
   // GOT slots and veneers, sized from a scan of the relocations.
   const gotSlots = new Map<number, number>();
   const veneerSlots = new Map<number, number>();
-  for (const { rel } of activeRelocSections(c)) {
-    for (const r of readRelas(c.elf, rel)) {
+  for (const { entries } of c.relocationSections()) {
+    for (const r of entries) {
       const kind = RELOC_KIND[r.type];
       const sym = c.symbols[r.sym];
       if (kind === 'gotpc32' && !gotSlots.has(r.sym)) gotSlots.set(r.sym, gotSlots.size);
@@ -140,8 +140,12 @@ export interface LinkContext {
   reserveRw: number;
 }
 
-/** Lay out, allocate, resolve and relocate a checked payload. */
-export function link(c: CheckedElf, ctx: LinkContext): Linked {
+/**
+ * Lay out, allocate, resolve and relocate a payload, pulling its parse
+ * stages (relocation sections, symbols, relocation entries) as Xen checks
+ * them, between the steps that need addresses.
+ */
+export function link(c: Payload, ctx: LinkContext): Linked {
   const lay = layout(c, ctx.reserveRw);
   const regs = allocate(ctx.target, ctx.base, lay.sizes, ctx.onAlloc);
   const sectionAddr: (bigint | undefined)[] = [];
@@ -213,17 +217,17 @@ export function resolveUndefined(name: string, ctx: Pick<LinkContext, 'base' | '
 /** The linker-defined symbol -fPIC code mentions; it names the payload's own GOT. */
 const GOT_SYMBOL = '_GLOBAL_OFFSET_TABLE_';
 
-function resolveSymbols(c: CheckedElf, sectionAddr: (bigint | undefined)[], ctx: LinkContext, got: bigint, externals: ExternalRecord[]): bigint[] {
-  const out: bigint[] = new Array(c.symbols.length).fill(0n);
-  for (let i = 1; i < c.symbols.length; i++) {
-    const s = c.symbols[i]!;
+function resolveSymbols(c: Payload, sectionAddr: (bigint | undefined)[], ctx: LinkContext, got: bigint, externals: ExternalRecord[]): bigint[] {
+  const symbols = c.checkedSymbols();
+  const out: bigint[] = new Array(symbols.length).fill(0n);
+  for (let i = 1; i < symbols.length; i++) {
+    const s = symbols[i]!;
     out[i] = s.shndx === SHN_UNDEF && s.name === GOT_SYMBOL ? got : symbolValue(s, sectionAddr, c, ctx, externals);
   }
   return out;
 }
 
-function symbolValue(s: ElfSymbol, sectionAddr: (bigint | undefined)[], c: CheckedElf, ctx: LinkContext, externals: ExternalRecord[]): bigint {
-  checkSymbolSection(c, s);
+function symbolValue(s: ElfSymbol, sectionAddr: (bigint | undefined)[], c: Payload, ctx: LinkContext, externals: ExternalRecord[]): bigint {
   if (s.shndx === SHN_UNDEF) {
     const v = resolveUndefined(s.name, ctx);
     if (v === undefined) {
@@ -240,7 +244,7 @@ function symbolValue(s: ElfSymbol, sectionAddr: (bigint | undefined)[], c: Check
 }
 
 function relocate(
-  c: CheckedElf,
+  c: Payload,
   lay: Layout,
   regs: Record<Perm, LinkedRegion | undefined>,
   sectionAddr: (bigint | undefined)[],
@@ -253,13 +257,13 @@ function relocate(
     const o = lay.gotOffset + slot * GOT_ENTRY;
     new DataView(regs.r!.bytes.buffer).setBigUint64(o, BigInt.asUintN(64, symbolValue[sym] ?? 0n), true);
   }
-  for (const { rel, target } of activeRelocSections(c)) {
+  for (const { rel, target, entries } of c.relocations()) {
     const buf = sectionBytes[target.index];
     const base = sectionAddr[target.index] ?? 0n;
     const done = new Set<number>();
     relocated.set(target.index, done);
-    for (const r of readRelas(c.elf, rel)) {
-      const kind = checkRela(c, rel, target, r);
+    for (const r of entries) {
+      const kind = r.kind;
       const what = relaLabel(rel, r);
       if (!buf) fail('EINVAL', `${what}: section ${target.name} is not loaded`, r.at);
       const off = Number(r.offset);

@@ -5,55 +5,30 @@
  */
 import { fail } from '../errors.js';
 import { bytesEqual, fromHex, toHex } from '../elf/bytes.js';
-import { ENDBR64_LEN, fitsI32, isEndbr64, JMP_LEN } from '../arch/x86_64/insn.js';
-import { MAX_NAME, MAX_OPAQUE, MAX_PAYLOAD_SIZE, PAYLOAD_VERSION } from '../payload/sections.js';
-import type { FuncRecordRaw } from '../payload/funcs.js';
+import { ENDBR64_LEN, fitsI32, isEndbr64 } from '../arch/x86_64/insn.js';
+import { MAX_OPAQUE } from '../payload/sections.js';
+import { checkJumpRoom, checkNopBeyondEndbr } from '../payload/patch-size.js';
 import type { FuncRecord, PayloadRecord, PayloadStateName } from './state.js';
 
-/** Payload names: 1..127 characters, no NUL. */
-export function checkName(name: string): void {
-  if (name.length === 0) fail('EINVAL', 'payload name is empty');
-  if (Buffer.byteLength(name) > MAX_NAME) fail('EINVAL', `payload name is ${Buffer.byteLength(name)} bytes; at most ${MAX_NAME}`);
-  if (name.includes('\0')) fail('EINVAL', 'payload name contains a NUL byte');
-}
-
+/** Upload: no other loaded payload has this name (EEXIST). */
 export function checkUniqueName(name: string, existing: PayloadRecord | undefined): void {
   if (existing) fail('EEXIST', `a payload named ${name} is already loaded (${existing.state})`);
 }
 
-export function checkSize(len: number): void {
-  if (len === 0) fail('EINVAL', 'payload file is empty');
-  if (len > MAX_PAYLOAD_SIZE) fail('EINVAL', `payload is ${len} bytes; at most ${MAX_PAYLOAD_SIZE} (2 MiB)`);
-}
-
-export function checkVersion(f: FuncRecordRaw, name: string): void {
-  if (f.version !== PAYLOAD_VERSION) fail('EOPNOTSUPP', `function ${name}: livepatch_func version ${f.version}, only version ${PAYLOAD_VERSION} is supported`);
-}
-
-export function checkOldSize(f: FuncRecordRaw, name: string): void {
-  if (f.oldSize === 0) fail('EINVAL', `function ${name}: old_size is 0`);
-}
-
 /**
- * NOP and jump size rules; `code` is the first bytes of the old function
- * (for endbr64). Returns the patch offset (4 after endbr64).
+ * The patch size rules that need the old function's first bytes (`code`,
+ * for an endbr64 the patch keeps): the NOPs must reach past it, a jump
+ * must fit after it. Returns the patch offset (4 after endbr64). The
+ * target-free NOP rules ran when the payload was parsed.
  */
-export function checkPatchSize(f: { newAddr: bigint; newSize: number; oldSize: number }, code: Uint8Array, name: string): number {
+export function checkPatchSize(f: { isNop: boolean; newSize: number; oldSize: number }, code: Uint8Array, name: string): number {
   const off = isEndbr64(code) ? ENDBR64_LEN : 0;
-  if (f.newAddr === 0n) {
-    if (f.newSize > MAX_OPAQUE) fail('EOPNOTSUPP', `function ${name}: NOP patch of ${f.newSize} bytes; at most ${MAX_OPAQUE}`);
-    if (f.oldSize < f.newSize) fail('EINVAL', `function ${name}: NOP patch of ${f.newSize} bytes is larger than the function (old_size ${f.oldSize})`);
-    // The NOPs start after the endbr64: a patch no longer than it would change nothing.
-    if (off && f.newSize <= off) fail('EINVAL', `function ${name} starts with endbr64: a NOP patch of ${f.newSize} bytes would only cover it (NOP more than ${off} bytes)`);
-  } else {
-    const needed = JMP_LEN + off;
-    if (f.oldSize < needed) {
-      fail('EINVAL', `function ${name}: old_size ${f.oldSize} is too small for a ${JMP_LEN}-byte jump${off ? ' after its endbr64' : ''} (needs at least ${needed})`);
-    }
-  }
+  if (f.isNop) checkNopBeyondEndbr(f.newSize, off, `function ${name}`);
+  else checkJumpRoom(f.oldSize, off, `function ${name}`);
   return off;
 }
 
+/** A jump's rel32 reaches the replacement (EOVERFLOW). */
 export function checkDistance(f: { oldAddr: bigint; newAddr: bigint }, name: string): void {
   if (f.newAddr === 0n) return;
   const d = BigInt.asIntN(64, f.oldAddr - f.newAddr);

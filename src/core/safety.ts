@@ -15,7 +15,7 @@
 import { fail, toHotstackError } from '../errors.js';
 import { isPreservable, type KeptRegister } from '../arch/x86_64/preserve.js';
 import type { FunctionReport, Hazard } from '../analysis/types.js';
-import type { FuncRecord } from './state.js';
+import type { FuncRecord, PayloadRecord } from './state.js';
 import type { BaseObject } from './target.js';
 
 /** A function that will be entered through a preserving veneer. */
@@ -79,4 +79,9 @@ export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPl
     veneers.push({ func: f, registers });
   }
   return { hazards, veneers };
+}
+
+/** The functions of `p` entered through a preserving veneer, and the registers each keeps (reports, list --json). */
+export function veneersOf(p: PayloadRecord): { function: string; registers: string[]; address: string }[] {
+  return p.funcs.filter((f) => f.veneer).map((f) => ({ function: f.name, registers: f.veneer!.registers, address: `0x${f.veneer!.addr.toString(16)}` }));
 }

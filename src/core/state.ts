@@ -3,7 +3,7 @@
  * plain-data form so a process target can persist it between commands
  * (see serializeState) and an image target can keep it in memory.
  */
-import type { Perm } from './target.js';
+import type { HookName, MultiHook } from '../payload/sections.js';
 import type { Hazard } from '../analysis/types.js';
 
 export type PayloadStateName = 'CHECKED' | 'APPLIED';
@@ -45,16 +45,11 @@ export interface RegionRecord {
   perm: Perm;
 }
 
-export interface HookAddrs {
-  load: bigint[];
-  unload: bigint[];
-  preapply?: bigint;
-  postapply?: bigint;
-  prerevert?: bigint;
-  postrevert?: bigint;
-  apply?: bigint;
-  revert?: bigint;
-}
+/** Memory permissions of a payload region (W^X: never writable and executable). */
+export type Perm = 'rx' | 'r' | 'rw';
+
+/** Hook addresses: an array for each multi hook, at most one address for each single hook. */
+export type HookAddrs = Record<MultiHook, bigint[]> & Partial<Record<Exclude<HookName, MultiHook>, bigint>>;
 
 export interface ExportedSymbol {
   name: string;

@@ -3,11 +3,12 @@
  * about ptrace or files: a target is something with memory, base objects
  * to patch, a way to stop the world, and a place to keep engine state.
  */
-import type { EngineState } from './state.js';
+import type { EngineState, Perm } from './state.js';
+import type { HookName } from '../payload/sections.js';
 import type { FunctionReport } from '../analysis/types.js';
 
-/** Final protection of a payload region (W^X: never writable and executable). */
-export type Perm = 'rx' | 'r' | 'rw';
+// Perm lives with the state records that keep it, so state.ts needs nothing from here (no import cycle).
+export type { Perm };
 
 /** A symbol of a base object, at its run-time address (load bias applied). */
 export interface BaseSymbol {
@@ -62,16 +63,8 @@ export interface AddrRange {
   label: string;
 }
 
-/** Which hook is being run, for messages and for targets that care. */
-export type HookKind =
-  | 'load'
-  | 'unload'
-  | 'preapply'
-  | 'postapply'
-  | 'prerevert'
-  | 'postrevert'
-  | 'apply'
-  | 'revert';
+/** Which hook is being run, for messages and for targets that care: one of the payload's hook sections. */
+export type HookKind = HookName;
 
 /** Result of running a hook: its int return value, or null when the target cannot run hooks (offline). */
 export type HookResult = number | null;

@@ -1,20 +1,16 @@
 /**
- * Upload: validate an untrusted payload, place it in the target, resolve
- * and relocate it, and check every rule of payload-format.md, in the order
- * of actions.md. Returns the new CHECKED record; on any failure the memory
- * it took is freed and nothing is left behind.
+ * Upload: place a payload in the target, resolve and relocate it, and
+ * check the rules that need a base, in the order of actions.md. The
+ * target-free rules are the payload's parse stages (payload/parse.ts),
+ * pulled here just where Xen checks them. Returns the new CHECKED record;
+ * on any failure the memory it took is freed and nothing is left behind.
  */
 import { fail } from '../errors.js';
-import {
-  alignUp, cString, parseBuildIdNote, SHF_ALLOC, SHF_MERGE, SHF_WRITE, SHN_UNDEF, toHex, type Section,
-} from '../elf/index.js';
-import { checkPayloadElf, type CheckedElf } from '../payload/elf-checks.js';
+import { alignUp, SHF_ALLOC, SHF_MERGE, SHN_UNDEF, toHex } from '../elf/index.js';
 import { decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
-import {
-  FUNC_SIZE, HOOK_SECTIONS, PATCHING_SECTIONS, SEC, SPECIAL_SECTIONS, type HookName,
-} from '../payload/sections.js';
-import { isLoaded, link, type Linked, type LinkedRegion } from './linker.js';
-import { checkXenOnlySections } from '../payload/structure.js';
+import { Payload, type PayloadFunc, type PayloadHook } from '../payload/parse.js';
+import { FUNC_SIZE, HOOK_NAMES, HOOK_SECTIONS } from '../payload/sections.js';
+import { link, type Linked, type LinkedRegion } from './linker.js';
 import * as rules from './rules.js';
 import type { ExportedSymbol, FuncRecord, HookAddrs, PayloadRecord, RegionRecord } from './state.js';
 import type { BaseObject, Target } from './target.js';
@@ -35,21 +31,12 @@ export interface UploadContext {
   seq: number;
 }
 
+/** Largest function name read for a record, with its NUL (Xen: KSYM_NAME_LEN). */
 const MAX_FUNC_NAME = 128;
 
-/** The note in a build-id section: present once, non-empty, valid (EINVAL otherwise). */
-function noteOf(c: CheckedElf, name: string, what: string): Uint8Array {
-  const secs = c.elf.sectionsNamed(name);
-  if (secs.length === 0) fail('EINVAL', `${name} is missing: the payload has no ${what}`);
-  if (secs.length > 1) fail('EINVAL', `${name} appears ${secs.length} times`);
-  const s = secs[0]!;
-  if (s.size === 0n) fail('EINVAL', `${name} is empty: the payload has no ${what}`);
-  return parseBuildIdNote(c.elf.data(s), name, Number(s.offset));
-}
-
 /** Pick the base object named by .livepatch.xen_depends (EINVAL / ENODATA). */
-export function findBase(target: Target, c: CheckedElf): BaseObject {
-  const want = noteOf(c, SEC.xenDepends, "base build-id (the base image's build-id it was built against)");
+export function findBase(target: Target, p: Payload): BaseObject {
+  const want = p.baseBuildId().bytes;
   const base = target.findBase(want);
   if (base) return base;
   const bases = target.bases();
@@ -60,16 +47,15 @@ export function findBase(target: Target, c: CheckedElf): BaseObject {
   return fail('EINVAL', `payload was built for base build-id ${toHex(want)}, which matches no ${target.kind === 'image' ? 'image' : 'object loaded in the process'} (${have.length ? have.join(', ') : 'none has a build-id'})`);
 }
 
-/** Upload pipeline. */
+/** Upload pipeline: `bytes` are untrusted; the payload's parse stages run in Xen's order between the base steps. */
 export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): PayloadRecord {
-  rules.checkSize(bytes.length);
-  const c = checkPayloadElf(bytes);
-  const base = findBase(ctx.target, c);
-  const hookSecs = presentHooks(c);
-  const wantHookArg = Object.keys(hookSecs).length > 0;
+  const p = new Payload(bytes);
+  const base = findBase(ctx.target, p);
+  // Whether any hook section exists decides the layout (the hook argument); its rules come later.
+  const wantHookArg = HOOK_NAMES.some((k) => p.elf.section(HOOK_SECTIONS[k].name));
   const allocated: LinkedRegion[] = [];
   try {
-    const linked = link(c, {
+    const linked = link(p, {
       target: ctx.target,
       base,
       exports: (n) => ctx.exportedSymbol(n),
@@ -79,7 +65,7 @@ export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): Pay
         ctx.onAlloc({ addr: r.addr, size: r.size, perm: r.perm });
       },
     });
-    const rec = describe(ctx, c, linked, base, name, hookSecs);
+    const rec = checkedRecord(ctx, p, linked, base, name);
     const plan = assessFunctions(base, rec.funcs);
     rec.hazards = plan.hazards;
     const veneers = placeVeneers(ctx.target, base, plan.veneers, (r) => {
@@ -101,38 +87,24 @@ export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): Pay
   }
 }
 
-function presentHooks(c: CheckedElf): Partial<Record<HookName, Section>> {
-  const out: Partial<Record<HookName, Section>> = {};
-  for (const [k, h] of Object.entries(HOOK_SECTIONS)) {
-    const s = c.elf.section(h.name);
-    if (s) out[k as HookName] = s;
-  }
-  return out;
-}
-
-/** Everything after relocation: notes, patching sections, funcs, hooks, metadata, symbols. */
-function describe(ctx: UploadContext, c: CheckedElf, linked: Linked, base: BaseObject, name: string, hookSecs: Partial<Record<HookName, Section>>): PayloadRecord {
-  // Special sections: present once and non-empty (their notes are parsed below).
-  for (const n of SPECIAL_SECTIONS) noteOf(c, n, n === SEC.buildId ? 'own build-id (link with ld --build-id)' : n === SEC.depends ? 'dependency build-id' : 'base build-id');
-  checkPatchingSections(c);
-  const funcs = checkFuncs(ctx, c, linked, base);
-  const hooks = readHooks(linked, hookSecs);
-  const buildId = toHex(noteOf(c, SEC.buildId, 'own build-id'));
-  const dup = ctx.payloadWithBuildId(buildId);
-  if (dup) fail('EEXIST', `this payload (build-id ${buildId}) is already loaded as ${dup.name}`);
-  const depends = toHex(noteOf(c, SEC.depends, 'dependency build-id'));
-  checkXenOnlySections(c);
-  const metadata = readModinfo(c);
-  const symbols = exportedSymbols(ctx, c, linked, base, funcs);
-  const funcsSec = c.elf.section(SEC.funcs);
+/** Everything after relocation, in Xen's order: notes, patching sections, funcs, hooks, EEXIST, metadata, symbols. */
+function checkedRecord(ctx: UploadContext, p: Payload, linked: Linked, base: BaseObject, name: string): PayloadRecord {
+  const { buildId, depends } = p.notes();
+  const funcs = checkFuncs(ctx, p, linked, base);
+  const hooks = readHooks(linked, p.hooks());
+  const dup = ctx.payloadWithBuildId(buildId.hex);
+  if (dup) fail('EEXIST', `this payload (build-id ${buildId.hex}) is already loaded as ${dup.name}`);
+  const metadata = p.metadata();
+  const symbols = exportedSymbols(ctx, p, linked, base, funcs);
+  const funcsSec = p.funcsSection();
   return {
     name,
     state: 'CHECKED',
     rc: 0,
     reverted: false,
-    safeToReapply: safeToReapply(c),
-    buildId,
-    depends,
+    safeToReapply: p.safeToReapply(),
+    buildId: buildId.hex,
+    depends: depends.hex,
     baseBuildId: toHex(base.buildId!),
     basePath: base.path,
     metadata,
@@ -148,31 +120,17 @@ function describe(ctx: UploadContext, c: CheckedElf, linked: Linked, base: BaseO
   };
 }
 
-function checkPatchingSections(c: CheckedElf): void {
-  let found = 0;
-  for (const n of PATCHING_SECTIONS) {
-    const secs = c.elf.sectionsNamed(n);
-    if (secs.length === 0) continue;
-    if (secs.length > 1) fail('EINVAL', `${n} appears ${secs.length} times`);
-    if (secs[0]!.size === 0n) fail('EINVAL', `${n} is empty`, secs[0]!.headerOffset);
-    found++;
-  }
-  if (!found) fail('EINVAL', 'nothing to patch: the payload has neither .livepatch.funcs nor any .livepatch.hooks.* section');
-}
-
-/** Per-function checks, in the spec's order; returns the engine's records. */
-function checkFuncs(ctx: UploadContext, c: CheckedElf, linked: Linked, base: BaseObject): FuncRecord[] {
-  const sec = c.elf.section(SEC.funcs);
+/** Per-function rules that need the base, after each record's target-free ones; returns the engine's records. */
+function checkFuncs(ctx: UploadContext, p: Payload, linked: Linked, base: BaseObject): FuncRecord[] {
+  const parsed = p.funcs();
+  const sec = p.funcsSection();
   if (!sec) return [];
-  if (sec.size % BigInt(FUNC_SIZE) !== 0n) fail('EINVAL', `.livepatch.funcs is ${sec.size} bytes, not a multiple of ${FUNC_SIZE}`, sec.headerOffset);
-  const bytes = linked.sectionBytes[sec.index];
-  if (!bytes) fail('EINVAL', '.livepatch.funcs is not an allocated section');
+  // The relocated records: new_addr and old_addr hold their run-time values here.
+  const relocatedRecords = decodeFuncs(linked.sectionBytes[sec.index]!);
   const relocated = linked.relocated.get(sec.index) ?? new Set<number>();
-  const out: FuncRecord[] = [];
-  for (const f of decodeFuncs(bytes)) {
+  return parsed.map((raw: PayloadFunc): FuncRecord => {
+    const f = relocatedRecords[raw.index]!;
     const fname = funcName(ctx, linked, f.namePtr, f.index);
-    rules.checkVersion(f, fname);
-    rules.checkOldSize(f, fname);
     let oldAddr = f.oldAddr;
     if (oldAddr === 0n) {
       oldAddr = resolveOld(ctx, base, fname);
@@ -181,9 +139,9 @@ function checkFuncs(ctx: UploadContext, c: CheckedElf, linked: Linked, base: Bas
       oldAddr += base.bias;
     }
     const code = ctx.target.read(oldAddr, 4);
-    const patchOffset = rules.checkPatchSize({ newAddr: f.newAddr, newSize: f.newSize, oldSize: f.oldSize }, code, fname);
+    const patchOffset = rules.checkPatchSize({ isNop: raw.isNop, newSize: f.newSize, oldSize: f.oldSize }, code, fname);
     rules.checkDistance({ oldAddr, newAddr: f.newAddr }, fname);
-    out.push({
+    return {
       name: fname,
       oldAddr,
       newAddr: f.newAddr,
@@ -193,9 +151,8 @@ function checkFuncs(ctx: UploadContext, c: CheckedElf, linked: Linked, base: Bas
       expect: { enabled: f.expect.enabled, len: f.expect.len, rsv: f.expect.rsv, data: toHex(f.expect.data) },
       undo: '',
       applied: false,
-    });
-  }
-  return out;
+    };
+  });
 }
 
 function resolveOld(ctx: UploadContext, base: BaseObject, fname: string): bigint {
@@ -222,55 +179,29 @@ function funcName(ctx: UploadContext, linked: Linked, ptr: bigint, index: number
   return Buffer.from(bytes.subarray(0, end)).toString('latin1');
 }
 
-/** Hook sections: multi-hook sizes a multiple of 8, single hooks exactly 8 (EINVAL). */
-function readHooks(linked: Linked, secs: Partial<Record<HookName, Section>>): HookAddrs {
+/** The hooks' run-time addresses, from the relocated sections (their size rules ran when parsed). */
+function readHooks(linked: Linked, parsed: PayloadHook[]): HookAddrs {
   const hooks: HookAddrs = { load: [], unload: [] };
-  for (const [k, s] of Object.entries(secs) as [HookName, Section][]) {
-    const def = HOOK_SECTIONS[k];
-    if (s.size % 8n !== 0n) fail('EINVAL', `${def.name} is ${s.size} bytes, not a multiple of 8`, s.headerOffset);
-    if (!def.multi && s.size !== 8n) fail('EINVAL', `${def.name} must hold exactly one pointer (8 bytes), not ${s.size}`, s.headerOffset);
-    const b = linked.sectionBytes[s.index];
-    if (!b) fail('EINVAL', `${def.name} is not an allocated section`, s.headerOffset);
+  for (const h of parsed) {
+    const b = linked.sectionBytes[h.section.index]!;
     const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
     const ptrs: bigint[] = [];
     for (let o = 0; o < b.length; o += 8) ptrs.push(dv.getBigUint64(o, true));
-    if (k === 'load' || k === 'unload') hooks[k] = ptrs;
-    else hooks[k] = ptrs[0]!;
+    if (h.kind === 'load' || h.kind === 'unload') hooks[h.kind] = ptrs;
+    else hooks[h.kind] = ptrs[0]!;
   }
   return hooks;
 }
 
-/** .modinfo: NUL-terminated key=value strings; the last byte must be NUL. */
-function readModinfo(c: CheckedElf): string[] {
-  const s = c.elf.section(SEC.modinfo);
-  if (!s || s.size === 0n) return [];
-  const d = c.elf.data(s);
-  if (d[d.length - 1] !== 0) fail('EINVAL', '.modinfo does not end with a NUL byte', Number(s.offset) + d.length - 1);
-  const out: string[] = [];
-  let o = 0;
-  while (o < d.length) {
-    const str = cString(d, o, '.modinfo');
-    if (str.length) out.push(str);
-    o += str.length + 1;
-  }
-  return out;
-}
-
-/** No loaded writable section other than .livepatch.funcs (Xen's safe_to_reapply). */
-function safeToReapply(c: CheckedElf): boolean {
-  const rw = c.elf.sections.filter((s) => s.index !== 0 && isLoaded(s) && (s.flags & SHF_WRITE) !== 0n);
-  return rw.length === 0 || (rw.length === 1 && rw[0]!.name === SEC.funcs);
-}
-
 /** The exported symbol table, with the EEXIST rule for new symbols. */
-function exportedSymbols(ctx: UploadContext, c: CheckedElf, linked: Linked, base: BaseObject, funcs: FuncRecord[]): ExportedSymbol[] {
+function exportedSymbols(ctx: UploadContext, p: Payload, linked: Linked, base: BaseObject, funcs: FuncRecord[]): ExportedSymbol[] {
   const overriding = new Set(funcs.map((f) => f.newAddr));
   const out: ExportedSymbol[] = [];
-  const shnum = c.elf.sections.length;
-  for (let i = 1; i < c.symbols.length; i++) {
-    const s = c.symbols[i]!;
+  const shnum = p.elf.sections.length;
+  for (let i = 1; i < p.symbols.length; i++) {
+    const s = p.symbols[i]!;
     if (s.shndx === SHN_UNDEF || s.shndx >= shnum) continue;
-    const sec = c.elf.sections[s.shndx]!;
+    const sec = p.elf.sections[s.shndx]!;
     if ((sec.flags & SHF_ALLOC) === 0n) continue;
     if (s.name === '') continue;
     if ((sec.flags & SHF_MERGE) !== 0n && s.name.startsWith('.L')) continue;

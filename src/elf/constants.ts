@@ -39,6 +39,10 @@ export const SHF_ALLOC = 0x2n;
 export const SHF_EXECINSTR = 0x4n;
 export const SHF_MERGE = 0x10n;
 export const SHF_STRINGS = 0x20n;
+export const SHF_COMPRESSED = 0x800n;
+
+/** Chdr ch_type of a compressed section. */
+export const ELFCOMPRESS_ZLIB = 1;
 
 export const PT_LOAD = 1;
 export const PT_DYNAMIC = 2;

@@ -3,10 +3,11 @@
  * against a base: globals by name, locals as `FILE#NAME`, and a local by
  * plain name when no global has that name and it is the only local so named.
  */
-import { SHN_UNDEF, STB_LOCAL, STT_FILE, STT_SECTION, STT_TLS, SHT_DYNSYM, SHT_SYMTAB } from './constants.js';
+import {
+  SHN_UNDEF, SHT_DYNSYM, SHT_SYMTAB, STB_GLOBAL, STB_LOCAL, STT_FILE, STT_FUNC, STT_GNU_IFUNC, STT_SECTION, STT_TLS,
+} from './constants.js';
 import type { ElfFile } from './file.js';
 import { readSymbols, type ElfSymbol } from './symbols.js';
-import { STT_FUNC, STT_GNU_IFUNC } from './constants.js';
 
 const SHT_GNU_VERSYM = 0x6fffffff;
 
@@ -44,7 +45,7 @@ export class SymbolIndex {
       n++;
       if (rec.global) {
         // Prefer a strong definition over a weak one seen first.
-        if (!this.globals.has(s.name) || s.bind === 1) this.globals.set(s.name, rec);
+        if (!this.globals.has(s.name) || s.bind === STB_GLOBAL) this.globals.set(s.name, rec);
       } else {
         if (s.file !== undefined) this.locals.set(`${s.file}#${s.name}`, rec);
         this.plainLocals.set(s.name, this.plainLocals.has(s.name) ? null : rec);

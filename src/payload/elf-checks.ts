@@ -74,7 +74,7 @@ export function checkCounts(elf: ElfFile, symtab: Section): void {
   let relocs = 0n;
   for (const s of elf.sections) {
     if (s.type !== SHT_RELA && s.type !== SHT_REL) continue;
-    // Relocations of debug sections are skipped unread (structure.ts), so they do not count.
+    // Relocations of debug sections are skipped unread (symbols-relocations.ts), so they do not count.
     const target = elf.sections[s.info];
     if (!target || (target.flags & SHF_ALLOC) === 0n) continue;
     relocs += s.size / BigInt(RELA_SIZE);

@@ -7,7 +7,7 @@
  * it can neither block the tool nor exhaust its memory.
  */
 import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
-import { ERRNO, fail, HotstackError, toHotstackError, type ErrnoName } from '../errors.js';
+import { fail, HotstackError, isErrnoName, toHotstackError, type ErrnoName } from '../errors.js';
 import { MAX_PAYLOAD_SIZE } from './sections.js';
 
 export interface ReadOptions {
@@ -35,7 +35,8 @@ export function fsError(e: unknown, context: string): HotstackError {
     return new HotstackError(h.errno, `${context}: ${h.message}`);
   }
   const why = String(err.message).replace(/^E[A-Z0-9]+: /, '').replace(/, (open|read|fstat|link|rename|scandir) .*$/, '');
-  return new HotstackError(err.code in ERRNO ? (err.code as ErrnoName) : 'EINVAL', `${context}: ${why}${err.code in ERRNO ? '' : ` (${err.code})`}`);
+  const known = isErrnoName(err.code);
+  return new HotstackError(known ? err.code as ErrnoName : 'EINVAL', `${context}: ${why}${known ? '' : ` (${err.code})`}`);
 }
 
 /** A short name for what a non-regular file is, for messages. */

@@ -1,5 +1,6 @@
 /** struct livepatch_func (104 bytes, little-endian): decoding only. */
 import { fail } from '../errors.js';
+import type { Section } from '../elf/index.js';
 import { FUNC_SIZE } from './sections.js';
 
 export interface Expectation {
@@ -23,16 +24,21 @@ export interface FuncRecordRaw {
   expect: Expectation;
 }
 
+/** Field offsets in struct livepatch_func. */
 export const FUNC_OFFSETS = { name: 0, newAddr: 8, oldAddr: 16, newSize: 24, oldSize: 28, version: 32, opaque: 33, expect: 72, expectData: 73 } as const;
 
-/** Decode the records of a .livepatch.funcs section (size must be a multiple of 104). */
-export function decodeFuncs(data: Uint8Array): FuncRecordRaw[] {
-  if (data.length % FUNC_SIZE !== 0) {
-    fail('EINVAL', `.livepatch.funcs is ${data.length} bytes, not a multiple of ${FUNC_SIZE}`);
+/** The records of a .livepatch.funcs section fill it exactly (EINVAL at its header otherwise). */
+export function checkFuncsSize(sec: Section): void {
+  if (sec.size % BigInt(FUNC_SIZE) !== 0n) {
+    fail('EINVAL', `.livepatch.funcs is ${sec.size} bytes, not a multiple of ${FUNC_SIZE}: records must be struct livepatch_func (include hotstack.h)`, sec.headerOffset);
   }
+}
+
+/** Decode the whole records of a .livepatch.funcs section (checkFuncsSize refuses a partial one). */
+export function decodeFuncs(data: Uint8Array): FuncRecordRaw[] {
   const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
   const out: FuncRecordRaw[] = [];
-  for (let i = 0; i * FUNC_SIZE < data.length; i++) {
+  for (let i = 0; (i + 1) * FUNC_SIZE <= data.length; i++) {
     const o = i * FUNC_SIZE;
     const e = dv.getUint8(o + FUNC_OFFSETS.expect);
     out.push({

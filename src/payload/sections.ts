@@ -19,13 +19,17 @@ export const HOOK_SECTIONS = {
   postrevert: { name: '.livepatch.hooks.postrevert', multi: false },
 } as const;
 
+/** The hooks a payload can have: the one type every layer uses. */
 export type HookName = keyof typeof HOOK_SECTIONS;
+
+/** The hooks whose section is an array of pointers (the others hold exactly one). */
+export type MultiHook = { [K in HookName]: (typeof HOOK_SECTIONS)[K]['multi'] extends true ? K : never }[HookName];
+
+/** Every hook, in section order. */
+export const HOOK_NAMES = Object.keys(HOOK_SECTIONS) as HookName[];
 
 /** The patching sections: at least one must be present ("nothing to patch"). */
 export const PATCHING_SECTIONS: string[] = [SEC.funcs, ...Object.values(HOOK_SECTIONS).map((h) => h.name)];
-
-/** The build-id note sections, each required and non-empty. */
-export const SPECIAL_SECTIONS: string[] = [SEC.depends, SEC.xenDepends, SEC.buildId];
 
 /**
  * Xen-only hypervisor tables: accepted and size-checked (element size, or

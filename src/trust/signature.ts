@@ -140,6 +140,21 @@ export function verifySignature(bytes: Uint8Array, path: string | undefined, key
   return info;
 }
 
+/** A payload file read for upload/load/check, with what its signature says. */
+export interface LoadedPayload {
+  file: string;
+  bytes: Uint8Array;
+  signature: SignatureInfo | null;
+  /** A valid signature was required (and so is present). */
+  required: boolean;
+}
+
+/** The `signature` of inspect --json and of check's upload steps. */
+export function signatureJson(s: SignatureInfo | null): Record<string, unknown> | null {
+  if (!s) return null;
+  return { keyId: s.keyId, key: s.key, valid: s.valid, detached: s.detached, ...(s.reason ? { reason: s.reason } : {}) };
+}
+
 /** One phrase for a signature: "valid, key NAME (ID)", "unsigned", "not valid: why". */
 export function signatureText(s: SignatureInfo | null): string {
   if (!s) return 'unsigned';

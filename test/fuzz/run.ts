@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { buildPayload as hotstackBuild } from '../../src/build/build.js';
+import { buildPayload as hotstackBuild } from '../../src/builder/build.js';
 import { readPayloadFile } from '../../src/payload/file.js';
 import { keyIdOf, type PrivateKeyInfo } from '../../src/trust/keys.js';
 import { signEmbedded } from '../../src/trust/signature.js';

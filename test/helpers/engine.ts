@@ -7,16 +7,17 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { HOTSTACK_BIN, REPO_ROOT } from './repo.js';
 import { Engine, type ActionOptions, type ActionOutcome } from '../../src/core/engine.js';
 import type { PayloadRecord } from '../../src/core/state.js';
 import { ERRNO, HotstackError, type ErrnoName } from '../../src/errors.js';
 import { ImageTarget } from '../../src/targets/image/index.js';
-import { FIXTURES_DIR, functionBytes, symbolInfo } from './toolchain.js';
+import { functionBytes, symbolInfo } from './toolchain.js';
 
-export const ROOT = dirname(dirname(FIXTURES_DIR));
-export const HOTSTACK = join(ROOT, 'bin', 'hotstack');
+export const ROOT = REPO_ROOT;
+export const HOTSTACK = HOTSTACK_BIN;
 
 export const ENDBR64 = Buffer.from([0xf3, 0x0f, 0x1e, 0xfa]);
 

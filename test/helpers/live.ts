@@ -14,7 +14,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { HOTSTACK_BIN as REPO_HOTSTACK_BIN, REPO_ROOT } from './repo.js';
 import {
   FIXTURES_DIR, buildBase, buildPayload, codeSizes, run, startBase, symbolInfo, type BaseProcess,
 } from './toolchain.js';
@@ -22,19 +22,9 @@ import {
 // ---------------------------------------------------------------------------
 // Locations
 
-function findRepoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'bin', 'hotstack')) && existsSync(join(dir, 'package.json'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error('live: cannot find bin/hotstack above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-}
-
-export const REPO_ROOT = findRepoRoot();
+export { REPO_ROOT };
 /** The CLI under test; HOTSTACK_TEST_BIN points the tests at another build. */
-export const HOTSTACK_BIN = process.env.HOTSTACK_TEST_BIN || join(REPO_ROOT, 'bin', 'hotstack');
+export const HOTSTACK_BIN = process.env.HOTSTACK_TEST_BIN || REPO_HOTSTACK_BIN;
 export const LIVE_FIXTURES_DIR = join(FIXTURES_DIR, 'live');
 
 // ---------------------------------------------------------------------------

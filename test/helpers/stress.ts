@@ -19,6 +19,7 @@ import {
 } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
+import { HOTSTACK_BIN, REPO_ROOT } from './repo.js';
 import {
   FIXTURES_DIR, buildPayload, codeSizes, run, startBase, symbolInfo, functionBytes, type BaseProcess,
 } from './toolchain.js';
@@ -26,10 +27,8 @@ import {
 // ---------------------------------------------------------------------------
 // Locations
 
-/** Repository root: test/fixtures is two levels below it. */
-export const REPO_ROOT = resolve(FIXTURES_DIR, '..', '..');
-/** The CLI entry point (runs dist/src/cli/main.js: build first). */
-export const HOTSTACK_BIN = join(REPO_ROOT, 'bin', 'hotstack');
+// The CLI entry point runs dist/src/cli/main.js: build first.
+export { HOTSTACK_BIN, REPO_ROOT };
 /** test/fixtures/stress: the stress base and its payloads. */
 export const STRESS_DIR = join(FIXTURES_DIR, 'stress');
 

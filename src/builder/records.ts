@@ -11,8 +11,8 @@ import {
   cString, readSymbols, relocationsFor, SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC, STT_SECTION,
   type ElfFile, type ElfSymbol,
 } from '../elf/index.js';
-import { decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
-import { FUNC_SIZE, HOOK_SECTIONS, PAYLOAD_VERSION, SEC, type HookName } from '../payload/sections.js';
+import { checkFuncsSize, decodeFuncs, FUNC_OFFSETS } from '../payload/funcs.js';
+import { FUNC_SIZE, HOOK_NAMES, HOOK_SECTIONS, PAYLOAD_VERSION, SEC, type HookName } from '../payload/sections.js';
 
 export interface DeclaredFunc {
   index: number;
@@ -61,7 +61,7 @@ export function readDeclared(elf: ElfFile): Declared {
   const fsec = fsecs[0];
   if (fsec && fsec.size > 0n) {
     if (fsec.type === SHT_NOBITS) fail('EINVAL', `${SEC.funcs} has no contents (NOBITS): declare records with HOTSTACK_PATCH / HOTSTACK_NOP`);
-    if (fsec.size % BigInt(FUNC_SIZE) !== 0n) fail('EINVAL', `${SEC.funcs} is ${fsec.size} bytes, not a multiple of ${FUNC_SIZE}: records must be struct livepatch_func (include hotstack.h)`);
+    checkFuncsSize(fsec);
     const rm = relocationsFor(elf, fsec.index);
     for (const f of decodeFuncs(elf.data(fsec))) {
       const base = f.index * FUNC_SIZE;
@@ -101,8 +101,8 @@ export function readDeclared(elf: ElfFile): Declared {
     seen.set(f.name, f.index);
   }
   const hooks: Declared['hooks'] = [];
-  for (const [k, h] of Object.entries(HOOK_SECTIONS) as [HookName, (typeof HOOK_SECTIONS)[HookName]][]) {
-    const s = elf.section(h.name);
+  for (const k of HOOK_NAMES) {
+    const s = elf.section(HOOK_SECTIONS[k].name);
     if (s && s.size > 0n) hooks.push({ kind: k, count: Number(s.size / 8n) });
   }
   return { funcs, hooks };

@@ -20,21 +20,24 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Engine } from '../core/engine.js';
-import { ERRNO, fail, HotstackError, toHotstackError, type ErrnoName } from '../errors.js';
+import { fail, HotstackError, isErrnoName, toHotstackError } from '../errors.js';
 import {
   ElfFile, ET_DYN, ET_EXEC, findBuildId, STB_LOCAL, SymbolIndex, toHex, type IndexedSymbol,
 } from '../elf/index.js';
 import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
 import { readPayloadFile } from '../payload/file.js';
-import { MAX_NAME, MAX_OPAQUE, SEC } from '../payload/sections.js';
+import { MAX_OPAQUE, SEC } from '../payload/sections.js';
+import { checkPayloadName } from '../payload/name.js';
+import { checkNopBeyondEndbr, checkNopSize, jumpRoom } from '../payload/patch-size.js';
+import { ENDBR64_LEN, isEndbr64 } from '../arch/x86_64/insn.js';
 import { ImageTarget, isXenImage } from '../targets/image/index.js';
 import { BaseAnalysis, type Hazard } from '../analysis/index.js';
 import type { PayloadRecord } from '../core/state.js';
 import type { LibraryOptions } from '../libs/closure.js';
 import { checkLibraryOptions } from '../libs/options.js';
 import { baseSymbols, type SymbolSource } from '../elf/debugfile.js';
-import { runCheck } from '../cli/check.js';
-import { nameFromFile } from '../cli/format.js';
+import { runCheck } from '../check/dry-run.js';
+import { nameFromFile } from '../payload/name.js';
 import { buildIdNote, modinfoBytes, sectionObject } from './object.js';
 import { fillRecords, readDeclared, type DeclaredFunc, type RecordFill } from './records.js';
 import { payloadCflags, runTool, splitCommand } from './tools.js';
@@ -43,9 +46,6 @@ import { payloadCflags, runTool, splitCommand } from './tools.js';
 export const META_NAME = 'hotstack.name';
 export const META_PATCHED = 'hotstack.patched';
 const RESERVED_PREFIX = 'hotstack.';
-
-const ENDBR64 = [0xf3, 0x0f, 0x1e, 0xfa];
-const JMP_LEN = 5;
 
 export interface BuildOptions {
   /** The base ELF (executable or shared object) the payload patches. */
@@ -135,16 +135,6 @@ export function parseMeta(s: string): { key: string; value: string } {
   if (/\s/.test(key)) fail('EINVAL', `--meta ${JSON.stringify(s)}: the key contains white space`);
   if (key.startsWith(RESERVED_PREFIX)) fail('EINVAL', `--meta ${JSON.stringify(s)}: keys starting with "${RESERVED_PREFIX}" are written by hotstack build itself`);
   return { key, value: s.slice(eq + 1) };
-}
-
-function errnoNamed(e: string | null): ErrnoName {
-  return e !== null && e in ERRNO ? (e as ErrnoName) : 'EINVAL';
-}
-
-function checkPayloadName(name: string): void {
-  if (!name) fail('EINVAL', 'payload name is empty (give --name)');
-  if (name.includes('\0')) fail('EINVAL', 'payload name contains a NUL byte');
-  if (Buffer.byteLength(name) > MAX_NAME) fail('EINVAL', `payload name ${name} is ${Buffer.byteLength(name)} bytes; at most ${MAX_NAME}`);
 }
 
 /** A payload an option names (--depends): bounded and regular files only, like every payload read. */
@@ -273,25 +263,24 @@ function oldFunction(base: BaseInfo, f: DeclaredFunc): { sym: IndexedSymbol; end
     const err = toHotstackError(e);
     throw new HotstackError(err.errno, `${f.name} in the base ${base.path}: ${err.message}`);
   }
-  const endbr64 = head.length === 4 && ENDBR64.every((b, i) => head[i] === b);
+  const endbr64 = isEndbr64(head);
   return { sym, endbr64 };
 }
 
 /** The size rules of payload-format.md, checked here to name the function and what it needs. */
 function checkSizes(base: BaseInfo, f: DeclaredFunc, oldSize: number, endbr64: boolean): void {
+  const keep = endbr64 ? ENDBR64_LEN : 0;
   if (f.kind === 'jump') {
-    const need = JMP_LEN + (endbr64 ? 4 : 0);
-    if (oldSize < need) {
-      fail('EINVAL', `function ${f.name} of ${base.path} is ${oldSize} bytes, too small to take a jump: a jump needs 5 bytes, 9 when the function starts with endbr64${endbr64 ? ' (it does)' : ''}`);
+    if (oldSize < jumpRoom(keep)) {
+      fail('EINVAL', `function ${f.name} of ${base.path} is ${oldSize} bytes, too small to take a jump: a jump needs ${jumpRoom(0)} bytes, ${jumpRoom(ENDBR64_LEN)} when the function starts with endbr64${endbr64 ? ' (it does)' : ''}`);
     }
     return;
   }
-  if (f.newSize > MAX_OPAQUE) fail('EOPNOTSUPP', `HOTSTACK_NOP(${f.name}, ${f.newSize}): at most ${MAX_OPAQUE} bytes can be NOPed`);
-  if (f.newSize === 0) fail('EINVAL', `HOTSTACK_NOP(${f.name}, 0) NOPs nothing`);
-  if (f.newSize > oldSize) fail('EINVAL', `HOTSTACK_NOP(${f.name}, ${f.newSize}): the function is only ${oldSize} bytes`);
-  if (endbr64 && f.newSize <= 4) {
-    fail('EINVAL', `HOTSTACK_NOP(${f.name}, ${f.newSize}): ${f.name} starts with endbr64 (4 bytes, kept); the count includes them, so it must be more than 4`);
-  }
+  const what = `HOTSTACK_NOP(${f.name}, ${f.newSize})`;
+  // Build-only: a record NOPing nothing is legal in a payload, but never what the author meant.
+  if (f.newSize === 0) fail('EINVAL', `${what} NOPs nothing`);
+  checkNopSize(f.newSize, oldSize, what);
+  checkNopBeyondEndbr(f.newSize, keep, what);
 }
 
 /** A compiled object per source (in `work`), and what the compiler said. */
@@ -318,7 +307,7 @@ function dryRun(base: BaseInfo, file: string, name: string, dep: DependsInfo | u
     const r = runCheck({ image: base.file, files: [file], debugFile: base.debugFile, ...libs });
     const steps = r.steps.map((s) => {
       const step: BuildCheckStep = { name, file: 'the new payload', action: s.action === 'apply' ? 'apply' : 'upload', nodeps: false, ok: s.ok, message: s.message };
-      if (!s.ok) throw new HotstackError(errnoNamed(s.errno), `check against ${base.path} failed: ${s.action} ${name}: ${s.message}`);
+      if (!s.ok) throw new HotstackError(isErrnoName(s.errno) ? s.errno : 'EINVAL', `check against ${base.path} failed: ${s.action} ${name}: ${s.message}`);
       return step;
     });
     const up = r.steps.find((s) => s.action === 'upload');
@@ -381,7 +370,7 @@ export function buildPayload(opts: BuildOptions): BuildReport {
   const cwd = opts.cwd ?? process.cwd();
   const out = resolve(cwd, opts.out);
   const name = opts.name ?? nameFromFile(out);
-  checkPayloadName(name);
+  checkPayloadName(name, ' (give --name)');
   const meta = (opts.meta ?? []).map(parseMeta);
   if (!opts.sources.length) fail('EINVAL', 'no source files given');
   for (const src of opts.sources) {

@@ -1,11 +1,11 @@
 /**
- * Payload rules that concern symbols and relocations but need no target:
- * shared by the linker (which applies them while linking) and `inspect`
- * (which only checks), so both refuse exactly the same files.
+ * Payload rules that concern symbols and relocations but need no target,
+ * run by the parse stages (parse.ts); the linker only adds the rules that
+ * need addresses (resolution, values that fit their field).
  */
 import { fail } from '../errors.js';
 import {
-  readRelas, SHF_ALLOC, SHN_ABS, SHN_COMMON, SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, type ElfSymbol, type Rela, type Section,
+  SHF_ALLOC, SHN_ABS, SHN_COMMON, SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
 import { RELOC_KIND, relocName, relocWidth, type RelocKind } from '../arch/x86_64/relocs.js';
 import type { CheckedElf } from './elf-checks.js';
@@ -26,6 +26,7 @@ export function checkSymbolSection(c: CheckedElf, s: ElfSymbol): void {
   if (s.shndx >= c.elf.sections.length) fail('EINVAL', `symbol ${what} refers to section ${s.shndx}, past the last section`, at);
 }
 
+/** The section-index rules of every symbol but the null one. */
 export function checkSymbols(c: CheckedElf): void {
   for (let i = 1; i < c.symbols.length; i++) checkSymbolSection(c, c.symbols[i]!);
 }
@@ -65,12 +66,9 @@ export function checkRela(c: CheckedElf, rel: Section, target: Section, r: Rela)
   return kind;
 }
 
+/** How a relocation entry is named in messages. */
 export function relaLabel(rel: Section, r: Rela): string {
   return `relocation at 0x${r.at.toString(16)} (${relocName(r.type)} in ${rel.name})`;
-}
-
-export function checkRelocations(c: CheckedElf): void {
-  for (const { rel, target } of activeRelocSections(c)) for (const r of readRelas(c.elf, rel)) checkRela(c, rel, target, r);
 }
 
 /** Xen-only hypervisor tables: accepted, and their size must be a whole number of entries (EINVAL). */
