@@ -163,6 +163,20 @@ for (const cc of ['gcc', 'clang'] as const) {
       assert.match(busy.stderr, /EBUSY/, showResult(busy));
       assert.equal(await slow, model.answer('a99'), 'the answer of the request that was inside the replacement');
       assert.deepEqual(cli.states(svc.pid), ['fix-label:APPLIED']);
+      // Given time, revert retries in short stops of its own until the thread has left, and says how many it took.
+      const slow2 = svc.ask('a99', 20_000);
+      await new Promise((r) => setTimeout(r, 100));
+      const waited = ok(cli.run(svc.pid, 'revert', '--json', '--timeout', '10000', 'fix-label'));
+      const steps = (JSON.parse(waited.stdout) as { steps: { action: string; ok: boolean; tries: number }[] }).steps;
+      assert.equal(steps[0]!.ok, true, waited.stdout);
+      assert.ok(steps[0]!.tries > 1, `revert waited for the thread: ${waited.stdout}`);
+      assert.equal(await slow2, model.answer('a99'), 'the request finished in the replacement before the revert');
+      model.fixLabel = false;
+      await expectAnswers(svc, model, 'after reverting fix-label while a thread was in it');
+      // Its .bss is no longer pristine (Xen's rule): unload, load afresh.
+      ok(cli.run(svc.pid, 'unload', 'fix-label'));
+      ok(cli.run(svc.pid, 'load', out('fix-label.livepatch')));
+      model.fixLabel = true;
 
       ok(cli.run(svc.pid, 'load', out('fix-unit.livepatch')));
       model.fixUnit = true;

@@ -31,6 +31,8 @@ export interface JsonStep {
   message: string;
   hooksCalled?: string[];
   hooksSkipped?: string[];
+  /** apply, revert, replace, unload: consistency checks it took to find a safe moment (each retry is a short stop of its own). */
+  tries?: number;
   /** Compiler hazards of the patched functions (upload, apply). */
   hazards?: Hazard[];
   /** Functions entered through a preserving veneer (upload). */
@@ -57,6 +59,7 @@ interface Outcome {
   text?: string;
   hooksCalled?: string[];
   hooksSkipped?: string[];
+  tries?: number;
   hazards?: Hazard[];
   veneers?: { function: string; registers: string[] }[];
   signature?: Record<string, unknown> | null;
@@ -70,7 +73,7 @@ function attempt(io: Io, what: string, action: string, name: string, engine: Eng
   if (!io.steps) io.out(`${what}... `);
   try {
     const o = fn() ?? {};
-    const extra = { hooksCalled: o.hooksCalled, hooksSkipped: o.hooksSkipped, hazards: o.hazards, veneers: o.veneers, signature: o.signature };
+    const extra = { hooksCalled: o.hooksCalled, hooksSkipped: o.hooksSkipped, tries: o.tries, hazards: o.hazards, veneers: o.veneers, signature: o.signature };
     if (io.steps) step(io, { action, name, ok: true, result: 'completed', state: engine.find(name)?.state ?? null, ...extra });
     else {
       io.out('completed\n');
@@ -154,7 +157,11 @@ export function cmdAction(engine: Engine, action: string, name: string, opts: Ac
     // Patching a function nothing calls changes nothing: say so every time it is applied.
     const inlined = def.cmd === 'APPLY' || def.cmd === 'REPLACE' ? (engine.find(name)?.hazards ?? []).filter((h) => h.kind === 'inlined') : [];
     if (!io.steps) for (const h of inlined) io.err(`hotstack: warning: ${h.function}: ${h.detail}\n`);
-    return { ...o, hazards: inlined.length ? inlined : undefined, text: o.hooksSkipped.length ? `(hooks not run: ${o.hooksSkipped.join(', ')})\n` : undefined };
+    const notes = [
+      ...(o.hooksSkipped.length ? [`hooks not run: ${o.hooksSkipped.join(', ')}`] : []),
+      ...(o.tries > 1 ? [`a safe moment after ${o.tries} consistency checks`] : []),
+    ];
+    return { ...o, hazards: inlined.length ? inlined : undefined, text: notes.length ? `(${notes.join('; ')})\n` : undefined };
   });
 }
 

@@ -34,6 +34,8 @@ export interface ActionOptions {
 export interface ActionOutcome {
   hooksCalled: HookKind[];
   hooksSkipped: HookKind[];
+  /** Consistency checks the action's stop took (the most of its stops), 0 when it needed none. */
+  tries: number;
 }
 
 /** The payload an action or get refers to does not exist. */
@@ -56,7 +58,7 @@ export class Engine {
   private exportsIndex = new Map<string, bigint>();
   private byName = new Map<string, PayloadRecord>();
   private byBuildId = new Map<string, PayloadRecord>();
-  private outcome: ActionOutcome = { hooksCalled: [], hooksSkipped: [] };
+  private outcome: ActionOutcome = { hooksCalled: [], hooksSkipped: [], tries: 0 };
 
   constructor(target: Target) {
     this.target = target;
@@ -134,7 +136,7 @@ export class Engine {
   action(name: string, cmd: ActionCmd, opts: ActionOptions = {}): ActionOutcome {
     const p = this.find(name) ?? unknown(name);
     const timeout = opts.timeoutMs && opts.timeoutMs > 0 ? opts.timeoutMs : this.target.defaultTimeoutMs;
-    this.outcome = { hooksCalled: [], hooksSkipped: [] };
+    this.outcome = { hooksCalled: [], hooksSkipped: [], tries: 0 };
     switch (cmd) {
       case 'APPLY':
         this.apply(p, timeout, !!opts.nodeps);
@@ -162,7 +164,7 @@ export class Engine {
     this.preHook('preapply', p, 'vetoed the apply');
     try {
       this.scheduled(p, [p], () =>
-        this.target.quiesce(patchRanges(p, false), timeout, (q) => {
+        this.quiesced(patchRanges(p, false), timeout, (q) => {
           const writes = p.hooks.apply !== undefined ? [] : planApply(p, new Overlay((a, l) => this.target.read(a, l)));
           if (p.hooks.apply !== undefined) {
             this.actionHook(q, 'apply', p.hooks.apply, p);
@@ -187,7 +189,7 @@ export class Engine {
     this.preHook('prerevert', p, 'vetoed the revert');
     try {
       this.scheduled(p, [p], () =>
-        this.target.quiesce(patchRanges(p, true), timeout, (q) => {
+        this.quiesced(patchRanges(p, true), timeout, (q) => {
           this.revertInWindow(q, p, planRevert(p, new Overlay((a, l) => this.target.read(a, l))), true);
           this.commit();
         }),
@@ -223,7 +225,7 @@ export class Engine {
     }
     const busy: AddrRange[] = [...patchRanges(p, false), ...applied.flatMap((o) => patchRanges(o, true))];
     this.scheduled(p, [p, ...applied], () =>
-      this.target.quiesce(busy, timeout, (q) => {
+      this.quiesced(busy, timeout, (q) => {
         // Simulate first: reverts top-down, then the expectations, then the new patch.
         const mem = new Overlay((a, l) => this.target.read(a, l));
         const reverts = applied.map((o) => ({ o, writes: planRevert(o, mem) }));
@@ -286,7 +288,7 @@ export class Engine {
     const release = (): void => {
       for (const r of p.regions) this.target.free(r.addr, r.size);
     };
-    if (busy.length) this.target.quiesce(busy, timeout, release);
+    if (busy.length) this.quiesced(busy, timeout, release);
     else release();
     this.state.payloads = this.state.payloads.filter((x) => x !== p);
     this.reindex();
@@ -340,7 +342,15 @@ export class Engine {
     }
   }
 
-  private commit(): void {
+  /** The target's quiesce, noting in the outcome how many consistency checks it took. */
+  private quiesced<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {
+    return this.target.quiesce(busy, timeoutMs, (q) => {
+      this.outcome.tries = Math.max(this.outcome.tries, q.tries);
+      return fn(q);
+    });
+  }
+
+    private commit(): void {
     this.state.pending = null;
     this.save();
   }
@@ -378,7 +388,7 @@ export class Engine {
         : { start: w.addr, end: w.addr + BigInt(w.after.length / 2), label: `interrupted ${j.action} of ${j.payload}` };
     });
     const run = (): void => this.rollbackPending();
-    if (ranges.length) this.target.quiesce(ranges, this.target.defaultTimeoutMs, run);
+    if (ranges.length) this.quiesced(ranges, this.target.defaultTimeoutMs, run);
     else run();
     this.save();
     this.notices.push(`repaired an interrupted ${j.action} of ${j.payload}: ${j.writes.length ? `${j.writes.length} write(s) undone` : 'its memory was freed'}`);

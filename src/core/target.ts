@@ -77,6 +77,8 @@ export interface StateStore {
 
 /** The world while it is stopped: what the engine may do inside the quiesced window. */
 export interface Quiesced {
+  /** Consistency checks it took to find a safe moment (1: the first stop was safe); each retry is a stop of its own. */
+  readonly tries: number;
   /** Run a hook inside the target while stopped. */
   callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult;
 }

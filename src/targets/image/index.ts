@@ -187,7 +187,7 @@ export class ImageTarget implements Target {
   }
 
   quiesce<T>(_busy: unknown, _timeoutMs: number, fn: (q: Quiesced) => T): T {
-    return fn({ callHook: () => null });
+    return fn({ tries: 1, callHook: () => null });
   }
 
   callHook(): HookResult {

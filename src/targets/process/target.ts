@@ -278,7 +278,7 @@ export class ProcessTarget implements Target {
         tries++;
         const conflict = findConflict(p, this.mem, maps, busy, () => (maps = readMaps(this.pid)));
         this.lap('check');
-        if (!conflict) return fn({ callHook: (kind, f, arg) => this.call(p, kind, f, arg) });
+        if (!conflict) return fn({ tries, callHook: (kind, f, arg) => this.call(p, kind, f, arg) });
         const elapsed = performance.now() - start;
         if (elapsed >= timeoutMs) {
           fail('EBUSY', `no safe moment within ${timeoutMs} ms (${tries} tries): thread ${conflict.thread} ${conflict.how}; nothing was changed`);
