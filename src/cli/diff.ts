@@ -3,6 +3,8 @@
  */
 import type { Command } from 'commander';
 import { diffPayload, type DiffReport } from '../diff/diff.js';
+import { buildFromSource } from '../diff/source.js';
+import { buildSigner } from './trust.js';
 import { fail, toHotstackError } from '../errors.js';
 import { printBuild } from './build.js';
 import { errorLine, exitCodeFor } from './format.js';
@@ -95,4 +97,32 @@ export function registerDiff(program: Command, setExit: (n: number) => void, io:
         setExit(exitCodeFor(err));
       }
     });
+}
+
+/** The options of `hotstack build` that select a source-patch build. */
+export interface SourceCliOptions {
+  source?: string; patch?: string[]; cumulative?: boolean; cflagsFromDwarf?: boolean; lineMacro?: string[];
+}
+
+/** `hotstack build --source DIR --patch FILE...`: returns the exit status. */
+export function runSourceBuild(o: DiffCliOptions & SourceCliOptions & { cc?: string; sign?: string }, sources: string[], cflags: string[], io: Io): number {
+  try {
+    if (sources.length) fail('EINVAL', `give either C sources (${sources[0]}...) or --source DIR --patch FILE, not both`);
+    if (o.source === undefined) fail('EINVAL', '--patch needs --source DIR: the source tree the patch applies to');
+    const signer = o.sign !== undefined ? buildSigner(o.sign) : undefined;
+    const r = buildFromSource({
+      base: o.base, depends: o.depends, name: o.name, meta: o.meta, expect: o.expect, out: o.output, source: o.source, patches: o.patch ?? [],
+      cc: o.cc, cflags, cflagsFromDwarf: o.cflagsFromDwarf, cumulative: o.cumulative, lineMacros: o.lineMacro,
+      debugFile: o.debugFile, libPaths: o.libPath, sysroot: o.sysroot, finish: signer?.sign,
+    });
+    if (o.json) io.out(JSON.stringify(signer ? { ...r, signature: { key: signer.key.name, keyId: signer.key.keyId } } : r) + '\n');
+    else printDiff(r, io);
+    if (signer && !o.json) io.out(`  signed    key ${signer.key.name} (${signer.key.keyId})\n`);
+    return 0;
+  } catch (e) {
+    const err = toHotstackError(e);
+    if (o.json) io.out(JSON.stringify({ output: o.output, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
+    else io.err(`hotstack build: ${errorLine(err)}\n`);
+    return exitCodeFor(err);
+  }
 }

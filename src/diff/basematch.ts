@@ -24,7 +24,7 @@ export function checkOrigMatchesBase(base: BaseNames & { elf: ElfFile }, orig: D
     if (name === undefined || skip.has(name)) continue;
     const b = base.index.lookup(name);
     if (!b || !b.isFunc) continue;
-    const how = `built with another compiler or other flags than the base (rebuild ${orig.path} with the base's compiler and flags, plus -ffunction-sections -fdata-sections)`;
+    const how = "built with another compiler or other flags than the base (build the objects with the base's compiler and flags plus -ffunction-sections -fdata-sections; hotstack build --source: give the base's flags after -- or use --cflags-from-dwarf)";
     if (b.size !== f.sym.size) fail('EINVAL', `function ${name}: ${f.sym.size} bytes in ${orig.path} but ${b.size} in the base ${base.path}: ${orig.path} was ${how}`);
     let code: Uint8Array;
     try {

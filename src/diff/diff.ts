@@ -27,6 +27,8 @@ export const DEFAULT_LINE_FUNCTIONS = ['__assert_fail'];
 export interface DiffOptions extends Omit<BuildOptions, 'sources' | 'objects' | 'cc' | 'cflags'> {
   /** (ORIG.o, PATCHED.o) pairs. */
   pairs: [string, string][];
+  /** What to call each pair's objects in messages (default: their paths). */
+  labels?: [string, string][];
   /** More functions called with __LINE__ among their arguments (--line-macro). */
   lineMacros?: string[];
 }
@@ -45,16 +47,16 @@ export interface DiffReport extends BuildReport {
   pairs: DiffPairReport[];
 }
 
-function readObject(cwd: string, path: string): DiffObject {
+function readObject(cwd: string, path: string, label: string): DiffObject {
   let bytes: Uint8Array;
   try {
     if (statSync(resolve(cwd, path)).isDirectory()) fail('EINVAL', `${path} is a directory; give an object file`);
     bytes = readFileSync(resolve(cwd, path));
   } catch (e) {
     const err = toHotstackError(e);
-    throw new HotstackError(err.errno, err.message.startsWith(path) ? err.message : `${path}: ${err.message}`);
+    throw new HotstackError(err.errno, err.message.startsWith(path) ? err.message : `${label}: ${err.message}`);
   }
-  return DiffObject.open(path, bytes);
+  return DiffObject.open(label, bytes);
 }
 
 /** Diff the pairs into a payload. Throws HotstackError; OUT is written only when everything succeeded. */
@@ -78,24 +80,25 @@ export function diffPayload(opts: DiffOptions): DiffReport {
   const plans: Plan[] = [];
   const pairs: DiffPairReport[] = [];
   const seen = new Set<string>();
-  for (const [o, p] of opts.pairs) {
+  for (const [i, [o, p]] of opts.pairs.entries()) {
+    const [ol, pl] = opts.labels?.[i] ?? [o, p];
     for (const f of [o, p]) {
       if (resolve(cwd, f) === resolve(cwd, opts.out)) fail('EINVAL', `-o ${opts.out} is also an input object; write the payload somewhere else`);
     }
     if (seen.has(resolve(cwd, p))) fail('EINVAL', `${p} is given twice`);
     seen.add(resolve(cwd, p));
-    const orig = readObject(cwd, o);
-    const patched = readObject(cwd, p);
+    const orig = readObject(cwd, o, ol);
+    const patched = readObject(cwd, p, pl);
     const matched = checkOrigMatchesBase(names, orig, below);
     if (!matched && orig.functions().length) {
-      fail('EINVAL', `no function of ${o} is in the base ${base.path}: is it an object of that program (built from the same source, same flags)?`);
+      fail('EINVAL', `no function of ${ol} is in the base ${base.path}: is it an object of that program (built from the same source, same flags)?`);
     }
     const plan = planPair(orig, patched, {
       base: names, lineFns,
       unreached: (n) => analysis?.report(n)?.noCallers === true,
     });
     plans.push(plan);
-    pairs.push({ orig: o, patched: p, functions: plan.functions, lineOnly: plan.lineOnly, matched });
+    pairs.push({ orig: ol, patched: pl, functions: plan.functions, lineOnly: plan.lineOnly, matched });
   }
   const included = plans.flatMap((pl) => pl.functions);
   if (!included.length && !plans.some((pl) => pl.sections.length)) {
