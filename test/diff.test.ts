@@ -153,6 +153,9 @@ describe('hotstack diff', () => {
     attempt(objectWith('visits-drop', ['visits-drop']), 'drop', 'EINVAL', /function visits no longer uses its static variable seen/);
     attempt(objectWith('line', ['line']), 'line', 'ENODATA', /no change: .*only line numbers moved, in checked/);
     attempt(orig, 'same', 'ENODATA', /no change/);
+    attempt(objectWith('tls', ['tls']), 'tls', 'EOPNOTSUPP', /thread-local static variable depth is new or changed/);
+    attempt(objectWith('tls-use', ['tls-use']), 'tls-use', 'EOPNOTSUPP', /nested uses the thread-local depth/);
+    attempt(objectWith('ctor', ['ctor']), 'ctor', 'EOPNOTSUPP', /constructor or destructor open_shop changes/);
     const otherFlags = ['-O1', '-g'];
     attempt(objectWith('O1', ['discount'], otherFlags), 'flags', 'EINVAL', /function \w+: .*built with another compiler or other flags than the base/, objectWith('orig-O1', [], otherFlags));
     refused(cli.raw(['diff', '--base', exe, '-o', out('odd.livepatch'), orig]), 'EINVAL', /in pairs/, out('odd.livepatch'));
@@ -214,5 +217,37 @@ describe('hotstack build --source --patch', () => {
     refused(r3, 'EOPNOTSUPP', /shop\.c \(patched\): variable rate changes/, out('x3.livepatch'));
     const r4 = cli.raw(['build', '--base', exe, '--source', join(work, 'nowhere'), '--patch', join(FIX, 'label.patch'), '-o', out('x4.livepatch')]);
     refused(r4, 'ENOENT', /--source .*nowhere/, out('x4.livepatch'));
+  });
+});
+
+describe('a real open-source file: cJSON (test/fixtures/diff/cjson)', () => {
+  const dir = join(work, 'cjson');
+  const svcExe = join(work, 'jsonsvc');
+  const payload = join(work, 'escape-solidus.livepatch');
+  const QUESTIONS: [string, string, string][] = [
+    ['{"url":"https://example.org/a/b","n":[1,2.5]}', '{"url":"https://example.org/a/b","n":[1,2.5]}', '{"url":"https:\\/\\/example.org\\/a\\/b","n":[1,2.5]}'],
+    ['["</script>", "say \\"hi\\""]', '["</script>","say \\"hi\\""]', '["<\\/script>","say \\"hi\\""]'],
+    ['{"plain":"text"}', '{"plain":"text"}', '{"plain":"text"}'],
+    ['{broken', 'invalid', 'invalid'],
+  ];
+  const expectAll = async (svc: BaseProcess, fixed: boolean, when: string): Promise<void> => {
+    for (const [q, before, afterFix] of QUESTIONS) assert.equal(await svc.ask(q), fixed ? afterFix : before, `${when}: answer to ${q}`);
+  };
+
+  it('builds the payload of a patch to cJSON.c with --cflags-from-dwarf and escapes "/" live', async () => {
+    cpSync(join(FIX, 'cjson'), dir, { recursive: true });
+    // Built with -ffunction-sections like the diffed objects: gas lays out some cJSON functions
+    // differently without it (jump relaxation), which the ORIG-matches-base check refuses.
+    run('gcc', [...CFLAGS, '-ffunction-sections', '-fdata-sections', '-Wl,--build-id=sha1', '-o', svcExe, 'jsonsvc.c', 'cJSON.c', '-lm'], { cwd: dir });
+    const r = JSON.parse(ok(cli.raw(['build', '--json', '--base', svcExe, '--source', dir, '--patch', join(FIX, 'cjson', 'escape-solidus.patch'), '--cflags-from-dwarf', '--expect', '-o', payload])).stdout) as DiffJson;
+    assert.deepEqual(r.funcs.map((f) => f.name), ['cJSON.c#print_string_ptr']);
+
+    const svc = await startBase(svcExe);
+    running.push(svc);
+    await expectAll(svc, false, 'unpatched');
+    ok(cli.run(svc.pid, 'load', payload));
+    await expectAll(svc, true, 'patched');
+    ok(cli.run(svc.pid, 'revert', 'escape-solidus'));
+    await expectAll(svc, false, 'reverted');
   });
 });

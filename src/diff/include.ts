@@ -67,6 +67,20 @@ function parentName(name: string): { parent: string; kind: 'cold' | 'part' } | u
   return part ? { parent: part[1]!, kind: 'part' } : undefined;
 }
 
+/** Functions the constructor and destructor tables of `obj` point at (keys). */
+function constructorFunctions(obj: DiffObject): Set<string> {
+  const out = new Set<string>();
+  for (const sec of obj.elf.sections) {
+    if (!CONSTRUCTOR_SECTION.test(sec.name)) continue;
+    for (const r of obj.relocs.get(sec.index) ?? []) {
+      const t = obj.symbols[r.sym]!;
+      const d = obj.symbolAt(t.shndx, t.value + r.addend);
+      if (d?.kind === 'func') out.add(d.key);
+    }
+  }
+  return out;
+}
+
 function refuseConstructors(orig: DiffObject, patched: DiffObject): void {
   for (const sec of patched.elf.sections) {
     if (!CONSTRUCTOR_SECTION.test(sec.name)) continue;
@@ -105,6 +119,7 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
   const status = new Map<number, { status: 'changed' | 'new' | 'follows'; why: string }>();
   const lineOnly: string[] = [];
   const byName = new Map(patched.functions().map((f) => [f.name, f]));
+  const constructors = constructorFunctions(patched);
   const origUses = staticLocalUses(orig).byFunction;
   const patchedUses = staticLocalUses(patched).byFunction;
   for (const p of patched.functions()) {
@@ -120,6 +135,7 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
     const c = compareSymbols(orig, o, patched, p, opts.lineFns);
     if (c.why === 'line numbers only') lineOnly.push(p.name);
     if (!c.changed) continue;
+    if (constructors.has(p.key)) fail('EOPNOTSUPP', `${where}: constructor or destructor ${p.name} changes; constructors ran when the program started and are not run again live: leave it out of the patch`);
     status.set(p.sym.index, { status: 'changed', why: c.why });
     const before = origUses.get(o.name) ?? new Set<string>();
     const after = patchedUses.get(p.name) ?? new Set<string>();
@@ -154,6 +170,7 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
   while (queue.length) {
     const idx = queue.shift()!;
     const sec = patched.elf.sections[idx]!;
+    const user = patched.symbolAt(idx, 0n)?.name ?? sec.name; // the function or datum, for messages
     const out: PlannedReloc[] = [];
     for (const r of patched.relocs.get(idx) ?? []) {
       const t = patched.symbols[r.sym]!;
@@ -162,7 +179,7 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
         continue;
       }
       const tsec = patched.elf.sections[t.shndx];
-      if (!tsec) fail('EINVAL', `${where}: a relocation of ${sec.name} names symbol ${t.name || r.sym} in section ${t.shndx}, which does not exist`);
+      if (!tsec) fail('EINVAL', `${where}: a relocation of ${user} names symbol ${t.name || r.sym} in section ${t.shndx}, which does not exist`);
       const off = t.value + r.addend;
       const kind = sectionKind(tsec);
       const inside = (): Target => ({ kind: 'section', section: tsec.index, addend: off });
@@ -171,8 +188,8 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
         out.push({ rela: r, target: inside() });
         continue;
       }
-      if (kind === 'tls') fail('EOPNOTSUPP', `${where}: ${sec.name} uses the thread-local ${t.name || tsec.name}; payloads cannot relocate TLS: keep thread-local variables out of the changed functions`);
-      if (kind !== 'text' && kind !== 'data') fail('EINVAL', `${where}: ${sec.name} refers to ${tsec.name}, which is not loaded code or data`);
+      if (kind === 'tls') fail('EOPNOTSUPP', `${where}: ${user} uses the thread-local ${t.name || tsec.name}; payloads cannot relocate TLS: keep thread-local variables out of the changed functions`);
+      if (kind !== 'text' && kind !== 'data') fail('EINVAL', `${where}: ${user} refers to ${tsec.name}, which is not loaded code or data`);
       const d = patched.symbolAt(tsec.index, off);
       if (!d) {
         // Anonymous code or data (no symbol): ours to carry.

@@ -58,7 +58,8 @@ export class DiffObject {
       const func = s.type === STT_FUNC || s.type === STT_GNU_IFUNC;
       if (!func && s.type !== STT_OBJECT && s.type !== STT_TLS) continue;
       this.defined.set(s.index, { sym: s, name: s.name, key: symbolKey(s.name), section: sec, kind: func ? 'func' : 'data', global: s.bind !== STB_LOCAL });
-      if (func) perSection.set(sec.index, [...(perSection.get(sec.index) ?? []), s.name]);
+      // An IFUNC symbol names its resolver's code: not a second function.
+      if (s.type === STT_FUNC) perSection.set(sec.index, [...(perSection.get(sec.index) ?? []), s.name]);
     }
     for (const [idx, names] of perSection) {
       if (names.length > 1) {
