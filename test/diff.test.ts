@@ -60,7 +60,7 @@ class Model {
       case 'c':
         if (!this.fixes.has('audit')) return String(n * 3);
         this.checksDone++;
-        return String(n * 3 + this.checksDone * 1000);
+        return String(n * 3 + this.checksDone * 1000 + (this.fixes.has('audit-plus') ? 1 : 0));
       case 's': return String(this.weigh(n) + this.weigh(n + 1));
       case 'r': return n < 0 ? '-2' : n === 0 ? '-1' : String(Math.trunc((this.fixes.has('cold') ? 2000 : 1000) / n) + this.weigh(n));
       default: return String(this.totalItems);
@@ -206,6 +206,20 @@ describe('hotstack build --source --patch', () => {
     ok(cli.run(svc.pid, 'revert', 'cum'));
     model.fixes.clear();
     await expectAnswers(svc, model, 'after reverting the cumulative payload');
+    for (const n of ['s1', 's2', 'cum']) ok(cli.run(svc.pid, 'unload', n));
+
+    // A payload stacked on one that introduced audit() and checks_done calls audit() there.
+    ok(build('a1.livepatch', ['audit']));
+    ok(build('a3.livepatch', ['audit', 'audit-plus'], ['--depends', out('a1.livepatch')]));
+    ok(cli.run(svc.pid, 'load', out('a1.livepatch')));
+    model.fixes.add('audit');
+    await expectAnswers(svc, model, 'with audit');
+    ok(cli.run(svc.pid, 'load', out('a3.livepatch')));
+    model.fixes.add('audit-plus');
+    await expectAnswers(svc, model, 'with audit-plus on audit');
+    ok(cli.run(svc.pid, 'revert', 'a3'));
+    model.fixes.delete('audit-plus');
+    await expectAnswers(svc, model, 'after reverting audit-plus');
   });
 
   it('refuses patches it cannot build, and objects compiled with other flags', () => {
@@ -215,6 +229,9 @@ describe('hotstack build --source --patch', () => {
     refused(r2, 'EINVAL', /function price: .*shop\.c \(before the patch\).*other flags than the base/, out('x2.livepatch'));
     const r3 = build('x3.livepatch', ['rate']);
     refused(r3, 'EOPNOTSUPP', /shop\.c \(patched\): variable rate changes/, out('x3.livepatch'));
+    if (!existsSync(out('a1.livepatch'))) ok(build('a1.livepatch', ['audit']));
+    const again = build('a2.livepatch', ['audit', 'audit-again'], ['--depends', out('a1.livepatch')]);
+    refused(again, 'EOPNOTSUPP', /function audit changes but is not in the base .*--cumulative/, out('a2.livepatch'));
     const r4 = cli.raw(['build', '--base', exe, '--source', join(work, 'nowhere'), '--patch', join(FIX, 'label.patch'), '-o', out('x4.livepatch')]);
     refused(r4, 'ENOENT', /--source .*nowhere/, out('x4.livepatch'));
   });

@@ -94,7 +94,7 @@ export function diffPayload(opts: DiffOptions): DiffReport {
       fail('EINVAL', `no function of ${ol} is in the base ${base.path}: is it an object of that program (built from the same source, same flags)?`);
     }
     const plan = planPair(orig, patched, {
-      base: names, lineFns,
+      base: names, lineFns, stacked: dep !== undefined,
       unreached: (n) => analysis?.report(n)?.noCallers === true,
     });
     plans.push(plan);

@@ -53,6 +53,8 @@ export interface PlanOptions {
   base: BaseNames;
   /** Functions called with __LINE__ (`__assert_fail`, --line-macro). */
   lineFns: ReadonlySet<string>;
+  /** The payload stacks on another (--depends): globals the base lacks may come from the payloads below. */
+  stacked: boolean;
   /** Base names of functions nothing reaches (inlined everywhere): no record, their callers carry the change. */
   unreached: (baseName: string) => boolean;
 }
@@ -204,8 +206,8 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
       }
       const o = twin.get(d.sym.index);
       const name = o ? baseNameOf(opts.base, orig, o) : undefined;
-      if (name !== undefined) {
-        out.push({ rela: r, target: external(name, off - d.sym.value) });
+      if (name !== undefined || (o && o.global && opts.stacked)) {
+        out.push({ rela: r, target: external(name ?? o!.name, off - d.sym.value) });
         continue;
       }
       if (o && d.kind === 'data') {
@@ -228,6 +230,10 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
     let record: string | null = null;
     if (s.status === 'changed' && o && parentName(p.name)?.kind !== 'cold') {
       const name = baseNameOf(opts.base, orig, o);
+      if (name === undefined && o.global) {
+        // Not inlined away (globals stay), so it came with a payload lower in the stack: its callers there would keep the old one.
+        fail('EOPNOTSUPP', `${where}: function ${p.name} changes but is not in the base ${opts.base.path} (a payload lower in the stack introduced it?); a payload cannot patch another payload's function: build a cumulative payload (--cumulative) for REPLACE instead`);
+      }
       if (name !== undefined && !opts.unreached(name)) {
         record = name;
         records.push({ name, func: p });
