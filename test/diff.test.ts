@@ -14,7 +14,7 @@
  * other flags than the base.
  */
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -82,6 +82,7 @@ function ok(r: CliResult): CliResult {
 /** The command failed with `errno`, its message matching `what`, and wrote nothing. */
 function refused(r: CliResult, errno: string, what: RegExp, output: string): void {
   assert.equal(r.status, 1, showResult(r));
+  assert.doesNotMatch(r.stderr, /\n\s+at /, `a stack trace:\n${showResult(r)}`);
   assert.match(r.stderr, new RegExp(`Error \\d+: ${errno}: `), showResult(r));
   assert.match(r.stderr, what, showResult(r));
   assert.ok(!existsSync(output), `${output} was written although the command failed`);
@@ -156,6 +157,17 @@ describe('hotstack diff', () => {
     attempt(objectWith('tls', ['tls']), 'tls', 'EOPNOTSUPP', /thread-local static variable depth is new or changed/);
     attempt(objectWith('tls-use', ['tls-use']), 'tls-use', 'EOPNOTSUPP', /nested uses the thread-local depth/);
     attempt(objectWith('ctor', ['ctor']), 'ctor', 'EOPNOTSUPP', /constructor or destructor open_shop changes/);
+    // Untrusted objects: each a one-line error naming the file, never a crash.
+    const junk = out('junk.o');
+    writeFileSync(junk, 'not an object\n');
+    attempt(junk, 'junk', 'EINVAL', /junk\.o/);
+    const cut = out('cut.o');
+    writeFileSync(cut, readFileSync(orig).subarray(0, 200));
+    attempt(cut, 'cut', 'EINVAL', /cut\.o/);
+    attempt(exe, 'exe', 'EINVAL', /shop is not a relocatable object/);
+    const plain = out('plain.o');
+    run('gcc', [...CFLAGS, '-c', '-o', plain, 'shop.c'], { cwd: srcDir });
+    attempt(plain, 'plain', 'EINVAL', /holds several functions .*-ffunction-sections -fdata-sections/, plain);
     const otherFlags = ['-O1', '-g'];
     attempt(objectWith('O1', ['discount'], otherFlags), 'flags', 'EINVAL', /function \w+: .*built with another compiler or other flags than the base/, objectWith('orig-O1', [], otherFlags));
     refused(cli.raw(['diff', '--base', exe, '-o', out('odd.livepatch'), orig]), 'EINVAL', /in pairs/, out('odd.livepatch'));

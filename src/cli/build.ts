@@ -41,9 +41,17 @@ Functions of libraries the base needs (printf, ...) are found for the dry
 run as \`hotstack check\` finds them: --lib-path DIR and --sysroot DIR as
 there (see hotstack check --help).
 
+With --source DIR --patch FILE.patch instead of SRC.c files, the payload is
+made from a source patch: the C files the last patch touches are compiled
+in two scratch copies of DIR (the earlier patches applied, then the last
+one too; --cumulative: none, then all) with CFLAGS (the base's flags, or
+--cflags-from-dwarf) plus -ffunction-sections -fdata-sections, and the
+objects are diffed as \`hotstack diff\` does (see hotstack diff --help).
+
 Example:
   hotstack build --base ./server --expect -o fix1.livepatch fix1.c
   hotstack build --base ./server --depends fix1.livepatch -o fix2.livepatch fix2.c -- -DNDEBUG
+  hotstack build --base ./server --source src --patch fix.patch -o fix.livepatch -- -O2 -g
 `;
 
 const CFLAGS_HELP = `

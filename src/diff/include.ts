@@ -8,6 +8,9 @@
  */
 import { fail } from '../errors.js';
 import { SHN_UNDEF, STT_GNU_IFUNC, type Rela } from '../elf/index.js';
+
+/** Section index of a common (-fcommon) symbol. */
+const SHN_COMMON = 0xfff2;
 import { baseNameOf, externalName, type BaseNames } from './basename.js';
 import { compareSymbols, targetKey } from './compare.js';
 import { correlate, isStaticLocal, staticLocalUses } from './correlate.js';
@@ -181,6 +184,7 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
         continue;
       }
       const tsec = patched.elf.sections[t.shndx];
+      if (t.shndx === SHN_COMMON) fail('EINVAL', `${where}: ${user} uses the common symbol ${t.name}; compile with -fno-common so every variable has its own section`);
       if (!tsec) fail('EINVAL', `${where}: a relocation of ${user} names symbol ${t.name || r.sym} in section ${t.shndx}, which does not exist`);
       const off = t.value + r.addend;
       const kind = sectionKind(tsec);
