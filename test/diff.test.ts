@@ -102,9 +102,12 @@ interface DiffJson {
   pairs: { functions: { name: string; status: string; record: string | null }[]; lineOnly: string[] }[];
 }
 
-/** `hotstack diff --json` of ORIG (unpatched) against `patch`; the parsed report. */
+/**
+ * `hotstack diff --json` of ORIG (unpatched) against `patch`; the parsed report. trace_at() takes
+ * __LINE__, so patches adding lines above label() would change it: named as a line macro.
+ */
 function diff(patch: string): DiffJson {
-  const r = ok(cli.raw(['diff', '--json', '--base', exe, '--expect', '-o', out(`${patch}.livepatch`), objectWith('orig', []), objectWith(patch, [patch])]));
+  const r = ok(cli.raw(['diff', '--json', '--base', exe, '--expect', '--line-macro', 'trace_at', '-o', out(`${patch}.livepatch`), objectWith('orig', []), objectWith(patch, [patch])]));
   return JSON.parse(r.stdout) as DiffJson;
 }
 
@@ -154,6 +157,13 @@ describe('hotstack diff', () => {
     attempt(objectWith('visits-drop', ['visits-drop']), 'drop', 'EINVAL', /function visits no longer uses its static variable seen/);
     attempt(objectWith('line', ['line']), 'line', 'ENODATA', /no change: .*only line numbers moved, in checked/);
     attempt(orig, 'same', 'ENODATA', /no change/);
+    // __LINE__ passed to a function of the program: a change, unless it is named with --line-macro.
+    const traced = objectWith('trace-line', ['trace-line']);
+    const moved = JSON.parse(ok(cli.raw(['diff', '--json', '--base', exe, '-o', out('trace-line.livepatch'), orig, traced])).stdout) as DiffJson;
+    assert.deepEqual(moved.pairs[0]!.functions.map((f) => f.name), ['label']);
+    assert.deepEqual(moved.pairs[0]!.lineOnly, ['checked']);
+    const target = out('refused-trace.livepatch');
+    refused(cli.raw(['diff', '--base', exe, '--line-macro', 'trace_at', '-o', target, orig, traced]), 'ENODATA', /only line numbers moved, in label, checked/, target);
     attempt(objectWith('tls', ['tls']), 'tls', 'EOPNOTSUPP', /thread-local static variable depth is new or changed/);
     attempt(objectWith('tls-use', ['tls-use']), 'tls-use', 'EOPNOTSUPP', /nested uses the thread-local depth/);
     attempt(objectWith('ctor', ['ctor']), 'ctor', 'EOPNOTSUPP', /constructor or destructor open_shop changes/);
