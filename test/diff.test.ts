@@ -98,7 +98,8 @@ function objectWith(tag: string, patches: string[], flags = CFLAGS): string {
 }
 
 interface DiffJson {
-  funcs: { name: string }[];
+  funcs: { name: string; expect: unknown }[];
+  metadata: string[];
   pairs: { functions: { name: string; status: string; record: string | null }[]; lineOnly: string[] }[];
 }
 
@@ -106,8 +107,8 @@ interface DiffJson {
  * `hotstack diff --json` of ORIG (unpatched) against `patch`; the parsed report. trace_at() takes
  * __LINE__, so patches adding lines above label() would change it: named as a line macro.
  */
-function diff(patch: string): DiffJson {
-  const r = ok(cli.raw(['diff', '--json', '--base', exe, '--expect', '--line-macro', 'trace_at', '-o', out(`${patch}.livepatch`), objectWith('orig', []), objectWith(patch, [patch])]));
+function diff(patch: string, extra: string[] = []): DiffJson {
+  const r = ok(cli.raw(['diff', '--json', '--base', exe, '--expect', '--line-macro', 'trace_at', ...extra, '-o', out(`${patch}.livepatch`), objectWith('orig', []), objectWith(patch, [patch])]));
   return JSON.parse(r.stdout) as DiffJson;
 }
 
@@ -122,8 +123,10 @@ describe('hotstack diff', () => {
   const built = new Map<string, DiffJson>();
 
   it('includes the caller of a changed inlined function, with a record from the base', () => {
-    const r = diff('discount');
+    const r = diff('discount', ['--meta', 'ticket=SHOP-12']);
     built.set('discount', r);
+    assert.ok(r.metadata.includes('ticket=SHOP-12') && r.metadata.includes('hotstack.patched=price'), JSON.stringify(r.metadata));
+    assert.ok(r.funcs[0]!.expect, 'price has an expectation (--expect)');
     const fns = r.pairs[0]!.functions;
     assert.deepEqual(fns.map((f) => [f.name, f.status, f.record]), [['price', 'changed', 'price']], JSON.stringify(fns));
     assert.deepEqual(r.funcs.map((f) => f.name), ['price']);

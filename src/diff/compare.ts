@@ -6,7 +6,7 @@
  * contents, read-only data by its bytes, functions and variables by name
  * without gcc's numeric suffixes.
  */
-import { cString, toHex, SHN_UNDEF, type Rela } from '../elf/index.js';
+import { cString, SHN_UNDEF, type Rela } from '../elf/index.js';
 import { isPcRelative, relocSpan, sectionKind, type DiffObject, type ObjSymbol } from './object.js';
 
 /** Where a relocation points, in a form comparable across ORIG.o and PATCHED.o. */
@@ -27,7 +27,7 @@ export function targetKey(obj: DiffObject, r: Rela): string {
       }
     }
     case 'rodata':
-      return `R:${sec.type === 8 ? `nobits${sec.size}` : toHex(obj.elf.data(sec))}:${off}`;
+      return `R:${obj.sectionHex(sec)}:${off}`;
     case 'text':
     case 'data':
     case 'tls': {

@@ -6,7 +6,7 @@
  */
 import { fail, HotstackError, toHotstackError } from '../errors.js';
 import {
-  ElfFile, ET_REL, R_X86_64, readRelas, readSymbols, SHF_ALLOC, SHF_EXECINSTR, SHF_STRINGS, SHF_WRITE, SHN_UNDEF,
+  ElfFile, ET_REL, toHex, R_X86_64, readRelas, readSymbols, SHF_ALLOC, SHF_EXECINSTR, SHF_STRINGS, SHF_WRITE, SHN_UNDEF,
   SHT_NOBITS, SHT_RELA, SHT_SYMTAB, STB_LOCAL, STT_FILE, STT_FUNC, STT_GNU_IFUNC, STT_OBJECT, STT_SECTION, STT_TLS,
   type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
@@ -34,6 +34,9 @@ export class DiffObject {
   readonly relocs = new Map<number, Rela[]>();
   /** The source file name gcc recorded (first STT_FILE symbol). */
   readonly sourceName: string | undefined;
+  /** Defined symbols of each section, by address (symbolAt is asked once per relocation). */
+  private readonly bySection = new Map<number, ObjSymbol[]>();
+  private readonly hexCache = new Map<number, string>();
 
   private constructor(readonly path: string, readonly elf: ElfFile) {
     const tab = elf.sections.find((s) => s.type === SHT_SYMTAB);
@@ -61,6 +64,8 @@ export class DiffObject {
       // An IFUNC symbol names its resolver's code: not a second function.
       if (s.type === STT_FUNC) perSection.set(sec.index, [...(perSection.get(sec.index) ?? []), s.name]);
     }
+    for (const d of this.defined.values()) this.bySection.set(d.section.index, [...(this.bySection.get(d.section.index) ?? []), d]);
+    for (const list of this.bySection.values()) list.sort((a, b) => (a.sym.value < b.sym.value ? -1 : a.sym.value > b.sym.value ? 1 : 0));
     for (const [idx, names] of perSection) {
       if (names.length > 1) {
         fail('EINVAL', `${path}: section ${elf.sections[idx]!.name} holds several functions (${names.slice(0, 4).join(', ')}); compile ORIG and PATCHED objects with -ffunction-sections -fdata-sections`);
@@ -112,15 +117,25 @@ export class DiffObject {
 
   /** The function or data object at `offset` of section `index` (the last one starting at or before it). */
   symbolAt(index: number, offset: bigint): ObjSymbol | undefined {
+    const list = this.bySection.get(index);
+    if (!list) return undefined;
     let best: ObjSymbol | undefined;
-    for (const d of this.defined.values()) {
-      if (d.section.index !== index) continue;
-      if (d.sym.value <= offset && (!best || d.sym.value > best.sym.value)) best = d;
+    for (const d of list) {
+      if (d.sym.value > offset) break;
+      best = d;
     }
-    if (best) return best;
     // A relocation may point just before its object (addend -5 of `cmpl $0, x(%rip)`): the first one.
-    for (const d of this.defined.values()) if (d.section.index === index && (!best || d.sym.value < best.sym.value)) best = d;
-    return best;
+    return best ?? list[0];
+  }
+
+  /** A section's bytes in hex (read-only data is compared by contents), computed once. */
+  sectionHex(sec: Section): string {
+    let h = this.hexCache.get(sec.index);
+    if (h === undefined) {
+      h = sec.type === SHT_NOBITS ? `nobits${sec.size}` : toHex(this.elf.data(sec));
+      this.hexCache.set(sec.index, h);
+    }
+    return h;
   }
 }
 
