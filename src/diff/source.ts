@@ -127,7 +127,8 @@ export function buildFromSource(opts: SourceBuildOptions): DiffReport {
   try {
     const orig = join(work, 'orig');
     const patched = join(work, 'patched');
-    cpSync(src, orig, { recursive: true });
+    // Version-control metadata is not source: a large .git would only cost time.
+    cpSync(src, orig, { recursive: true, filter: (from) => basename(from) !== '.git' });
     const before = opts.cumulative ? [] : opts.patches.slice(0, -1);
     before.forEach((p) => applyPatch(orig, resolve(cwd, p), p));
     cpSync(orig, patched, { recursive: true });
