@@ -20,14 +20,20 @@ const MAX_FUNCTION = 16 << 20;
 /**
  * Refuse (EINVAL, naming the function) when ORIG.o does not match the
  * base; `skip` lists functions a payload lower in the stack patches (their
- * base bytes are older than ORIG.o). Returns how many functions matched.
+ * base bytes are older than ORIG.o). Returns how many functions matched
+ * and how many were skipped for that reason.
  */
-export function checkOrigMatchesBase(base: BaseNames & { elf: ElfFile }, orig: DiffObject, skip: ReadonlySet<string>): number {
+export function checkOrigMatchesBase(base: BaseNames & { elf: ElfFile }, orig: DiffObject, skip: ReadonlySet<string>): { matched: number; skipped: number } {
   let matched = 0;
+  let skipped = 0;
   for (const f of orig.functions()) {
     if (f.sym.size === 0n) continue;
     const name = baseNameOf(base, orig, f);
-    if (name === undefined || skip.has(name)) continue;
+    if (name === undefined) continue;
+    if (skip.has(name)) {
+      skipped++;
+      continue;
+    }
     const b = base.index.lookup(name);
     if (!b || !b.isFunc) continue;
     if (b.size > BigInt(MAX_FUNCTION)) fail('E2BIG', `function ${name} of the base ${base.path} is ${b.size} bytes; at most ${MAX_FUNCTION} are compared`);
@@ -48,5 +54,5 @@ export function checkOrigMatchesBase(base: BaseNames & { elf: ElfFile }, orig: D
     }
     matched++;
   }
-  return matched;
+  return { matched, skipped };
 }

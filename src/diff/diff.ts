@@ -89,8 +89,8 @@ export function diffPayload(opts: DiffOptions): DiffReport {
     seen.add(resolve(cwd, p));
     const orig = readObject(cwd, o, ol);
     const patched = readObject(cwd, p, pl);
-    const matched = checkOrigMatchesBase(names, orig, below);
-    if (!matched && orig.functions().length) {
+    const { matched, skipped } = checkOrigMatchesBase(names, orig, below);
+    if (!matched && !skipped && orig.functions().length) {
       fail('EINVAL', `no function of ${ol} is in the base ${base.path}: is it an object of that program (built from the same source, same flags)?`);
     }
     const plan = planPair(orig, patched, {

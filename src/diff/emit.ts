@@ -13,7 +13,10 @@ import {
 } from '../elf/index.js';
 import { FUNC_OFFSETS } from '../payload/funcs.js';
 import { FUNC_SIZE, PAYLOAD_VERSION, SEC } from '../payload/sections.js';
+import { fail } from '../errors.js';
 import type { Plan } from './include.js';
+import { sectionKind } from './object.js';
+import { trimStrings, type TrimmedStrings } from './strings.js';
 
 /** Section flags that make no sense once sections are picked out of a group or ordered by another. */
 const DROPPED_FLAGS = 0x200n /* SHF_GROUP */ | 0x80n /* SHF_LINK_ORDER */;
@@ -74,15 +77,30 @@ export function emitPlan(plan: Plan): Uint8Array {
   const elf = plan.patched.elf;
   const sections: OutSection[] = [];
   const outIndex = new Map<number, number>(); // PATCHED section -> output section
+  const moved = new Map<number, TrimmedStrings>(); // string sections cut down to the literals used
   for (const idx of plan.sections) {
     const s = elf.sections[idx]!;
     const nobits = s.type === SHT_NOBITS;
+    let data: Uint8Array = nobits ? new Uint8Array(0) : Uint8Array.from(elf.data(s));
+    if (sectionKind(s) === 'strings' && !nobits) {
+      const refs = [...plan.relocs.values()].flat().flatMap((r) => (r.target.kind === 'section' && r.target.section === idx ? [r.target.addend] : []));
+      const t = trimStrings(data, Number(s.addralign), refs);
+      moved.set(idx, t);
+      data = t.data;
+    }
     outIndex.set(idx, sections.length + 1);
     sections.push({
       name: s.name, type: nobits ? SHT_NOBITS : SHT_PROGBITS, flags: s.flags & ~DROPPED_FLAGS, align: Math.max(1, Number(s.addralign)),
-      entsize: Number(s.entsize), data: nobits ? new Uint8Array(0) : Uint8Array.from(elf.data(s)), size: Number(s.size),
+      entsize: Number(s.entsize), data, size: nobits ? Number(s.size) : data.length,
     });
   }
+  const addendIn = (section: number, addend: bigint): bigint => {
+    const t = moved.get(section);
+    if (!t) return addend;
+    const a = t.map(addend);
+    if (a === undefined) fail('EINVAL', `${plan.patched.path}: a reference into ${elf.sections[section]!.name} at ${addend} falls outside the strings kept (internal error: please report it)`);
+    return a;
+  };
   // Record names, then the records.
   const names = plan.records.map((r) => r.name);
   const nameOffsets: number[] = [];
@@ -131,7 +149,7 @@ export function emitPlan(plan: Plan): Uint8Array {
     relaSections.push({
       target: out,
       relas: list.map((r) => r.target.kind === 'section'
-        ? { offset: r.rela.offset, type: r.rela.type, sym: sectionSym(outIndex.get(r.target.section)!), addend: r.target.addend }
+        ? { offset: r.rela.offset, type: r.rela.type, sym: sectionSym(outIndex.get(r.target.section)!), addend: addendIn(r.target.section, r.target.addend) }
         : { offset: r.rela.offset, type: r.rela.type, sym: symIndex(r.target.name), addend: r.target.addend }),
     });
   }

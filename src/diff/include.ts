@@ -249,7 +249,7 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
   for (const p of patched.data()) {
     if (!twin.has(p.sym.index) && !isStaticLocal(p) && sectionKind(p.section) === 'data' && !copied.includes(p.section.index)) {
       copied.push(p.section.index);
-      relocs.set(p.section.index, planDataRelocs(patched, p.section.index, twin, orig, opts, copied));
+      relocs.set(p.section.index, planDataRelocs(patched, p.section.index, twin, orig, opts, copied, relocs));
     }
   }
   const recorded = new Set(records.map((r) => r.func.sym.index));
@@ -259,11 +259,17 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
 }
 
 /** Relocations of a new variable nothing changed uses (pointers in its initializer): to the base, or refused. */
-function planDataRelocs(patched: DiffObject, idx: number, twin: Map<number, ObjSymbol>, orig: DiffObject, opts: PlanOptions, copied: number[]): PlannedReloc[] {
+function planDataRelocs(patched: DiffObject, idx: number, twin: Map<number, ObjSymbol>, orig: DiffObject, opts: PlanOptions, copied: number[], later: Map<number, PlannedReloc[]>): PlannedReloc[] {
   return (patched.relocs.get(idx) ?? []).map((r) => {
     const t = patched.symbols[r.sym]!;
     if (t.shndx === SHN_UNDEF) return { rela: r, target: { kind: 'external', name: externalName(opts.base, t.name), addend: r.addend } };
     const off = t.value + r.addend;
+    const tsec = patched.elf.sections[t.shndx];
+    const literal = tsec && sectionKind(tsec) === 'strings' && !(patched.relocs.get(t.shndx) ?? []).length;
+    if (literal && !copied.includes(t.shndx)) {
+      copied.push(t.shndx);
+      later.set(t.shndx, []);
+    }
     if (copied.includes(t.shndx)) return { rela: r, target: { kind: 'section', section: t.shndx, addend: off } };
     const d = patched.symbolAt(t.shndx, off);
     const o = d && twin.get(d.sym.index);
