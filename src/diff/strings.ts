@@ -2,13 +2,14 @@
  * Only the string literals the payload uses. A string section of PATCHED.o
  * holds every literal of the file; the payload needs those its code points
  * at. Where a relocation points is known only up to the instruction's tail
- * (`lea .LC0(%rip)` has addend -4, `cmpb $0, .LC0(%rip)` -5), so each
- * reference keeps a window of bytes around it, widened to whole strings,
- * and every offset inside a window moves by the same amount.
+ * (`lea .LC0(%rip)` has addend -4, `cmpb $0, .LC0(%rip)` -5, an
+ * absolute pointer 0): the string starts 0 to 8 bytes after symbol + addend.
+ * So each reference keeps those bytes, widened to whole strings, and every
+ * offset inside what is kept moves by the same amount.
  */
 
-/** Bytes kept on each side of the place a relocation is taken to point at. */
-const WINDOW = 16;
+/** How far after symbol + addend the string may start (rel32 field and a 4-byte immediate after it). */
+const WINDOW = 8;
 
 export interface TrimmedStrings {
   data: Uint8Array;
@@ -21,8 +22,8 @@ export function trimStrings(data: Uint8Array, align: number, refs: readonly bigi
   const a = Math.max(1, align);
   const ranges: [number, number][] = [];
   for (const ref of refs) {
-    let from = Math.max(0, Math.min(data.length, Number(ref) - WINDOW));
-    let to = Math.max(0, Math.min(data.length, Number(ref) + WINDOW));
+    let from = Math.max(0, Math.min(data.length, Number(ref)));
+    let to = Math.max(0, Math.min(data.length, Number(ref) + WINDOW + 1));
     while (from > 0 && data[from - 1] !== 0) from--;
     while (to < data.length && data[to - 1] !== 0) to++;
     from -= from % a;
