@@ -171,6 +171,7 @@ describe('hotstack diff', () => {
     attempt(objectWith('tls', ['tls']), 'tls', 'EOPNOTSUPP', /thread-local static variable depth is new or changed/);
     attempt(objectWith('tls-use', ['tls-use']), 'tls-use', 'EOPNOTSUPP', /nested uses the thread-local depth/);
     attempt(objectWith('ctor', ['ctor']), 'ctor', 'EOPNOTSUPP', /constructor or destructor open_shop changes/);
+    attempt(objectWith('bss', ['bss']), 'bss', 'EOPNOTSUPP', /static variable seen\.\d+ changes \(size 4 -> 8\)/);
     attempt(objectWith('tiny', ['tiny']), 'tiny', 'EINVAL', /function zero of .* is 3 bytes, too small to take a jump/);
     // Untrusted objects: each a one-line error naming the file, never a crash.
     const junk = out('junk.o');
