@@ -7,7 +7,7 @@
 import { fail, HotstackError, toHotstackError } from '../errors.js';
 import {
   ElfFile, ET_REL, toHex, R_X86_64, readRelas, readSymbols, SHF_ALLOC, SHF_EXECINSTR, SHF_STRINGS, SHF_WRITE, SHN_UNDEF,
-  SHT_NOBITS, SHT_RELA, SHT_SYMTAB, STB_LOCAL, STT_FILE, STT_FUNC, STT_GNU_IFUNC, STT_OBJECT, STT_SECTION, STT_TLS,
+  SHT_NOBITS, SHT_RELA, SHT_SYMTAB, STB_LOCAL, STT_FILE, STT_FUNC, STT_GNU_IFUNC, STT_OBJECT, STT_TLS,
   type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
 
@@ -175,10 +175,3 @@ export function relocSpan(type: number): { before: number; width: number } {
   if (type === 19 || type === 20 || type === 22) return { before: 4, width: 8 };
   return { before: 0, width: 4 };
 }
-
-/** The symbol a relocation names (the caller checked the index). */
-export function relocSymbol(obj: DiffObject, r: Rela): ElfSymbol {
-  return obj.symbols[r.sym]!;
-}
-
-export { STT_SECTION };
