@@ -63,6 +63,8 @@ export interface BuildOptions {
   /** Output payload file. */
   out: string;
   sources: string[];
+  /** Relocatable objects linked in as they are, after the compiled sources (`hotstack diff` hands its extracted code here). */
+  objects?: string[];
   /** Extra compiler flags (after `--`). */
   cflags?: string[];
   /** Last transformation of the checked payload bytes before OUT is written (build --sign). */
@@ -158,7 +160,7 @@ function readInput(path: string, what: string): Uint8Array {
   }
 }
 
-interface BaseInfo {
+export interface BaseInfo {
   /** As the user gave it (messages). */
   path: string;
   /** Absolute. */
@@ -178,7 +180,8 @@ interface BaseInfo {
   reportOnly: boolean;
 }
 
-function openBase(file: string, path: string, debugFile: string | undefined): BaseInfo {
+/** Open the base named by --base: its ELF, build-id and symbols (from its debug file when stripped). */
+export function openBase(file: string, path: string, debugFile: string | undefined): BaseInfo {
   const bytes = readInput(file, 'base');
   let elf: ElfFile;
   try {
@@ -205,7 +208,7 @@ function openBase(file: string, path: string, debugFile: string | undefined): Ba
   return { path, file, elf, buildId, index, locals, symbolSource: source, debugFile: debug?.path, debugElf: debug?.elf, reportOnly: isXenImage(elf, index) };
 }
 
-interface DependsInfo {
+export interface DependsInfo {
   /** As the user gave it (messages). */
   path: string;
   /** Absolute. */
@@ -218,7 +221,8 @@ interface DependsInfo {
   own: Set<string>;
 }
 
-function openDepends(file: string, path: string, base: BaseInfo): DependsInfo {
+/** Open the --depends payload and check it was built for `base`. */
+export function openDepends(file: string, path: string, base: BaseInfo): DependsInfo {
   const bytes = readInputPayload(file, '--depends');
   let info: InspectedPayload;
   try {
@@ -372,7 +376,7 @@ export function buildPayload(opts: BuildOptions): BuildReport {
   const name = opts.name ?? nameFromFile(out);
   checkPayloadName(name, ' (give --name)');
   const meta = (opts.meta ?? []).map(parseMeta);
-  if (!opts.sources.length) fail('EINVAL', 'no source files given');
+  if (!opts.sources.length && !opts.objects?.length) fail('EINVAL', 'no source files given');
   for (const src of opts.sources) {
     let ok = false;
     try {
@@ -403,6 +407,7 @@ export function buildPayload(opts: BuildOptions): BuildReport {
   try {
     // 1. Compile, 2. link the sources into one object.
     const { objects, output: compilerOutput } = compile(opts, cwd, work);
+    objects.push(...(opts.objects ?? []));
     const combined = join(work, 'combined.o');
     runTool(['ld', '-r', '-o', combined, ...objects], 'linking the sources (ld -r)');
     const bytes = new Uint8Array(readFileSync(combined));

@@ -28,6 +28,20 @@ export function modinfoBytes(entries: readonly string[]): Uint8Array {
   return new Uint8Array(Buffer.from(entries.map((e) => e + '\0').join(''), 'utf8'));
 }
 
+/** The ELF header of an x86-64 ET_REL file whose `shnum` section headers start at `shoff`. */
+export function writeRelHeader(out: Uint8Array, shoff: number, shnum: number, shstrndx: number): void {
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  out.set([0x7f, 0x45, 0x4c, 0x46, 2 /* ELFCLASS64 */, 1 /* LSB */, EV_CURRENT, 0 /* OSABI none */], 0);
+  dv.setUint16(16, ET_REL, true);
+  dv.setUint16(18, EM_X86_64, true);
+  dv.setUint32(20, EV_CURRENT, true);
+  dv.setBigUint64(40, BigInt(shoff), true);
+  dv.setUint16(52, EHDR_SIZE, true);
+  dv.setUint16(58, SHDR_SIZE, true);
+  dv.setUint16(60, shnum, true);
+  dv.setUint16(62, shstrndx, true);
+}
+
 /** An ET_REL x86-64 object whose only content section is `name` (SHF_ALLOC, PROGBITS) holding `data`. */
 export function sectionObject(name: string, data: Uint8Array, align: number): Uint8Array {
   const shstr = Buffer.from(`\0${name}\0.symtab\0.strtab\0.shstrtab\0`, 'latin1');
@@ -47,16 +61,7 @@ export function sectionObject(name: string, data: Uint8Array, align: number): Ui
   const out = new Uint8Array(shOff + shnum * SHDR_SIZE);
   const dv = new DataView(out.buffer);
 
-  // ELF header.
-  out.set([0x7f, 0x45, 0x4c, 0x46, 2 /* ELFCLASS64 */, 1 /* LSB */, EV_CURRENT, 0 /* OSABI none */], 0);
-  dv.setUint16(16, ET_REL, true);
-  dv.setUint16(18, EM_X86_64, true);
-  dv.setUint32(20, EV_CURRENT, true);
-  dv.setBigUint64(40, BigInt(shOff), true);
-  dv.setUint16(52, EHDR_SIZE, true);
-  dv.setUint16(58, SHDR_SIZE, true);
-  dv.setUint16(60, shnum, true);
-  dv.setUint16(62, 4, true);
+  writeRelHeader(out, shOff, shnum, 4);
 
   out.set(data, dataOff);
   // Symbol 1: the section symbol of section 1 (local); symbol 0 stays zero.

@@ -2,10 +2,11 @@
  * `hotstack build` (C sources -> payload) and `hotstack cflags` (the
  * compiler flags, for people who build payloads in their own build system).
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { buildPayload, type BuildReport } from '../builder/build.js';
 import { payloadCflags, shellQuote } from '../builder/tools.js';
 import { toHotstackError } from '../errors.js';
+import { runSourceBuild, type SourceCliOptions } from './diff.js';
 import { errorLine, exitCodeFor } from './format.js';
 import { safetyText, type Io } from './lifecycle.js';
 import { buildSigner } from './trust.js';
@@ -40,9 +41,17 @@ Functions of libraries the base needs (printf, ...) are found for the dry
 run as \`hotstack check\` finds them: --lib-path DIR and --sysroot DIR as
 there (see hotstack check --help).
 
+With --source DIR --patch FILE.patch instead of SRC.c files, the payload is
+made from a source patch: the C files the last patch touches are compiled
+in two scratch copies of DIR (the earlier patches applied, then the last
+one too; --cumulative: none, then all) with CFLAGS (the base's flags, or
+--cflags-from-dwarf) plus -ffunction-sections -fdata-sections, and the
+objects are diffed as \`hotstack diff\` does (see hotstack diff --help).
+
 Example:
   hotstack build --base ./server --expect -o fix1.livepatch fix1.c
   hotstack build --base ./server --depends fix1.livepatch -o fix2.livepatch fix2.c -- -DNDEBUG
+  hotstack build --base ./server --source src --patch fix.patch -o fix.livepatch -- -O2 -g
 `;
 
 const CFLAGS_HELP = `
@@ -90,7 +99,7 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
   const build = program
     .command('build')
     .description('compile C replacement functions into a payload that stacks on the base or on --depends')
-    .usage('--base ELF [--debug-file FILE] [--lib-path DIR]... [--sysroot DIR] [--depends PAYLOAD] [--name NAME] [--meta KEY=VALUE]... [--expect] [--cc CC] [--sign KEY] -o OUT SRC.c... [-- CFLAGS...]')
+    .usage('--base ELF [--debug-file FILE] [--lib-path DIR]... [--sysroot DIR] [--depends PAYLOAD] [--name NAME] [--meta KEY=VALUE]... [--expect] [--cc CC] [--sign KEY] -o OUT (SRC.c... | --source DIR --patch FILE.patch... [--cumulative] [--cflags-from-dwarf] [--line-macro FN]...) [-- CFLAGS...]')
     .requiredOption('--base <elf>', 'the program (or shared object) the payload patches; needs a build-id')
     .option('--depends <payload>', 'the payload this one stacks on (default: the base itself)')
     .option('--name <name>', "payload name recorded in .modinfo (default: OUT's base name without extension)")
@@ -103,9 +112,14 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
     .requiredOption('-o, --output <file>', 'the payload file to write')
     .option('--sign <key>', 'sign the payload with this private key (hotstack keygen) as the last step')
     .option('--json', 'print one JSON object')
-    .argument('<sources...>', 'C sources, then optionally -- and compiler flags')
+    .addOption(new Option('--source <dir>', "the program's source tree: build the payload of --patch by compiling the files it touches before and after it and diffing them (see hotstack diff --help)"))
+    .option('--patch <file>', 'a source patch (patch -p1) against --source; repeatable: the payload is the last one\'s, stacked with --depends on the earlier ones\' payload', collect)
+    .option('--cumulative', 'with --source: one payload of all the patches against the pristine tree, for REPLACE')
+    .option('--cflags-from-dwarf', "with --source: compile with the flags in the base's DW_AT_producer (it needs DWARF)")
+    .option('--line-macro <fn>', 'with --source: a function whose call arguments carry __LINE__ (besides __assert_fail; repeatable)', collect)
+    .argument('[sources...]', 'C sources, then optionally -- and compiler flags')
     .addHelpText('after', BUILD_HELP)
-    .action((args: string[], o: { base: string; depends?: string; name?: string; meta?: string[]; expect?: boolean; cc?: string; debugFile?: string; libPath?: string[]; sysroot?: string; output: string; json?: boolean; sign?: string }) => {
+    .action((args: string[], o: { base: string; depends?: string; name?: string; meta?: string[]; expect?: boolean; cc?: string; debugFile?: string; libPath?: string[]; sysroot?: string; output: string; json?: boolean; sign?: string } & SourceCliOptions) => {
       // Commander hands everything after `--` over as more sources: split them off.
       // (rawArgs, the argv given to parse(), is public in commander but missing from its typings.)
       const raw = (program as unknown as { rawArgs?: string[] }).rawArgs ?? [];
@@ -113,6 +127,7 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
       const nflags = dd >= 0 ? Math.min(raw.length - dd - 1, args.length) : 0;
       const sources = args.slice(0, args.length - nflags);
       const cflags = args.slice(args.length - nflags);
+      if (o.source !== undefined || o.patch !== undefined) return setExit(runSourceBuild(o, sources, cflags, io));
       try {
         // The key is read first: a bad key fails before anything is compiled.
         const signer = o.sign !== undefined ? buildSigner(o.sign) : undefined;

@@ -9,6 +9,7 @@ import { HotstackError, toHotstackError } from '../errors.js';
 import type { Engine } from '../core/engine.js';
 import { registerAnalyze } from './analyze.js';
 import { registerBuild } from './build.js';
+import { registerDiff } from './diff.js';
 import { checkExit, printCheck, runCheck } from './check.js';
 import { errorLine, exitCodeFor, nameFromFile } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
@@ -263,6 +264,7 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     });
 
   registerBuild(program, setExit);
+  registerDiff(program, setExit, io);
   registerAnalyze(program, setExit, io);
   registerTrust(program, setExit, io);
 
