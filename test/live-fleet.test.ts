@@ -25,7 +25,7 @@ const state = freshStateDir('fleet');
 const cli = new Cli(state);
 const procs = new Processes();
 let fx: FleetFixtures;
-let fleet: BaseProcess[] = [];
+const fleet: BaseProcess[] = [];
 let parked: BaseProcess;
 let exiting: BaseProcess[] = [];
 let survivors: BaseProcess[] = [];

@@ -459,7 +459,7 @@ test('stubs: crash, timeout, owed signals, exiting hook, SIGSTOPped process', as
   } finally {
     p.detach();
   }
-  let s = stat(await t.ask('stat'));
+  const s = stat(await t.ask('stat'));
   assert.equal(s.usr1, 1, 'delivered once (a standard signal does not queue)');
   assert.equal(s.eintr, 0);
 

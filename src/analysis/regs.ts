@@ -36,9 +36,6 @@ export function union(a: RegSet, b: RegSet): RegSet {
   return { g: (a.g | b.g) >>> 0, v: (a.v | b.v) >>> 0 };
 }
 
-export function sameSet(a: RegSet, b: RegSet): boolean {
-  return a.g === b.g && a.v === b.v;
-}
 
 /** Names of a set, general registers first ('rax', ..., 'xmm0', ...). */
 export function setNames(s: RegSet): string[] {

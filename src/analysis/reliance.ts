@@ -38,9 +38,6 @@ export interface Relied {
 
 export const noneRelied = (): Relied => ({ g: 0, vw: new Array<number>(16).fill(0) });
 
-export function reliedEmpty(r: Relied): boolean {
-  return r.g === 0 && r.vw.every((w) => w === 0);
-}
 
 /** a ∪= b; true when a grew. */
 export function mergeRelied(a: Relied, b: Relied): boolean {
@@ -116,7 +113,7 @@ export class Walker {
     const top = this.inProgress.size === 0;
     this.inProgress.add(entry);
     const outer = this.consulted;
-    let r = noneRelied();
+    const r = noneRelied();
     let cyclic = false;
     for (let round = 0; round < 16; round++) {
       if (top) this.tentative.clear(); // each round of the outermost fixpoint recomputes the functions inside the cycle

@@ -47,8 +47,6 @@ export interface Linked {
   text: { start: bigint; end: bigint } | null;
   /** Address of the reserved data bytes (0n when none were asked for). */
   reserved: bigint;
-  /** Read from the payload's own (local) memory; undefined when outside it. */
-  readLocal(addr: bigint, len: number): Uint8Array | undefined;
   /** Up to `max` bytes from `addr` to the end of its region; undefined when outside. */
   readLocalUpTo(addr: bigint, max: number): Uint8Array | undefined;
 }
@@ -174,15 +172,6 @@ export function link(c: Payload, ctx: LinkContext): Linked {
     relocated,
     text,
     reserved: ctx.reserveRw && regs.rw ? regs.rw.addr + BigInt(lay.reserveOffset) : 0n,
-    readLocal(addr, len) {
-      for (const r of regions) {
-        if (addr >= r.addr && addr + BigInt(len) <= r.addr + BigInt(r.size)) {
-          const o = Number(addr - r.addr);
-          return r.bytes.subarray(o, o + len);
-        }
-      }
-      return undefined;
-    },
     readLocalUpTo(addr, max) {
       for (const r of regions) {
         if (addr >= r.addr && addr < r.addr + BigInt(r.size)) {

@@ -4,7 +4,6 @@ export const ELFDATA2LSB = 1;
 export const EV_CURRENT = 1;
 export const ELFOSABI_NONE = 0;
 export const ELFOSABI_FREEBSD = 9;
-export const ELFOSABI_GNU = 3;
 
 export const ET_REL = 1;
 export const ET_EXEC = 2;
@@ -22,9 +21,7 @@ export const SHN_UNDEF = 0;
 export const SHN_LORESERVE = 0xff00;
 export const SHN_ABS = 0xfff1;
 export const SHN_COMMON = 0xfff2;
-export const SHN_XINDEX = 0xffff;
 
-export const SHT_NULL = 0;
 export const SHT_PROGBITS = 1;
 export const SHT_SYMTAB = 2;
 export const SHT_STRTAB = 3;
@@ -48,14 +45,10 @@ export const PT_LOAD = 1;
 export const PT_DYNAMIC = 2;
 export const PT_NOTE = 4;
 
-export const PF_X = 1;
-export const PF_W = 2;
-export const PF_R = 4;
 
 export const STB_LOCAL = 0;
 export const STB_GLOBAL = 1;
 export const STB_WEAK = 2;
-export const STB_GNU_UNIQUE = 10;
 
 export const STT_NOTYPE = 0;
 export const STT_OBJECT = 1;

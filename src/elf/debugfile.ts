@@ -29,7 +29,6 @@ import { SHT_DYNSYM, SHT_SYMTAB } from './constants.js';
 import { ElfFile, type Section } from './file.js';
 import { findBuildId } from './notes.js';
 import { readSymbols, type ElfSymbol } from './symbols.js';
-import { SymbolIndex } from './symindex.js';
 
 /** Environment variable overriding the debug directory (default /usr/lib/debug), e.g. for tests or a sysroot. */
 export const DEBUG_ROOT_ENV = 'HOTSTACK_DEBUG_ROOT';
@@ -74,11 +73,6 @@ export function debugRoot(opts: DebugFileOptions = {}): string {
 /** The object's `.symtab` when it has one with contents (a debug file's may be all it has). */
 function symtabOf(elf: ElfFile): Section | undefined {
   return elf.sections.find((s) => s.type === SHT_SYMTAB && s.size > 0n);
-}
-
-/** Whether the object carries its full symbol table (not stripped). */
-export function hasSymtab(elf: ElfFile): boolean {
-  return symtabOf(elf) !== undefined;
 }
 
 /** `/ROOT/.build-id/xx/rest.debug` for a build-id, as gdb and debuginfod lay them out. */
@@ -249,9 +243,4 @@ export function baseSymbols(elf: ElfFile, path: string | undefined, opts: DebugF
   }
   const dyn = elf.sections.find((s) => s.type === SHT_DYNSYM);
   return dyn ? { symbols: readSymbols(elf, dyn), source: 'dynsym', debug } : { symbols: [], source: 'none', debug };
-}
-
-/** baseSymbols as a name index (what ElfBase and ProcessObject resolve against). */
-export function baseSymbolIndex(elf: ElfFile, path: string | undefined, opts: DebugFileOptions = {}): SymbolIndex {
-  return new SymbolIndex(baseSymbols(elf, path, opts).symbols);
 }

@@ -6,7 +6,6 @@
 
 /** `jmp rel32` length. */
 export const JMP_LEN = 5;
-export const ENDBR64 = Uint8Array.of(0xf3, 0x0f, 0x1e, 0xfa);
 export const ENDBR64_LEN = 4;
 
 /** True when `code` starts with endbr64. */
