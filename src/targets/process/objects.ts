@@ -61,6 +61,15 @@ export class ProcessObject implements BaseObject {
     return this.symbols().hasGlobal(name);
   }
 
+  /** The object file's own bytes at run-time address `addr` (undefined outside its segments). */
+  fileBytes(addr: bigint, len: number): Uint8Array | undefined {
+    try {
+      return this.elf.readVirtual(addr - this.bias, len);
+    } catch {
+      return undefined;
+    }
+  }
+
   /** An exported dynamic symbol (default version), link-time value. */
   dynamicSymbol(name: string): IndexedSymbol | undefined {
     return (this.dynamic ??= SymbolIndex.dynamicOf(this.elf)).lookup(name);

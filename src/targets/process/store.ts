@@ -5,12 +5,11 @@
  * removed, so the state vanishes with its process. Writes are atomic
  * (write + rename) so a killed tool leaves the old or the new state.
  */
-import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { fail } from '../../errors.js';
 import { deserializeState, serializeState, type EngineState } from '../../core/state.js';
 import type { StateStore } from '../../core/target.js';
-import { ensureStateDir, processIdentity, type ProcessIdentity } from './lock.js';
+import { processIdentity, type ProcessIdentity } from './lock.js';
+import { StateDir } from './statedir.js';
 
 /** What is kept besides the engine state: the process's runtime page. */
 export interface RuntimeState {
@@ -25,24 +24,25 @@ interface FileShape {
 }
 
 export class ProcessStore implements StateStore {
+  /** The state file, for messages. */
   readonly file: string;
   runtime: RuntimeState = {};
   private readonly key: string;
+  private readonly dir: StateDir;
+  private readonly name: string;
 
   constructor(id: ProcessIdentity) {
-    const dir = ensureStateDir();
+    this.dir = StateDir.open();
     this.key = id.key;
-    this.file = join(dir, `${id.key}.json`);
-    removeStale(dir);
+    this.name = `${id.key}.json`;
+    this.file = this.dir.shown(this.name);
+    removeStale(this.dir);
   }
 
   load(): EngineState | null {
-    let text: string;
-    try {
-      text = readFileSync(this.file, 'utf8');
-    } catch {
-      return null;
-    }
+    const bytes = this.dir.readFile(this.name);
+    if (bytes === null) return null;
+    const text = Buffer.from(bytes).toString('utf8');
     try {
       const f = JSON.parse(text) as FileShape;
       if (f.key !== this.key) return null;
@@ -59,22 +59,17 @@ export class ProcessStore implements StateStore {
       engine: serializeState(s),
       runtime: { trap: this.runtime.trap !== undefined ? this.runtime.trap.toString() : undefined },
     };
-    const tmp = `${this.file}.tmp`;
-    writeFileSync(tmp, JSON.stringify(f));
-    renameSync(tmp, this.file);
+    this.dir.writeFile(this.name, JSON.stringify(f));
   }
 }
 
-/** Delete state files of processes that no longer exist (or whose PID was reused). */
-export function removeStale(dir: string): void {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const m = /^(\d+)-(\d+)\.json$/.exec(n);
+/**
+ * Delete state files (and the temporary files a killed hotstack left) of
+ * processes that no longer exist or whose PID was reused.
+ */
+export function removeStale(dir: StateDir = StateDir.open()): void {
+  for (const n of dir.names()) {
+    const m = /^(\d+)-(\d+)\.json(\.tmp)?$/.exec(n);
     if (!m) continue;
     let alive = false;
     try {
@@ -82,6 +77,6 @@ export function removeStale(dir: string): void {
     } catch {
       alive = false;
     }
-    if (!alive) rmSync(join(dir, n), { force: true });
+    if (!alive) dir.remove(n);
   }
 }

@@ -3,14 +3,14 @@
  * and /proc. Implements the engine's Target interface; the engine never
  * sees a thread or a register.
  */
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { INT3 } from '../../arch/x86_64/insn.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
-import { lockProcess, stateDir, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, readMaps } from './maps.js';
+import { lockProcess, type ProcessLock } from './lock.js';
+import { findFreeGapsFor, processDead, readMaps } from './maps.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, type ProcessObject } from './objects.js';
 import {
@@ -19,6 +19,8 @@ import {
 } from './remote.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
+import { coveredByAnonymous, StateValidator, unmapped } from './validate.js';
+import type { EngineState } from '../../core/state.js';
 
 const PROT: Record<Perm, number> = { rx: PROT_READ | PROT_EXEC, r: PROT_READ, rw: PROT_READ | PROT_WRITE };
 /** How long a hook may run before it is taken to be stuck (e.g. on a lock a stopped thread holds). */
@@ -56,7 +58,7 @@ export class ProcessTarget implements Target {
     this.lock = lock;
     this.description = `process ${pid} (${lock.identity.comm})`;
     this.fileStore = new ProcessStore(lock.identity);
-    this.store = this.fileStore;
+    this.store = { load: () => this.loadChecked(), save: (st) => this.fileStore.save(st) };
     this.mem = new ProcessMemory(pid);
   }
 
@@ -64,6 +66,20 @@ export class ProcessTarget implements Target {
   static open(pid: number, lockTimeoutMs = 5000): ProcessTarget {
     checkAccess(pid);
     return new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs));
+  }
+
+  /** The state file's engine state, refused unless it matches the process (see validate.ts). */
+  private loadChecked(): EngineState | null {
+    const s = this.fileStore.load();
+    if (!s) return s;
+    const v = new StateValidator(readMaps(this.pid), this.objects(), this.fileStore.file, this.pid);
+    try {
+      v.check(s);
+    } catch (e) {
+      if (e instanceof HotstackError) throw e;
+      fail('EPERM', `state file ${this.fileStore.file} is malformed (${(e as Error).message}); hotstack never writes such a state: check the process, then move the file away`);
+    }
+    return s;
   }
 
   /** Release everything: detach (if still attached), close memory, unlock. */
@@ -179,6 +195,12 @@ export class ProcessTarget implements Target {
   }
 
   free(addr: bigint, size: number): void {
+    const end = addr + BigInt(size);
+    const maps = readMaps(this.pid);
+    // Never unmap what is not ours: a program's text or data would vanish under it.
+    if (!coveredByAnonymous(maps, addr, end) && !unmapped(maps, addr, end)) {
+      fail('EPERM', `refusing to unmap 0x${addr.toString(16)} (+${size}) in process ${this.pid}: it is not memory hotstack mapped (a private anonymous mapping)`);
+    }
     this.stopped((p) => {
       this.trap(p);
       remoteMunmap(p, p.mainThread.tid, addr, size);
@@ -200,7 +222,9 @@ export class ProcessTarget implements Target {
     if (t !== undefined) {
       try {
         const m = readMaps(this.pid).find((x) => x.start <= t && t < x.end);
-        if (m && m.perms.startsWith('r-x') && m.end - t >= BigInt(RUNTIME_PAGE_SIZE) && this.mem.read(t, 1)[0] === INT3) {
+        // Only a private anonymous page of ours: the state file could name libc's code.
+        const ok = m && t % BigInt(RUNTIME_PAGE_SIZE) === 0n && coveredByAnonymous([m], t, t + BigInt(RUNTIME_PAGE_SIZE), 'r-xp');
+        if (ok && this.mem.read(t, 1)[0] === INT3) {
           useRuntimePage(p, t);
           this.runtimeOf.set(p, t);
           return t;
@@ -273,12 +297,19 @@ export class ProcessTarget implements Target {
  * even `list` needs it, or it would show another user's empty state.
  */
 function checkAccess(pid: number): void {
+  if (existsSync(`/proc/${pid}`) && processDead(pid)) {
+    fail('ESRCH', `process ${pid} has exited (a zombie until its parent reaps it); there is nothing to patch`);
+  }
   try {
     accessSync(`/proc/${pid}/mem`, constants.R_OK | constants.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
-      removeStale(stateDir()); // its state, if any, died with it
+      try {
+        removeStale(); // its state, if any, died with it
+      } catch {
+        /* a state directory in a bad shape is reported by the commands that use it */
+      }
       fail('ESRCH', `process ${pid} does not exist`);
     }
     fail('EPERM', `not permitted to trace process ${pid}: run hotstack as root (or with CAP_SYS_PTRACE) or as the process's user, and check /proc/sys/kernel/yama/ptrace_scope`);

@@ -1,0 +1,276 @@
+/**
+ * The state directory and state files are not trusted (issue 11, audit
+ * items 2.1, 2.2, 2.8): planted symbolic links, FIFOs and directories,
+ * a directory others can write, a held lock, a state file whose addresses
+ * were changed to point at the program's own code or libc, and a target
+ * that is a zombie. Each case runs the real CLI on a real process and
+ * checks both the error and that nothing was written, created or unmapped.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { buildAll, type BaseProcess } from './helpers/toolchain.js';
+import { Cli, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
+import { lockProcess, processStartTime } from '../src/targets/process/index.js';
+
+let files: Record<string, string> = {};
+const procs = new Processes();
+const dirs: string[] = [];
+
+function newDir(tag: string): string {
+  const d = freshStateDir(`trust-${tag}`);
+  dirs.push(d);
+  return d;
+}
+
+before(() => {
+  files = buildAll();
+});
+
+after(async () => {
+  await procs.stopAll();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const stateName = (pid: number): string => `${pid}-${processStartTime(pid)}`;
+
+function expectError(r: CliResult, errno: string, message: RegExp, step: string): void {
+  expectCli(r, { status: errno === 'EBUSY' ? 2 : 1, stderr: message }, step);
+  assert.match(r.stderr, new RegExp(`Error \\d+: ${errno}: `), `${step}: errno\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /internal error|\n\s+at /, `${step}: no internal error or stack trace\n${r.stderr}`);
+}
+
+async function alive(b: BaseProcess, step: string): Promise<void> {
+  assert.equal(await b.ask('m'), '42', `${step}: the process still answers`);
+}
+
+describe('state directory and files: planted things are refused, never followed (2.2)', () => {
+  test('a symbolic link as the state directory', async () => {
+    const b = await procs.start(files['base']!);
+    const real = newDir('real');
+    const link = join(newDir('holder'), 'state');
+    symlinkSync(real, link);
+    expectError(new Cli(link).run(b.pid, 'list'), 'EPERM', /state directory .*\/state is a symbolic link/, 'symlinked dir');
+    assert.deepEqual(spawnSync('ls', ['-A', real], { encoding: 'utf8' }).stdout, '', 'nothing was created through the link');
+  });
+
+  test('a state directory others may write, or another user owns', async () => {
+    const b = await procs.start(files['base']!);
+    const open = newDir('open');
+    chmodSync(open, 0o777);
+    expectError(new Cli(open).run(b.pid, 'list'), 'EPERM', /state directory .* is writable by group or others \(mode 0777\)/, 'mode 0777');
+    const theirs = newDir('theirs');
+    chownSync(theirs, 65534, 65534);
+    expectError(new Cli(theirs).run(b.pid, 'list'), 'EPERM', /state directory .* is owned by uid 65534/, 'owned by nobody');
+  });
+
+  test('a missing state directory is created 0700, state files 0600', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = join(newDir('parent'), 'run', 'hotstack');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0 }, 'load');
+    assert.equal(lstatSync(dir).mode & 0o777, 0o700, 'directory mode');
+    const st = lstatSync(join(dir, `${stateName(b.pid)}.json`));
+    assert.ok(st.isFile());
+    assert.equal(st.mode & 0o777, 0o600, 'state file mode');
+  });
+
+  test('a symbolic link as the lock file creates nothing', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('locklink');
+    const victim = join(newDir('victim'), 'created-by-hotstack');
+    symlinkSync(victim, join(dir, `${stateName(b.pid)}.lock`));
+    expectError(new Cli(dir).run(b.pid, 'list'), 'EPERM', /lock file .*\.lock is a symbolic link/, 'lock symlink');
+    assert.equal(existsSync(victim), false, 'the link target was not created');
+  });
+
+  test('a symbolic link as the temporary state file is replaced, not written through', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('tmplink');
+    const victim = join(newDir('victim2'), 'precious');
+    writeFileSync(victim, 'precious data\n');
+    symlinkSync(victim, join(dir, `${stateName(b.pid)}.json.tmp`));
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load');
+    assert.equal(readFileSync(victim, 'utf8'), 'precious data\n', 'the link target is untouched');
+    assert.deepEqual(cli.states(b.pid), ['hello:APPLIED']);
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+  });
+
+  test('a FIFO, a directory or a symbolic link as the state file: a clear error at once', async () => {
+    const b = await procs.start(files['base']!);
+    const name = `${stateName(b.pid)}.json`;
+    const fifoDir = newDir('fifo');
+    assert.equal(spawnSync('mkfifo', [join(fifoDir, name)]).status, 0);
+    const t0 = performance.now();
+    expectError(new Cli(fifoDir).run(b.pid, 'list'), 'EPERM', /state file .*\.json is a FIFO, not a regular file/, 'FIFO');
+    assert.ok(performance.now() - t0 < 10_000, 'list did not hang on the FIFO');
+    const dirDir = newDir('dir');
+    mkdirSync(join(dirDir, name));
+    expectError(new Cli(dirDir).run(b.pid, 'list'), 'EPERM', /state file .*\.json is a directory, not a regular file/, 'directory');
+    expectError(new Cli(dirDir).run(b.pid, 'load', files['hello']!), 'EPERM', /state file .*\.json is a directory/, 'directory, load');
+    const linkDir = newDir('statelink');
+    const victim = join(newDir('victim3'), 'state');
+    writeFileSync(victim, '{}');
+    symlinkSync(victim, join(linkDir, name));
+    expectError(new Cli(linkDir).run(b.pid, 'list'), 'EPERM', /state file .*\.json is a symbolic link/, 'symlink');
+    await alive(b, 'after the planted files');
+  });
+
+  test('a held lock: EBUSY after the bounded wait, naming the holder', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('held');
+    const saved = process.env.HOTSTACK_STATE_DIR;
+    process.env.HOTSTACK_STATE_DIR = dir;
+    const lock = lockProcess(b.pid, 100);
+    try {
+      const t0 = performance.now();
+      const r = new Cli(dir).run(b.pid, 'list');
+      expectError(r, 'EBUSY', new RegExp(`another hotstack is acting on process ${b.pid} by pid ${process.pid} \\(node\\)`), 'held lock');
+      assert.ok(performance.now() - t0 < 30_000);
+    } finally {
+      lock.release();
+      process.env.HOTSTACK_STATE_DIR = saved;
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Editing a state file as an attacker who can write the state directory would
+
+const BIG = '\u0000big:';
+type Json = Record<string, unknown> & { [k: string]: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+const big = (v: bigint): string => BIG + v.toString(16);
+
+function editState(dir: string, pid: number, edit: (engine: Json, file: Json) => void): void {
+  const path = join(dir, `${stateName(pid)}.json`);
+  const file = JSON.parse(readFileSync(path, 'utf8')) as Json;
+  const engine = JSON.parse(file.engine as string) as Json;
+  edit(engine, file);
+  file.engine = JSON.stringify(engine);
+  writeFileSync(path, JSON.stringify(file));
+}
+
+/** The first r-x mapping of libc in `pid`. */
+function libcCode(pid: number): bigint {
+  for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-[0-9a-f]+ r-xp .*\/libc[.-]/.exec(line);
+    if (m) return BigInt('0x' + m[1]);
+  }
+  throw new Error(`no libc code mapping in process ${pid}`);
+}
+
+describe('addresses from the state file are checked against the process (2.1)', () => {
+  async function loaded(tag: string): Promise<{ b: BaseProcess; cli: Cli; dir: string; site: bigint; jump: Buffer }> {
+    const b = await procs.start(files['base']!);
+    const dir = newDir(tag);
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, `${tag}: load`);
+    assert.equal(await b.ask('v'), 'Hello World');
+    const site = runtimeAddress(b.pid, files['base']!, 'extra_version');
+    return { b, cli, dir, site, jump: readMemory(b.pid, site, 9) };
+  }
+
+  test('chosen undo bytes: revert refuses and writes nothing', async () => {
+    const { b, cli, dir, site, jump } = await loaded('undo');
+    editState(dir, b.pid, (e) => {
+      for (const f of e.payloads[0].funcs) if (f.applied) f.undo = 'cc'.repeat(f.undo.length / 2);
+    });
+    expectError(cli.run(b.pid, 'revert', 'hello'), 'EPERM', /state file .* does not match process \d+: the saved bytes of extra_version in payload hello/, 'revert');
+    expectError(cli.run(b.pid, 'list'), 'EPERM', /does not match process/, 'list');
+    assert.deepEqual(readMemory(b.pid, site, 9), jump, 'the patched code is unchanged');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+
+  test('a region at the program\'s own text: unload refuses, nothing is unmapped', async () => {
+    const { b, cli, dir } = await loaded('region');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+    const text = runtimeAddress(b.pid, files['base']!, 'main') & ~0xfffn;
+    editState(dir, b.pid, (e) => {
+      e.payloads[0].regions[0].addr = big(text);
+    });
+    expectError(cli.run(b.pid, 'unload', 'hello'), 'EPERM', /region 0x[0-9a-f]+ of payload hello .* is not memory hotstack mapped/, 'unload');
+    await alive(b, 'after the refused unload');
+  });
+
+  test('a hook at libc code: apply refuses, the process lives', async () => {
+    const { b, cli, dir } = await loaded('hook');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+    const exitFn = libcCode(b.pid) + 0x100n;
+    editState(dir, b.pid, (e) => {
+      e.payloads[0].hooks.load = [big(exitFn)];
+    });
+    expectError(cli.run(b.pid, 'apply', 'hello'), 'EPERM', /the load hook of payload hello at 0x[0-9a-f]+ is not in its code/, 'apply');
+    await alive(b, 'after the refused apply');
+  });
+
+  test('a journal that would write chosen bytes: refused before repair', async () => {
+    const { b, cli, dir } = await loaded('journal');
+    const main = runtimeAddress(b.pid, files['base']!, 'main');
+    const now = readMemory(b.pid, main, 5);
+    editState(dir, b.pid, (e) => {
+      e.pending = { action: 'apply', payload: 'hello', writes: [{ addr: big(main), before: 'cccccccccc', after: now.toString('hex') }], regions: [] };
+    });
+    expectError(cli.run(b.pid, 'list'), 'EPERM', /the interrupted apply wrote at 0x[0-9a-f]+, which is no patch site/, 'list');
+    assert.deepEqual(readMemory(b.pid, main, 5), now, 'main is unchanged');
+    await alive(b, 'after the refused repair');
+  });
+
+  test('a runtime page at libc code: never written, a page of ours is made instead', async () => {
+    const { b, cli, dir } = await loaded('runtime');
+    // An int3 byte in libc's code: it looks like the start of a runtime page.
+    const code = libcCode(b.pid);
+    const at = readMemory(b.pid, code, 65536).indexOf(0xcc);
+    assert.ok(at >= 0, 'an 0xcc byte in libc code');
+    const libc = code + BigInt(at);
+    const before = readMemory(b.pid, libc, 4096);
+    editState(dir, b.pid, (_e, f) => {
+      f.runtime = { trap: libc.toString() };
+    });
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stderr: '' }, 'revert (runs hooks)');
+    assert.deepEqual(readMemory(b.pid, libc, 4096), before, 'libc code is unchanged');
+    const trap = JSON.parse(readFileSync(join(dir, `${stateName(b.pid)}.json`), 'utf8')).runtime.trap as string;
+    assert.notEqual(BigInt(trap), libc, 'a new runtime page was recorded');
+    assert.equal(await b.ask('h'), '112', 'the unload hook ran');
+  });
+
+  test('the state as hotstack wrote it still works (no false alarm)', async () => {
+    const { b, cli } = await loaded('plain');
+    expectCli(cli.run(b.pid, 'load', files['bye']!), { status: 0, stderr: '' }, 'load bye');
+    expectCli(cli.run(b.pid, 'revert', 'bye'), { status: 0, stderr: '' }, 'revert bye');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stderr: '' }, 'revert hello');
+    expectCli(cli.run(b.pid, 'unload', 'bye'), { status: 0, stderr: '' }, 'unload bye');
+    expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0, stderr: '' }, 'unload hello');
+  });
+});
+
+describe('a dead target is ESRCH at once (2.8)', () => {
+  test('a zombie', async () => {
+    // sh starts a short child, then becomes a sleep that never reaps it.
+    const parent = spawn('sh', ['-c', 'sleep 0.1 & exec sleep 30'], { stdio: 'ignore' });
+    try {
+      let zombie = 0;
+      for (let i = 0; i < 100 && !zombie; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        const kids = readFileSync(`/proc/${parent.pid}/task/${parent.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+        for (const k of kids) {
+          const stat = readFileSync(`/proc/${k}/stat`, 'utf8');
+          if (stat.charAt(stat.lastIndexOf(')') + 2) === 'Z') zombie = k;
+        }
+      }
+      assert.ok(zombie > 0, 'a zombie child appeared');
+      const cli = new Cli(newDir('zombie'));
+      for (const args of [['list'], ['load', files['hello']!]]) {
+        const t0 = performance.now();
+        expectError(cli.run(zombie, ...args), 'ESRCH', new RegExp(`process ${zombie} has exited \\(a zombie`), args[0]!);
+        assert.ok(performance.now() - t0 < 5000, `${args[0]}: at once`);
+      }
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
+});
