@@ -5,16 +5,18 @@
  * were changed to point at the program's own code or libc, and a target
  * that is a zombie. Each case runs the real CLI on a real process and
  * checks both the error and that nothing was written, created or unmapped.
+ * Files the target maps (2.6) are read as root too: a huge one is not read
+ * whole, a device is never opened.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync,
+  chmodSync, chownSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { buildAll, type BaseProcess } from './helpers/toolchain.js';
-import { Cli, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
+import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
 
 let files: Record<string, string> = {};
@@ -272,5 +274,56 @@ describe('a dead target is ESRCH at once (2.8)', () => {
     } finally {
       parent.kill('SIGKILL');
     }
+  });
+});
+
+describe('files the target maps are read within bounds (2.6)', () => {
+  test('a huge mapped ELF file is not read whole: EFBIG naming it, at once', async () => {
+    const dir = newDir('big');
+    const big = join(dir, 'bigbase');
+    copyFileSync(files['base']!, big);
+    chmodSync(big, 0o755);
+    truncateSync(big, 600 * 1024 * 1024); // trailing zeros: the program still runs, its build-id unchanged
+    const b = await procs.start(big);
+    const t0 = performance.now();
+    const r = spawnSync('/usr/bin/time', ['-f', 'maxrss=%M', process.execPath, HOTSTACK_BIN, '--pid', String(b.pid), 'load', files['hello']!], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: newDir('bigstate') },
+    });
+    const took = performance.now() - t0;
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`Error 27: EFBIG: the payload's base ${big} is 629145600 bytes, more than hotstack reads of a mapped object \\(536870912\\)`));
+    const rss = Number(/maxrss=(\d+)/.exec(r.stderr)?.[1]);
+    assert.ok(rss > 0 && rss < 400_000, `peak memory ${rss} KiB: the file was not read whole`);
+    assert.ok(took < 10_000, `took ${took} ms`);
+    await alive(b, 'after EFBIG');
+  });
+
+  test('a device the target maps is never opened', async () => {
+    const dir = newDir('dev');
+    const src = join(dir, 'mapdev.c');
+    writeFileSync(src, [
+      '#include <fcntl.h>', '#include <stdio.h>', '#include <sys/mman.h>', '#include <unistd.h>',
+      'int main(void) {',
+      '  int fd = open("/dev/zero", O_RDONLY);',
+      '  if (fd < 0 || mmap(0, 4096, PROT_READ, MAP_PRIVATE, fd, 0) == MAP_FAILED) return 1;',
+      '  puts("ready"); fflush(stdout);',
+      '  char c; while (read(0, &c, 1) == 1) if (c == \'q\') return 0;',
+      '  return 0;', '}', '',
+    ].join('\n'));
+    const bin = join(dir, 'mapdev');
+    assert.equal(spawnSync('gcc', ['-O1', '-o', bin, src]).status, 0);
+    const b = await procs.start(bin);
+    const line = readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n').find((l) => l.endsWith('/dev/zero'));
+    assert.ok(line, 'the device is mapped');
+    const [start, end] = line.split(' ')[0]!.split('-').map((x) => BigInt('0x' + x).toString(16));
+    const trace = join(dir, 'strace.log');
+    const r = spawnSync('strace', ['-f', '-e', 'trace=open,openat', '-o', trace, process.execPath, HOTSTACK_BIN, '--pid', String(b.pid), 'load', files['hello']!], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: newDir('devstate') },
+    });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /EINVAL: payload was built for base build-id [0-9a-f]+, which matches no object loaded in the process/);
+    const opened = readFileSync(trace, 'utf8');
+    assert.match(opened, /map_files\//, 'objects were opened through map_files');
+    assert.doesNotMatch(opened, new RegExp(`map_files/${start}-${end}"`), 'the /dev/zero mapping was not opened');
   });
 });

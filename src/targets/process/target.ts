@@ -12,7 +12,7 @@ import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, processDead, readMaps } from './maps.js';
 import { ProcessMemory } from './memory.js';
-import { loadObjects, type ProcessObject } from './objects.js';
+import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
 import {
   MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
   RUNTIME_PAGE_SIZE, useRuntimePage,
@@ -39,7 +39,7 @@ export class ProcessTarget implements Target {
   private readonly fileStore: ProcessStore;
   private readonly lock: ProcessLock;
   private readonly mem: ProcessMemory;
-  private objectsCache: ProcessObject[] | undefined;
+  private objectsCache: ProcessObjects | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
   /**
    * How long each stop lasted (ms), from stopping the first thread to
@@ -94,11 +94,17 @@ export class ProcessTarget implements Target {
   }
 
   private objects(): ProcessObject[] {
-    return (this.objectsCache ??= loadObjects(this.pid));
+    return (this.objectsCache ??= loadObjects(this.pid)).objects;
   }
 
   findBase(buildId: Uint8Array): BaseObject | undefined {
-    return this.objects().find((o) => o.buildId && bytesEqual(o.buildId, buildId));
+    const o = this.objects().find((x) => x.buildId && bytesEqual(x.buildId, buildId));
+    if (o) return o;
+    const big = this.objectsCache!.oversized.find((x) => x.buildId && bytesEqual(x.buildId, buildId));
+    if (big) {
+      fail('EFBIG', `the payload's base ${big.path} is ${big.size} bytes, more than hotstack reads of a mapped object (${MAX_OBJECT_FILE}); it cannot be patched`);
+    }
+    return undefined;
   }
 
   bases(): BaseObject[] {
