@@ -12,10 +12,10 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync,
+  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { buildAll, type BaseProcess } from './helpers/toolchain.js';
+import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
 
@@ -148,7 +148,45 @@ const BIG = '\u0000big:';
 type Json = Record<string, unknown> & { [k: string]: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
 const big = (v: bigint): string => BIG + v.toString(16);
 
-function editState(dir: string, pid: number, edit: (engine: Json, file: Json) => void): void {
+/** The CLI told to use a state file the process holds no copy of. */
+class TrustingCli extends Cli {
+  override run(pid: number, ...args: string[]): CliResult {
+    return this.raw(['--pid', String(pid), ...args], { env: { HOTSTACK_TRUST_STATE_FILE: '1' } });
+  }
+}
+
+const MIRROR_MAGIC = Buffer.from('hotstack-state\u0000\u0001', 'latin1');
+
+/**
+ * Destroy the copy of the state hotstack keeps in the process (the magic at
+ * the start of a private anonymous r--p mapping), as if the payloads had
+ * been loaded by a hotstack that kept none: the file is then all there is.
+ */
+function wipeMirror(pid: number): number {
+  let wiped = 0;
+  const fd = openSync(`/proc/${pid}/mem`, 'r+');
+  try {
+    for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) r--p [0-9a-f]+ \S+ 0\s*$/.exec(line);
+      if (!m) continue;
+      for (let a = BigInt('0x' + m[1]); a < BigInt('0x' + m[2]); a += 4096n) {
+        const head = Buffer.alloc(16);
+        readSync(fd, head, 0, 16, Number(a));
+        if (head.equals(MIRROR_MAGIC)) {
+          writeSync(fd, Buffer.alloc(16), 0, 16, Number(a));
+          wiped++;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return wiped;
+}
+
+/** Edit the state file; unless `keepMirror`, the copy in the process is destroyed first, so the file is what is read. */
+function editState(dir: string, pid: number, edit: (engine: Json, file: Json) => void, keepMirror = false): void {
+  if (!keepMirror) assert.equal(wipeMirror(pid), 1, 'one copy of the state in the process');
   const path = join(dir, `${stateName(pid)}.json`);
   const file = JSON.parse(readFileSync(path, 'utf8')) as Json;
   const engine = JSON.parse(file.engine as string) as Json;
@@ -167,10 +205,13 @@ function libcCode(pid: number): bigint {
 }
 
 describe('addresses from the state file are checked against the process (2.1)', () => {
+  // Each case edits the file of a process holding no copy of its state (as
+  // a hotstack before the copy would leave it), and tells hotstack to use
+  // the file (HOTSTACK_TRUST_STATE_FILE=1): the file is checked.
   async function loaded(tag: string): Promise<{ b: BaseProcess; cli: Cli; dir: string; site: bigint; jump: Buffer }> {
     const b = await procs.start(files['base']!);
     const dir = newDir(tag);
-    const cli = new Cli(dir);
+    const cli = new TrustingCli(dir);
     expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, `${tag}: load`);
     assert.equal(await b.ask('v'), 'Hello World');
     const site = runtimeAddress(b.pid, files['base']!, 'extra_version');
@@ -238,6 +279,32 @@ describe('addresses from the state file are checked against the process (2.1)', 
     const trap = JSON.parse(readFileSync(join(dir, `${stateName(b.pid)}.json`), 'utf8')).runtime.trap as string;
     assert.notEqual(BigInt(trap), libc, 'a new runtime page was recorded');
     assert.equal(await b.ask('h'), '112', 'the unload hook ran');
+  });
+
+  test('a state file with payloads and no copy in the process is refused unless trusted explicitly', async () => {
+    const { b, dir, site, jump } = await loaded('untrusted');
+    editState(dir, b.pid, () => undefined);
+    const plain = new Cli(dir);
+    for (const args of [['list'], ['revert', 'hello']]) {
+      expectError(plain.run(b.pid, ...args), 'EPERM', new RegExp(`state file .*\\.json lists payloads, but process ${b.pid} holds no copy of hotstack's state.*HOTSTACK_TRUST_STATE_FILE=1`), args[0]!);
+    }
+    assert.deepEqual(readMemory(b.pid, site, 9), jump, 'nothing was reverted');
+    // Trusted once, the state is checked and copied into the process; then it needs no trust.
+    expectCli(new TrustingCli(dir).run(b.pid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'trusted revert');
+    expectCli(plain.run(b.pid, 'unload', 'hello'), { status: 0, stdout: 'Unloading hello... completed\n' }, 'unload');
+  });
+
+  test('an edited state file is ignored while the process holds its own copy', async () => {
+    const { b, cli, dir, site } = await loaded('mirror');
+    const original = functionBytes(files['base']!, 'extra_version', 9);
+    editState(dir, b.pid, (e) => {
+      for (const f of e.payloads[0].funcs) if (f.applied) f.undo = 'cc'.repeat(f.undo.length / 2);
+      e.payloads[0].hooks.unload = [];
+    }, true);
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stderr: '' }, 'revert');
+    assert.deepEqual(readMemory(b.pid, site, 9), original, 'the original code is back, not the edited bytes');
+    assert.equal(await b.ask('h'), '112', 'the unload hook ran (the edit removed it)');
+    assert.equal(await b.ask('v'), '-unstable');
   });
 
   test('the state as hotstack wrote it still works (no false alarm)', async () => {
@@ -325,5 +392,95 @@ describe('files the target maps are read within bounds (2.6)', () => {
     const opened = readFileSync(trace, 'utf8');
     assert.match(opened, /map_files\//, 'objects were opened through map_files');
     assert.doesNotMatch(opened, new RegExp(`map_files/${start}-${end}"`), 'the /dev/zero mapping was not opened');
+  });
+});
+
+describe('a tool killed during upload leaks nothing (2.7)', () => {
+  /** Bytes of private anonymous memory (hotstack's kind) mapped in `pid`. */
+  function anonymousBytes(pid: number): bigint {
+    let n = 0n;
+    for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) \S{3}p [0-9a-f]+ \S+ 0\s*$/.exec(line);
+      if (m) n += BigInt('0x' + m[2]) - BigInt('0x' + m[1]);
+    }
+    return n;
+  }
+
+  test('killed right after the mmap of a payload region: the next command unmaps it', async () => {
+    const b = await procs.start(files['base']!);
+    const cli = new Cli(newDir('leak'));
+    // Once: the runtime page and the state's copy, so the next mmap is the payload's.
+    expectCli(cli.run(b.pid, 'upload', 'hello', files['hello']!), { status: 0 }, 'upload');
+    expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0 }, 'unload');
+    const before = anonymousBytes(b.pid);
+    const r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_DIE_AT: 'stub-syscall-exit' } });
+    assert.equal(r.signal, 'SIGKILL', `the tool was killed after the mmap\n${r.stderr}`);
+    assert.ok(anonymousBytes(b.pid) > before, 'the payload region was mapped');
+    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: 'hotstack: repaired an interrupted upload of hello: its memory was freed\n' }, 'list repairs');
+    assert.deepEqual(cli.states(b.pid), []);
+    assert.equal(anonymousBytes(b.pid), before, 'nothing of the killed upload remains');
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load again');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+});
+
+describe('the state lives in the process too (2.3, 2.9)', () => {
+  test('a corrupt state file: the state comes back from the process, nothing is orphaned', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('corrupt');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load');
+    const path = join(dir, `${stateName(b.pid)}.json`);
+    writeFileSync(path, '{"key": truncated');
+    const r = cli.run(b.pid, 'list', '--json');
+    expectCli(r, { status: 0, stderr: new RegExp(`^hotstack: state file ${path} is corrupt \\(.*\\): recovered the state from the copy kept in process ${b.pid}`) }, 'list');
+    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'revert');
+    assert.equal(await b.ask('v'), '-unstable');
+    assert.doesNotThrow(() => JSON.parse(readFileSync(path, 'utf8')), 'the file was rewritten');
+    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: '' }, 'list after');
+  });
+
+  test('a corrupt state file and no copy in the process: EIO naming the file and what to do', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('corrupt2');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'upload', 'hello', files['hello']!), { status: 0 }, 'upload');
+    wipeMirror(b.pid);
+    writeFileSync(join(dir, `${stateName(b.pid)}.json`), 'garbage');
+    expectError(cli.run(b.pid, 'list'), 'EIO', /state file .*\.json is corrupt \(.*\); move it away to start afresh/, 'list');
+  });
+
+  test('loaded from inside a PID namespace, seen from the host: not applied twice, state files of either view lose nothing', async () => {
+    const dir = newDir('pidns');
+    const wrapper = join(dir, 'in-namespace');
+    writeFileSync(wrapper, `#!/bin/sh\nexec unshare --pid --fork --mount-proc ${files['base']!}\n`);
+    chmodSync(wrapper, 0o755);
+    const b = await procs.start(wrapper);
+    const hostPid = Number(readFileSync(`/proc/${b.pid}/task/${b.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    assert.ok(hostPid > 0 && readFileSync(`/proc/${hostPid}/status`, 'utf8').includes('NSpid:\t' + hostPid + '\t1'), 'the base is pid 1 in its namespace');
+    const state = newDir('pidns-state');
+    const inside = (...args: string[]) => spawnSync('nsenter', ['--target', String(hostPid), '--pid', '--mount', '--', process.execPath, HOTSTACK_BIN, '--pid', '1', ...args], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state },
+    });
+    let r = inside('load', files['hello']!);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, `Uploading ${files['hello']!}... completed\nApplying hello... completed\n`);
+    assert.equal(await b.ask('v'), 'Hello World');
+    // The host, with the same state directory: its stale-file sweep removes the namespace's file (pid 1 is another process here).
+    const host = new Cli(state);
+    const l = host.run(hostPid, 'list', '--json');
+    expectCli(l, { status: 0, stderr: /found in the process itself/ }, 'host list');
+    assert.deepEqual((JSON.parse(l.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    expectCli(host.run(hostPid, 'load', files['hello']!), { status: 1, stderr: /EEXIST/ }, 'host load again');
+    assert.equal(await b.ask('h'), '101', 'the load hook ran once');
+    r = inside('list');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /hello\s+\| APPLIED/, 'the namespace still sees it');
+    expectCli(host.run(hostPid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'host revert');
+    assert.equal(await b.ask('v'), '-unstable');
+    r = inside('list', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:CHECKED']);
   });
 });
