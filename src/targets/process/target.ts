@@ -10,7 +10,7 @@ import { INT3 } from '../../arch/x86_64/insn.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, processDead, readMaps, type MapEntry } from './maps.js';
+import { findFreeGapsFor, processDead, readMaps } from './maps.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
 import {
@@ -19,9 +19,8 @@ import {
 } from './remote.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
-import { coveredByAnonymous, StateValidator, unmapped } from './validate.js';
-import { findMirrors, fits, initMirror, mirrorSizeFor, writeMirror, type Mirror } from './mirror.js';
-import type { EngineState } from '../../core/state.js';
+import { coveredByAnonymous, unmapped } from './validate.js';
+import { StateKeeper } from './keeper.js';
 
 const PROT: Record<Perm, number> = { rx: PROT_READ | PROT_EXEC, r: PROT_READ, rw: PROT_READ | PROT_WRITE };
 /** How long a hook may run before it is taken to be stuck (e.g. on a lock a stopped thread holds). */
@@ -29,9 +28,6 @@ const HOOK_TIMEOUT_MS = Number(process.env.HOTSTACK_HOOK_TIMEOUT_MS) || 5000;
 /** How long stopping every thread may take. */
 const STOP_TIMEOUT_MS = 5000;
 const REACH = 0x7fff0000n;
-/** Largest mapping intent repaired (a payload's memory is at most 64 MiB). */
-const MAX_INTENT = 128 * 1024 * 1024;
-
 function alignPage(n: bigint): bigint {
   return (n + BigInt(RUNTIME_PAGE_SIZE) - 1n) & ~BigInt(RUNTIME_PAGE_SIZE - 1);
 }
@@ -57,12 +53,7 @@ export class ProcessTarget implements Target {
   private stopStart = 0;
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
-  /** The copy of the state kept in the process (mirror.ts), once found or made. */
-  private mirror: Mirror | undefined;
-  /** Older copies found (a tool killed while replacing one): freed by the next save. */
-  private staleMirrors: Mirror[] = [];
-  /** Things a person should know about (a state recovered from the process). */
-  readonly notices: string[] = [];
+  private readonly keeper: StateKeeper;
   /** The runtime page, once checked or made for a stopped process (see trap()). */
   private readonly runtimeOf = new WeakMap<StoppedProcess, bigint>();
 
@@ -71,107 +62,31 @@ export class ProcessTarget implements Target {
     this.lock = lock;
     this.description = `process ${pid} (${lock.identity.comm})`;
     this.fileStore = new ProcessStore(lock.identity);
-    this.store = { load: () => this.loadChecked(), save: (st) => this.fileStore.save(st) };
     this.mem = new ProcessMemory(pid);
-    this.fileStore.beforeSave = () => this.saveMirror();
+    this.keeper = new StateKeeper(this.fileStore, {
+      pid,
+      mem: this.mem,
+      objects: () => this.objects(),
+      mapReadOnly: (size: number) =>
+        this.stopped((p) => {
+          this.trap(p);
+          const base = this.objects()[0];
+          return this.mapNear(p, size, PROT_READ, base ? base.range : { start: 0n, end: 0n });
+        }),
+      free: (addr: bigint, size: number) => this.free(addr, size),
+    });
+    this.store = this.keeper;
+  }
+
+  /** What loading the state found worth telling a person (a state recovered from the process). */
+  get notices(): readonly string[] {
+    return this.keeper.notices;
   }
 
   /** Lock the process for this tool (EBUSY if another hotstack holds it). */
   static open(pid: number, lockTimeoutMs = 5000): ProcessTarget {
     checkAccess(pid);
     return new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs));
-  }
-
-  /**
-   * The state: the copy kept in the process when there is one (it wins over
-   * the file: only someone who can write the process could have changed
-   * it), else the file; refused unless it matches the process (validate.ts).
-   */
-  private loadChecked(): EngineState | null {
-    const maps = readMaps(this.pid);
-    const mirrors = findMirrors(maps, this.mem);
-    const best = mirrors.find((m) => m.text !== null);
-    let s: EngineState | null = null;
-    try {
-      s = this.fileStore.load();
-    } catch (e) {
-      if (!(best && e instanceof HotstackError && e.errno === 'EIO')) throw e;
-      this.notices.push(`${e.message.replace(/; move it away.*$/, '')}: recovered the state from the copy kept in process ${this.pid}; the file is rewritten by the next change`);
-    }
-    this.mirror = best ?? mirrors[0];
-    if (best) {
-      const fileSeq = s ? this.fileStore.seq : -1n;
-      s = this.fileStore.adopt(best.text!);
-      if (fileSeq < 0n && !this.notices.length && (s.payloads.length || s.pending)) {
-        this.notices.push(`state of process ${this.pid} found in the process itself (no state file ${this.fileStore.file}: written from another PID namespace, or removed)`);
-      }
-    }
-    this.staleMirrors = mirrors.filter((m) => m !== this.mirror);
-    if (!s) return s;
-    if (!best && (s.payloads.length || s.pending) && process.env.HOTSTACK_TRUST_STATE_FILE !== '1') {
-      // Every save keeps the state in the process before the file: a file with payloads
-      // and no copy there was not written for this process by this hotstack.
-      fail('EPERM', `state file ${this.fileStore.file} lists payloads, but process ${this.pid} holds no copy of hotstack's state, which hotstack keeps there before writing the file: the file was not written for this process by this hotstack, so nothing in it is used. If an older hotstack loaded them, run this once with HOTSTACK_TRUST_STATE_FILE=1 (the file is then checked against the process and copied into it); else move the file away`);
-    }
-    const v = new StateValidator(maps, this.objects(), this.fileStore.file, this.pid);
-    try {
-      v.check(s);
-    } catch (e) {
-      if (e instanceof HotstackError) throw e;
-      fail('EPERM', `state file ${this.fileStore.file} is malformed (${(e as Error).message}); hotstack never writes such a state: check the process, then move the file away`);
-    }
-    this.repairIntent(s, maps);
-    return s;
-  }
-
-  /**
-   * Keep the state in the process before the file is written (the file is
-   * a cache of it): in the current mirror when it fits, else in a new,
-   * larger one, the old one freed once the new one holds the state.
-   */
-  private saveMirror(): void {
-    const len = Buffer.byteLength(this.fileStore.mirrorText(), 'utf8');
-    const old = this.mirror;
-    if (!old || !fits(old.size, len)) {
-      const size = mirrorSizeFor(len);
-      this.mirror = this.stopped((p) => {
-        this.trap(p);
-        const base = this.objects()[0];
-        return initMirror(this.mem, this.mapNear(p, size, PROT_READ, base ? base.range : { start: 0n, end: 0n }), size);
-      });
-      if (old) this.staleMirrors.push(old);
-    }
-    // The text again: making the runtime page or the mirror may have changed it.
-    writeMirror(this.mem, this.mirror!, this.fileStore.seq, this.fileStore.mirrorText());
-    for (const m of this.staleMirrors.splice(0)) {
-      try {
-        this.free(m.addr, m.size);
-      } catch {
-        /* a leftover page or two is harmless; it is never read again (older sequence) */
-      }
-    }
-  }
-
-  /**
-   * A mapping a killed tool made but never recorded (its intent is still in
-   * the file): unmap it, but only while it is what that mmap made (private
-   * anonymous, those permissions, all zeros: hotstack writes into a mapping
-   * only once it is recorded) and no recorded memory overlaps it.
-   */
-  private repairIntent(s: EngineState, maps: MapEntry[]): void {
-    const i = this.fileStore.runtime.intent;
-    if (!i) return;
-    const end = i.addr + BigInt(i.size);
-    const recorded = [
-      ...s.payloads.flatMap((p) => p.regions), ...(s.pending?.regions ?? []),
-      ...(this.fileStore.runtime.trap !== undefined ? [{ addr: this.fileStore.runtime.trap, size: RUNTIME_PAGE_SIZE }] : []),
-      ...(this.mirror ? [this.mirror] : []),
-    ].some((r) => r.addr < end && i.addr < r.addr + BigInt(r.size));
-    const ours = !recorded && i.size > 0 && i.size <= MAX_INTENT && i.addr % BigInt(RUNTIME_PAGE_SIZE) === 0n
-      && coveredByAnonymous(maps, i.addr, end, i.perms) && this.mem.read(i.addr, i.size).every((b) => b === 0);
-    if (ours) this.free(i.addr, i.size);
-    this.fileStore.runtime.intent = undefined;
-    this.fileStore.saveRuntime();
   }
 
   /** Release everything: detach (if still attached), close memory, unlock. */
