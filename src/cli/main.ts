@@ -138,6 +138,7 @@ A fleet run (--all, or several --pid) exits 0 when no process failed, 2 when
 every failure was EBUSY or EAGAIN, else 1; exited processes and processes
 already in the wanted state are skipped, not failed.
 Environment: HOTSTACK_STATE_DIR (per-process state, default /run/hotstack),
+HOTSTACK_TRUST_STATE_FILE=1 (once, for payloads an older hotstack loaded: use a state file the process holds no copy of),
 HOTSTACK_DEBUG_ROOT (debug files of stripped programs, default /usr/lib/debug),
 HOTSTACK_HOOK_TIMEOUT_MS (default 5000), HOTSTACK_DEBUG=1 (stack traces of internal errors),
 HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (default /etc/hotstack/policy).`,

@@ -63,6 +63,7 @@ export class Engine {
   constructor(target: Target) {
     this.target = target;
     this.state = target.store.load() ?? emptyState();
+    this.notices.push(...(target.notices ?? []));
     this.reindex();
     if (this.state.pending) this.repair();
   }

@@ -129,4 +129,6 @@ export interface Target {
 
   /** Engine state storage (in memory for images; persistent for processes). */
   readonly store: StateStore;
+  /** What loading the state found worth telling a person (a state recovered from elsewhere). */
+  readonly notices?: readonly string[];
 }

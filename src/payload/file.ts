@@ -40,7 +40,7 @@ export function fsError(e: unknown, context: string): HotstackError {
 }
 
 /** A short name for what a non-regular file is, for messages. */
-function kindOf(st: Stats): string {
+export function kindOf(st: Stats): string {
   if (st.isDirectory()) return 'a directory';
   if (st.isFIFO()) return 'a FIFO';
   if (st.isCharacterDevice()) return 'a character device';

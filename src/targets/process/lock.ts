@@ -5,10 +5,12 @@
  * with SIGKILL never leaves one held.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { fail } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { readProcFile } from './maps.js';
+import { StateDir } from './statedir.js';
+
+export { stateDir } from './statedir.js';
 
 /** Who a process is, in a way that survives pid reuse. */
 export interface ProcessIdentity {
@@ -47,33 +49,23 @@ export function processIdentity(pid: number): ProcessIdentity {
   return { pid, startTime, key: `${pid}-${startTime}`, comm };
 }
 
-/** Where hotstack keeps per-process files: $HOTSTACK_STATE_DIR or /run/hotstack (read at each call). */
-export function stateDir(): string {
-  return process.env.HOTSTACK_STATE_DIR || '/run/hotstack';
-}
-
-/** Create the state directory (mode 0700: lock and state files are nobody else's business). */
+/** Create and check the state directory (see statedir.ts); its path. */
 export function ensureStateDir(): string {
-  const dir = stateDir();
-  try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  } catch (e) {
-    fail(
-      (e as NodeJS.ErrnoException).code === 'EACCES' ? 'EACCES' : 'EIO',
-      `cannot create state directory ${dir}: ${(e as Error).message} (run as root or set HOTSTACK_STATE_DIR)`,
-    );
-  }
-  return dir;
+  return StateDir.open().path;
 }
 
 /** A held process lock; release() is idempotent and also happens when our process dies. */
 export class ProcessLock {
+  /** The lock file, for messages. */
   readonly path: string;
   readonly identity: ProcessIdentity;
   private fd: number | null;
+  /** The same file, reached through the open state directory. */
+  private readonly at: string;
 
-  constructor(file: string, identity: ProcessIdentity, fd: number) {
+  constructor(file: string, at: string, identity: ProcessIdentity, fd: number) {
     this.path = file;
+    this.at = at;
     this.identity = identity;
     this.fd = fd;
   }
@@ -86,7 +78,7 @@ export class ProcessLock {
   release(): void {
     if (this.fd === null) return;
     try {
-      fs.unlinkSync(this.path);
+      fs.unlinkSync(this.at);
     } catch {
       /* already gone */
     }
@@ -102,30 +94,57 @@ export class ProcessLock {
 function sameFile(fd: number, file: string): boolean {
   try {
     const a = fs.fstatSync(fd, { bigint: true });
-    const b = fs.statSync(file, { bigint: true });
+    const b = fs.lstatSync(file, { bigint: true });
     return a.dev === b.dev && a.ino === b.ino;
   } catch {
     return false;
   }
 }
 
+/** Who holds a lock, as its holder wrote it (our pid), for messages; '' when unknown. */
+function holderOf(fd: number): string {
+  try {
+    const b = Buffer.alloc(24);
+    const n = fs.readSync(fd, b, 0, b.length, 0);
+    const pid = /^(\d+)\n/.exec(b.subarray(0, n).toString('latin1'))?.[1];
+    if (!pid) return '';
+    let comm = '';
+    try {
+      comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      /* gone */
+    }
+    return ` by pid ${pid}${comm ? ` (${comm})` : ''}`;
+  } catch {
+    return '';
+  }
+}
+
+/** Note our pid in the lock file, so that a waiter can name who holds it. */
+function noteHolder(fd: number): void {
+  try {
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, `${process.pid}\n`, 0);
+  } catch {
+    /* only a courtesy to waiters */
+  }
+}
+
 /**
  * Take the exclusive lock for process `pid`, polling until `timeoutMs`.
- * EBUSY when another hotstack holds it, ESRCH when the process does not exist.
+ * EBUSY when another hotstack holds it (naming it), ESRCH when the process
+ * does not exist. The lock file is checked like every file of the state
+ * directory (no symbolic link, regular, ours).
  */
 export function lockProcess(pid: number, timeoutMs = 5000): ProcessLock {
   const id = processIdentity(pid);
-  const dir = ensureStateDir();
-  const file = path.join(dir, `${id.key}.lock`);
+  const dir = StateDir.open();
+  const name = `${id.key}.lock`;
+  const file = dir.shown(name);
+  const at = dir.at(name);
   const deadline = performance.now() + timeoutMs;
   for (;;) {
-    let fd: number;
-    try {
-      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600) // libuv adds O_CLOEXEC itself;
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      fail(code === 'EACCES' ? 'EACCES' : 'EIO', `cannot open lock file ${file}: ${(e as Error).message}`);
-    }
+    const fd = dir.openLockFile(name); // libuv adds O_CLOEXEC itself
     let got = false;
     try {
       got = pt.flock(fd, pt.LOCK_EX | pt.LOCK_NB);
@@ -133,11 +152,21 @@ export function lockProcess(pid: number, timeoutMs = 5000): ProcessLock {
       fs.closeSync(fd);
       throw e;
     }
-    if (got && sameFile(fd, file)) return new ProcessLock(file, id, fd);
-    fs.closeSync(fd);
-    if (got) continue; // we locked a file its holder had just unlinked: retry on the new one
+    if (got && sameFile(fd, at)) {
+      noteHolder(fd);
+      return new ProcessLock(file, at, id, fd);
+    }
+    if (got) {
+      fs.closeSync(fd);
+      continue; // we locked a file its holder had just unlinked: retry on the new one
+    }
     const left = deadline - performance.now();
-    if (left <= 0) fail('EBUSY', `another hotstack is acting on process ${pid} (lock ${file})`);
+    if (left <= 0) {
+      const who = holderOf(fd);
+      fs.closeSync(fd);
+      fail('EBUSY', `another hotstack is acting on process ${pid}${who} (lock ${file}); try again when it is done`);
+    }
+    fs.closeSync(fd);
     pt.sleepMs(Math.min(20, left));
   }
 }

@@ -84,6 +84,23 @@ function schedState(dir: string): string {
 }
 
 /**
+ * True when process `pid` no longer runs: /proc has no such process, or it
+ * is a zombie (every thread Z or X) waiting for its parent to reap it.
+ * /proc/PID exists for a zombie, so existence alone would count it alive.
+ */
+export function processDead(pid: number): boolean {
+  const base = `/proc/${pid}`;
+  if (!'ZX?'.includes(schedState(base))) return false;
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`${base}/task`);
+  } catch {
+    return true;
+  }
+  return tids.every((tid) => 'ZX?'.includes(schedState(`${base}/task/${tid}`)));
+}
+
+/**
  * The /proc directory to read a process's address space from: /proc/PID,
  * or /proc/PID/task/TID of a live thread when the thread-group leader has
  * called pthread_exit (a zombie leader's maps, mem and map_files are empty

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
-import { procBase } from './maps.js';
+import { procBase, processDead } from './maps.js';
 import { pwrite } from './ptrace.js';
 
 function hex(a: bigint): string {
@@ -37,7 +37,7 @@ export class ProcessMemory {
   }
 
   private gone(): boolean {
-    return !fs.existsSync(`/proc/${this.pid}`);
+    return processDead(this.pid);
   }
 
   private fault(what: 'read' | 'write', addr: bigint, len: number, why: string): never {

@@ -4,8 +4,10 @@
  * read through /proc/PID/map_files, so the mapped inode is used even when
  * the file on disk was replaced or deleted.
  */
-import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
+import { fromHex } from '../../elf/bytes.js';
+import { readFileBuildId } from './buildid.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
 import { readObjects, type MappedObject } from './maps.js';
 import { baseSymbols } from '../../elf/debugfile.js';
@@ -85,6 +87,15 @@ export class ProcessObject implements BaseObject {
     return this.symbols().hasGlobal(name);
   }
 
+  /** The object file's own bytes at run-time address `addr` (undefined outside its segments). */
+  fileBytes(addr: bigint, len: number): Uint8Array | undefined {
+    try {
+      return this.elf.readVirtual(addr - this.bias, len);
+    } catch {
+      return undefined;
+    }
+  }
+
   /** An exported dynamic symbol (default version), link-time value. */
   dynamicSymbol(name: string): IndexedSymbol | undefined {
     return (this.file.dynamic ??= SymbolIndex.dynamicOf(this.elf)).lookup(name);
@@ -100,30 +111,72 @@ function loadBias(m: MappedObject, elf: ElfFile): bigint {
   return map.start - (first.vaddr & PAGE_MASK);
 }
 
+/** Largest mapped file read whole; a larger one is not read (its build-id is, from its headers, for messages). */
+export const MAX_OBJECT_FILE = 512 * 1024 * 1024;
+
+/** A mapped ELF file too large to read. */
+export interface OversizedObject {
+  path: string;
+  size: number;
+  buildId: Uint8Array | null;
+}
+
+/** What a process maps: the objects read, and the ELF files too large to be. */
+export interface ProcessObjects {
+  objects: ProcessObject[];
+  oversized: OversizedObject[];
+}
+
+function preadExact(fd: number, len: number, pos: number): Buffer | null {
+  const b = Buffer.alloc(len);
+  let done = 0;
+  while (done < len) {
+    const n = readSync(fd, b, done, len - done, pos + done);
+    if (n === 0) return null;
+    done += n;
+  }
+  return b;
+}
+
 /**
  * The parsed ELF file a mapping shows, from the cache when the same inode
- * (unchanged) was parsed before; undefined for what is not a regular ELF
- * file (a device, a data file, a file that vanished).
+ * (unchanged) was parsed before. The process chose what to map, and
+ * hotstack runs as root: a device or a FIFO is never opened for reading
+ * (stat first: opening a device can act on it; O_NONBLOCK), a file that is
+ * not ELF costs four bytes, one over MAX_OBJECT_FILE only its headers.
+ * Null for what is not a usable ELF file (or vanished).
  */
-function fileData(m: MappedObject): FileData | undefined {
-  let fd: number | undefined;
+function fileData(m: MappedObject): FileData | OversizedObject | null {
+  const path = m.mapFilesPath;
+  let fd: number;
   try {
-    fd = openSync(m.mapFilesPath, constants.O_RDONLY | constants.O_NONBLOCK); // never wait on a FIFO: refused below
+    if (!statSync(path).isFile()) return null;
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch {
+    return null;
+  }
+  try {
     const st = fstatSync(fd, { bigint: true });
-    if (!st.isFile()) return undefined;
+    if (!st.isFile() || st.size < 64n) return null;
     const key = `${st.dev}/${st.ino}/${st.size}/${st.mtimeNs}`;
     const hit = files.get(key);
     if (hit) return hit;
-    const b = Buffer.alloc(4);
-    if (readSync(fd, b, 0, 4, 0) !== 4 || b.readUInt32BE(0) !== 0x7f454c46) return undefined;
-    const data: FileData = { elf: ElfFile.parse(readFileSync(fd), m.path) };
+    const magic = preadExact(fd, 4, 0);
+    if (!magic || magic.readUInt32BE(0) !== 0x7f454c46) return null;
+    if (st.size > BigInt(MAX_OBJECT_FILE)) {
+      const id = readFileBuildId(path);
+      return { path: m.path, size: Number(st.size), buildId: id ? fromHex(id) : null };
+    }
+    const all = preadExact(fd, Number(st.size), 0);
+    if (!all) return null;
+    const data: FileData = { elf: ElfFile.parse(new Uint8Array(all.buffer, all.byteOffset, all.length), m.path) };
     if (files.size >= MAX_CACHED_FILES) files.delete(files.keys().next().value!);
     files.set(key, data);
     return data;
   } catch {
-    return undefined;
+    return null;
   } finally {
-    if (fd !== undefined) closeSync(fd);
+    closeSync(fd);
   }
 }
 
@@ -132,13 +185,17 @@ function fileData(m: MappedObject): FileData | undefined {
  * then libraries roughly in load order). Unreadable or malformed objects
  * are skipped: they cannot be patched, and must not stop work on others.
  */
-export function loadObjects(pid: number): ProcessObject[] {
-  const out: ProcessObject[] = [];
+export function loadObjects(pid: number): ProcessObjects {
+  const out: ProcessObjects = { objects: [], oversized: [] };
   for (const m of readObjects(pid)) {
     const f = fileData(m);
     if (!f) continue; // not a usable ELF object
+    if (!('elf' in f)) {
+      out.oversized.push(f);
+      continue;
+    }
     try {
-      out.push(new ProcessObject(m, f));
+      out.objects.push(new ProcessObject(m, f));
     } catch {
       /* not a usable ELF object */
     }

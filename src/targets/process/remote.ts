@@ -144,13 +144,27 @@ function siginfoOrNull(tid: number): Buffer | null {
   }
 }
 
+/**
+ * waitFor until `deadline`, noticing a process that died meanwhile (killed
+ * by someone else, or exiting on its own as a zombie whose exit is not
+ * reported to us) at once as ESRCH, instead of after the whole timeout.
+ */
+function waitAlive(proc: StoppedProcess, tid: number, deadline: number): pt.WaitStatus | null {
+  for (;;) {
+    const left = deadline - performance.now();
+    const st = pt.waitFor(tid, Math.max(0, Math.min(left, 100)));
+    if (st || left <= 100) return st;
+    if (proc.isGone()) exitedDuring(proc, tid, 'a remote operation');
+  }
+}
+
 /** Any failure of a process that died under us becomes ESRCH "process N exited". */
 function exitAware<T>(proc: StoppedProcess, body: () => T): T {
   try {
     return body();
   } catch (e) {
     // Whatever failed (ptrace ESRCH, empty maps, unreadable memory), a dead process is the real story.
-    if (isHotstackError(e) && e.errno !== 'ETIMEDOUT' && proc.isGone()) fail('ESRCH', `process ${proc.pid} exited`);
+    if (isHotstackError(e) && proc.isGone()) fail('ESRCH', `process ${proc.pid} exited`);
     throw e;
   }
 }
@@ -323,7 +337,7 @@ function parkAfterSyscallStop(proc: StoppedProcess, tid: number, rip: bigint, de
   dieAt('stub-interrupted');
   pt.cont(tid, 0);
   for (;;) {
-    const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+    const st = waitAlive(proc, tid, deadline);
     if (!st) {
       reclaim(proc, tid, what);
       fail('ETIMEDOUT', `${what} in process ${proc.pid} did not stop after completing`);
@@ -370,7 +384,7 @@ function syscallViaStub(proc: StoppedProcess, tid: number, page: bigint, nr: num
     const deadline = performance.now() + SYSCALL_TIMEOUT_MS;
     let entered = false;
     while (raw === undefined) {
-      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      const st = waitAlive(proc, tid, deadline);
       if (!st) {
         reclaim(proc, tid, what);
         fail('ETIMEDOUT', `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`);
@@ -453,7 +467,7 @@ function syscallOn(proc: StoppedProcess, tid: number, nr: number | bigint, args:
     pt.singlestep(tid, 0);
     const deadline = performance.now() + SYSCALL_TIMEOUT_MS;
     while (raw === undefined) {
-      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      const st = waitAlive(proc, tid, deadline);
       if (!st) {
         reclaim(proc, tid, `remote system call ${nr}`);
         fail('ETIMEDOUT', `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`);
@@ -597,7 +611,7 @@ function callOn(
     pt.cont(tid, 0);
     const deadline = performance.now() + timeoutMs;
     while (result === undefined) {
-      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      const st = waitAlive(proc, tid, deadline);
       if (!st) {
         reclaim(proc, tid, `the hook at ${hex(fn)}`);
         fail(
@@ -693,7 +707,7 @@ function callViaStub(
     syscallStep(tid);
     const deadline = performance.now() + timeoutMs;
     while (result === undefined) {
-      const st = pt.waitFor(tid, Math.max(0, deadline - performance.now()));
+      const st = waitAlive(proc, tid, deadline);
       if (!st) {
         reclaim(proc, tid, what);
         fail(

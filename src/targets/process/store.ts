@@ -5,12 +5,12 @@
  * removed, so the state vanishes with its process. Writes are atomic
  * (write + rename) so a killed tool leaves the old or the new state.
  */
-import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { fail } from '../../errors.js';
-import { deserializeState, serializeState, type EngineState } from '../../core/state.js';
+import { deserializeState, emptyState, serializeState, type EngineState } from '../../core/state.js';
 import type { StateStore } from '../../core/target.js';
-import { ensureStateDir, processIdentity, stateDir, type ProcessIdentity } from './lock.js';
+import { join } from 'node:path';
+import { processIdentity, type ProcessIdentity } from './lock.js';
+import { StateDir, stateDir } from './statedir.js';
 
 /** The state file of a process: what `ProcessStore` reads and writes (and what the fleet looks for). */
 export function stateFileOf(id: ProcessIdentity): string {
@@ -26,74 +26,139 @@ export function stateFileOf(id: ProcessIdentity): string {
 const lastSweep = new Map<string, number>();
 const SWEEP_INTERVAL_MS = 1000;
 
-/** What is kept besides the engine state: the process's runtime page. */
+/** A mapping about to be made in the process: freed by the next command if a killed tool never recorded it. */
+export interface MappingIntent {
+  addr: bigint;
+  size: number;
+  /** /proc/PID/maps permissions it is made with, e.g. "r-xp". */
+  perms: string;
+}
+
+/** What is kept besides the engine state: the process's runtime page, a mapping in progress. */
 export interface RuntimeState {
   /** Address of an int3 in an executable page of ours (return trap of remote calls). */
   trap?: bigint;
+  intent?: MappingIntent;
 }
 
 interface FileShape {
   key: string;
+  /** Save counter, shared with the copy in the process (mirror.ts); absent in older files. */
+  seq?: string;
   engine: string;
-  runtime: { trap?: string };
+  runtime: { trap?: string; intent?: { addr: string; size: number; perms: string } };
 }
 
 export class ProcessStore implements StateStore {
+  /** The state file, for messages. */
   readonly file: string;
   runtime: RuntimeState = {};
   private readonly key: string;
+  private readonly dir: StateDir;
+  private readonly name: string;
+  /** The engine state last read or written (serialized), for saveRuntime(). */
+  private engineText: string = serializeState(emptyState());
+  /** The engine state being saved, while its copy in the process is written. */
+  private nextText: string | undefined;
+  /** Number of the last save (the copy in the process carries the same). */
+  seq = 0n;
+  /** Called before each full save writes the file: keeps the copy in the process first (see mirror.ts). */
+  beforeSave?: () => void;
 
   constructor(id: ProcessIdentity) {
-    const dir = ensureStateDir();
+    this.dir = StateDir.open();
     this.key = id.key;
-    this.file = join(dir, `${id.key}.json`);
+    this.name = `${id.key}.json`;
+    this.file = this.dir.shown(this.name);
     const now = performance.now();
-    const last = lastSweep.get(dir);
+    const last = lastSweep.get(this.dir.path);
     if (last === undefined || now - last >= SWEEP_INTERVAL_MS) {
-      lastSweep.set(dir, now);
-      removeStale(dir);
+      lastSweep.set(this.dir.path, now);
+      removeStale(this.dir);
     }
   }
 
   load(): EngineState | null {
-    let text: string;
+    const bytes = this.dir.readFile(this.name);
+    if (bytes === null) return null;
     try {
-      text = readFileSync(this.file, 'utf8');
-    } catch {
-      return null;
-    }
-    try {
-      const f = JSON.parse(text) as FileShape;
-      if (f.key !== this.key) return null;
-      this.runtime = { trap: f.runtime?.trap ? BigInt(f.runtime.trap) : undefined };
-      return deserializeState(f.engine);
+      return this.parse(Buffer.from(bytes).toString('utf8'), true);
     } catch (e) {
       return fail('EIO', `state file ${this.file} is corrupt (${(e as Error).message}); move it away to start afresh (payloads already in the process are then unknown to hotstack)`);
     }
   }
 
-  save(s: EngineState): void {
+  /** Take the state from the copy kept in the process (its key is the PID of whoever wrote it: not checked). */
+  adopt(text: string): EngineState {
+    const s = this.parse(text, false);
+    if (!s) fail('EIO', 'the state kept in the process is unreadable');
+    return s;
+  }
+
+  private parse(text: string, checkKey: boolean): EngineState | null {
+    const f = JSON.parse(text) as FileShape;
+    if (checkKey && f.key !== this.key) return null;
+    const i = f.runtime?.intent;
+    const s = deserializeState(f.engine);
+    this.runtime = {
+      trap: f.runtime?.trap ? BigInt(f.runtime.trap) : undefined,
+      intent: i ? { addr: BigInt(i.addr), size: Number(i.size), perms: String(i.perms) } : this.runtime.intent,
+    };
+    this.engineText = f.engine;
+    this.seq = f.seq !== undefined && /^\d+$/.test(f.seq) ? BigInt(f.seq) : 0n;
+    return s;
+  }
+
+  /** The text kept in the process: the file's, less the mapping intent (a matter of this file). */
+  mirrorText(): string {
+    return this.text(false, this.nextText ?? this.engineText);
+  }
+
+  private text(withIntent: boolean, engine = this.engineText): string {
+    const { trap, intent } = this.runtime;
     const f: FileShape = {
       key: this.key,
-      engine: serializeState(s),
-      runtime: { trap: this.runtime.trap !== undefined ? this.runtime.trap.toString() : undefined },
+      seq: this.seq.toString(),
+      engine,
+      runtime: {
+        trap: trap !== undefined ? trap.toString() : undefined,
+        intent: withIntent && intent ? { addr: intent.addr.toString(), size: intent.size, perms: intent.perms } : undefined,
+      },
     };
-    const tmp = `${this.file}.tmp`;
-    writeFileSync(tmp, JSON.stringify(f));
-    renameSync(tmp, this.file);
+    return JSON.stringify(f);
+  }
+
+  save(s: EngineState): void {
+    const next = serializeState(s);
+    this.seq++;
+    // The copy in the process gets the new state; files written meanwhile (a
+    // mapping intent while that copy is made) keep the old one until it is in.
+    this.nextText = next;
+    try {
+      this.beforeSave?.();
+    } catch (e) {
+      this.seq--;
+      throw e;
+    } finally {
+      this.nextText = undefined;
+    }
+    this.engineText = next;
+    this.saveRuntime();
+  }
+
+  /** Write the file now (a mapping intent), with the engine state as last saved. */
+  saveRuntime(): void {
+    this.dir.writeFile(this.name, this.text(true));
   }
 }
 
-/** Delete state files of processes that no longer exist (or whose PID was reused). */
-export function removeStale(dir: string): void {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const m = /^(\d+)-(\d+)\.json$/.exec(n);
+/**
+ * Delete state files (and the temporary files a killed hotstack left) of
+ * processes that no longer exist or whose PID was reused.
+ */
+export function removeStale(dir: StateDir = StateDir.open()): void {
+  for (const n of dir.names()) {
+    const m = /^(\d+)-(\d+)\.json(\.tmp)?$/.exec(n);
     if (!m) continue;
     let alive = false;
     try {
@@ -101,6 +166,6 @@ export function removeStale(dir: string): void {
     } catch {
       alive = false;
     }
-    if (!alive) rmSync(join(dir, n), { force: true });
+    if (!alive) dir.remove(n);
   }
 }

@@ -3,22 +3,24 @@
  * and /proc. Implements the engine's Target interface; the engine never
  * sees a thread or a register.
  */
-import { accessSync, constants, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { INT3 } from '../../arch/x86_64/insn.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
-import { lockProcess, stateDir, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, readMaps } from './maps.js';
+import { lockProcess, type ProcessLock } from './lock.js';
+import { findFreeGapsFor, processDead, readMaps } from './maps.js';
 import { ProcessMemory } from './memory.js';
-import { loadObjects, type ProcessObject } from './objects.js';
+import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
 import {
   MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
   RUNTIME_PAGE_SIZE, useRuntimePage,
 } from './remote.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
+import { coveredByAnonymous, unmapped } from './validate.js';
+import { StateKeeper } from './keeper.js';
 
 const PROT: Record<Perm, number> = { rx: PROT_READ | PROT_EXEC, r: PROT_READ, rw: PROT_READ | PROT_WRITE };
 /** How long a hook may run before it is taken to be stuck (e.g. on a lock a stopped thread holds). */
@@ -26,6 +28,9 @@ const HOOK_TIMEOUT_MS = Number(process.env.HOTSTACK_HOOK_TIMEOUT_MS) || 5000;
 /** How long stopping every thread may take. */
 const STOP_TIMEOUT_MS = 5000;
 const REACH = 0x7fff0000n;
+function alignPage(n: bigint): bigint {
+  return (n + BigInt(RUNTIME_PAGE_SIZE) - 1n) & ~BigInt(RUNTIME_PAGE_SIZE - 1);
+}
 
 export class ProcessTarget implements Target {
   readonly kind = 'process' as const;
@@ -37,7 +42,7 @@ export class ProcessTarget implements Target {
   private readonly fileStore: ProcessStore;
   private readonly lock: ProcessLock;
   private readonly mem: ProcessMemory;
-  private objectsCache: ProcessObject[] | undefined;
+  private objectsCache: ProcessObjects | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
   /**
    * How long each stop lasted (ms), from stopping the first thread to
@@ -56,6 +61,7 @@ export class ProcessTarget implements Target {
   private stopStart = 0;
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
+  private readonly keeper: StateKeeper;
   /** The runtime page, once checked or made for a stopped process (see trap()). */
   private readonly runtimeOf = new WeakMap<StoppedProcess, bigint>();
 
@@ -64,8 +70,25 @@ export class ProcessTarget implements Target {
     this.lock = lock;
     this.description = `process ${pid} (${lock.identity.comm})`;
     this.fileStore = new ProcessStore(lock.identity);
-    this.store = this.fileStore;
     this.mem = new ProcessMemory(pid);
+    this.keeper = new StateKeeper(this.fileStore, {
+      pid,
+      mem: this.mem,
+      objects: () => this.objects(),
+      mapReadOnly: (size: number) =>
+        this.stopped((p) => {
+          this.trap(p);
+          const base = this.objects()[0];
+          return this.mapNear(p, size, PROT_READ, base ? base.range : { start: 0n, end: 0n });
+        }),
+      free: (addr: bigint, size: number) => this.free(addr, size),
+    });
+    this.store = this.keeper;
+  }
+
+  /** What loading the state found worth telling a person (a state recovered from the process). */
+  get notices(): readonly string[] {
+    return this.keeper.notices;
   }
 
   /** Lock the process for this tool (EBUSY if another hotstack holds it). */
@@ -86,11 +109,17 @@ export class ProcessTarget implements Target {
   }
 
   private objects(): ProcessObject[] {
-    return (this.objectsCache ??= loadObjects(this.pid));
+    return (this.objectsCache ??= loadObjects(this.pid)).objects;
   }
 
   findBase(buildId: Uint8Array): BaseObject | undefined {
-    return this.objects().find((o) => o.buildId && bytesEqual(o.buildId, buildId));
+    const o = this.objects().find((x) => x.buildId && bytesEqual(x.buildId, buildId));
+    if (o) return o;
+    const big = this.objectsCache!.oversized.find((x) => x.buildId && bytesEqual(x.buildId, buildId));
+    if (big) {
+      fail('EFBIG', `the payload's base ${big.path} is ${big.size} bytes, more than hotstack reads of a mapped object (${MAX_OBJECT_FILE}); it cannot be patched`);
+    }
+    return undefined;
   }
 
   bases(): BaseObject[] {
@@ -170,18 +199,34 @@ export class ProcessTarget implements Target {
 
   private mapNear(p: StoppedProcess, size: number, prot: number, range: { start: bigint; end: bigint }): bigint {
     const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH });
+    const store = this.fileStore;
+    const pages = Number(alignPage(BigInt(size)));
+    const perms = `${prot & PROT_READ ? 'r' : '-'}${prot & PROT_WRITE ? 'w' : '-'}${prot & PROT_EXEC ? 'x' : '-'}p`;
+    const forget = (): void => {
+      store.runtime.intent = undefined;
+      store.saveRuntime();
+    };
     for (const hint of hints.slice(0, 32)) {
       let addr: bigint;
+      // Intent first: a tool killed after the mmap but before the caller records
+      // the mapping leaves it in the file, and the next command frees it.
+      store.runtime.intent = { addr: hint, size: pages, perms };
+      store.saveRuntime();
       try {
         addr = remoteMmap(p, p.mainThread.tid, hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
       } catch (e) {
+        forget();
         if (e instanceof HotstackError && e.errno === 'EEXIST') continue;
         if (e instanceof HotstackError && (e.errno === 'EPERM' || e.errno === 'EACCES')) throw this.explainMmapRefusal(e, prot);
         throw e;
       }
       // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
-      if (addr === hint) return addr;
+      if (addr === hint) {
+        store.runtime.intent = undefined; // the caller's next save records the mapping itself
+        return addr;
+      }
       remoteMunmap(p, p.mainThread.tid, addr, size);
+      forget();
     }
     return fail('ENOMEM', `no free address space for ${size} bytes within +-2 GiB of ${this.pid}'s object at 0x${range.start.toString(16)}`);
   }
@@ -201,6 +246,12 @@ export class ProcessTarget implements Target {
   }
 
   free(addr: bigint, size: number): void {
+    const end = addr + BigInt(size);
+    const maps = readMaps(this.pid);
+    // Never unmap what is not ours: a program's text or data would vanish under it.
+    if (!coveredByAnonymous(maps, addr, end) && !unmapped(maps, addr, end)) {
+      fail('EPERM', `refusing to unmap 0x${addr.toString(16)} (+${size}) in process ${this.pid}: it is not memory hotstack mapped (a private anonymous mapping)`);
+    }
     this.stopped((p) => {
       this.trap(p);
       remoteMunmap(p, p.mainThread.tid, addr, size);
@@ -222,7 +273,9 @@ export class ProcessTarget implements Target {
     if (t !== undefined) {
       try {
         const m = readMaps(this.pid).find((x) => x.start <= t && t < x.end);
-        if (m && m.perms.startsWith('r-x') && m.end - t >= BigInt(RUNTIME_PAGE_SIZE) && this.mem.read(t, 1)[0] === INT3) {
+        // Only a private anonymous page of ours: the state file could name libc's code.
+        const ok = m && t % BigInt(RUNTIME_PAGE_SIZE) === 0n && coveredByAnonymous([m], t, t + BigInt(RUNTIME_PAGE_SIZE), 'r-xp');
+        if (ok && this.mem.read(t, 1)[0] === INT3) {
           useRuntimePage(p, t);
           this.runtimeOf.set(p, t);
           return t;
@@ -233,8 +286,9 @@ export class ProcessTarget implements Target {
     }
     const base = this.objects()[0];
     const page = this.mapNear(p, RUNTIME_PAGE_SIZE, PROT_READ | PROT_EXEC, base ? base.range : { start: 0n, end: 0n });
-    this.mem.write(page, new Uint8Array(16).fill(INT3));
     this.fileStore.runtime.trap = page;
+    this.fileStore.saveRuntime(); // recorded before it holds anything (an unrecorded intent is freed only while all zeros)
+    this.mem.write(page, new Uint8Array(16).fill(INT3));
     useRuntimePage(p, page);
     this.runtimeOf.set(p, page);
     return page;
@@ -302,12 +356,19 @@ export class ProcessTarget implements Target {
  * even `list` needs it, or it would show another user's empty state.
  */
 function checkAccess(pid: number): void {
+  if (existsSync(`/proc/${pid}`) && processDead(pid)) {
+    fail('ESRCH', `process ${pid} has exited (a zombie until its parent reaps it); there is nothing to patch`);
+  }
   try {
     accessSync(`/proc/${pid}/mem`, constants.R_OK | constants.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
-      removeStale(stateDir()); // its state, if any, died with it
+      try {
+        removeStale(); // its state, if any, died with it
+      } catch {
+        /* a state directory in a bad shape is reported by the commands that use it */
+      }
       fail('ESRCH', `process ${pid} does not exist`);
     }
     fail('EPERM', `not permitted to trace process ${pid}: run hotstack as root (or with CAP_SYS_PTRACE) or as the process's user, and check /proc/sys/kernel/yama/ptrace_scope`);

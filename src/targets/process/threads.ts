@@ -249,13 +249,21 @@ export class StoppedProcess {
     for (;;) {
       let st: pt.WaitStatus | null;
       try {
-        st = pt.waitFor(t.tid, Math.max(0, deadline - performance.now()));
+        st = pt.waitFor(t.tid, Math.max(0, Math.min(deadline - performance.now(), 100)));
       } catch (e) {
         if (!isErr(e, 'ESRCH')) throw e;
         this.noteExit(t.tid);
         return true;
       }
-      if (!st) return false;
+      if (!st) {
+        if (performance.now() >= deadline) return false;
+        // A process that died without a report to us (a zombie): no stop will come.
+        if (this.isGone()) {
+          this.noteExit(t.tid);
+          return true;
+        }
+        continue;
+      }
       switch (st.kind) {
         case 'exited':
         case 'killed':
@@ -345,6 +353,7 @@ export class StoppedProcess {
             t.state = 'gone';
             continue;
           }
+          this.assertAlive();
           fail(
             'ETIMEDOUT',
             `thread ${t.label} of process ${this.pid} did not stop within ${timeoutMs} ms ` +

@@ -1,0 +1,486 @@
+/**
+ * The state directory and state files are not trusted (issue 11, audit
+ * items 2.1, 2.2, 2.8): planted symbolic links, FIFOs and directories,
+ * a directory others can write, a held lock, a state file whose addresses
+ * were changed to point at the program's own code or libc, and a target
+ * that is a zombie. Each case runs the real CLI on a real process and
+ * checks both the error and that nothing was written, created or unmapped.
+ * Files the target maps (2.6) are read as root too: a huge one is not read
+ * whole, a device is never opened.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
+import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
+import { lockProcess, processStartTime } from '../src/targets/process/index.js';
+
+let files: Record<string, string> = {};
+const procs = new Processes();
+const dirs: string[] = [];
+
+function newDir(tag: string): string {
+  const d = freshStateDir(`trust-${tag}`);
+  dirs.push(d);
+  return d;
+}
+
+before(() => {
+  files = buildAll();
+});
+
+after(async () => {
+  await procs.stopAll();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const stateName = (pid: number): string => `${pid}-${processStartTime(pid)}`;
+
+function expectError(r: CliResult, errno: string, message: RegExp, step: string): void {
+  expectCli(r, { status: errno === 'EBUSY' ? 2 : 1, stderr: message }, step);
+  assert.match(r.stderr, new RegExp(`Error \\d+: ${errno}: `), `${step}: errno\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /internal error|\n\s+at /, `${step}: no internal error or stack trace\n${r.stderr}`);
+}
+
+async function alive(b: BaseProcess, step: string): Promise<void> {
+  assert.equal(await b.ask('m'), '42', `${step}: the process still answers`);
+}
+
+describe('state directory and files: planted things are refused, never followed (2.2)', () => {
+  test('a symbolic link as the state directory', async () => {
+    const b = await procs.start(files['base']!);
+    const real = newDir('real');
+    const link = join(newDir('holder'), 'state');
+    symlinkSync(real, link);
+    expectError(new Cli(link).run(b.pid, 'list'), 'EPERM', /state directory .*\/state is a symbolic link/, 'symlinked dir');
+    assert.deepEqual(spawnSync('ls', ['-A', real], { encoding: 'utf8' }).stdout, '', 'nothing was created through the link');
+  });
+
+  test('a state directory others may write, or another user owns', async () => {
+    const b = await procs.start(files['base']!);
+    const open = newDir('open');
+    chmodSync(open, 0o777);
+    expectError(new Cli(open).run(b.pid, 'list'), 'EPERM', /state directory .* is writable by group or others \(mode 0777\)/, 'mode 0777');
+    const theirs = newDir('theirs');
+    chownSync(theirs, 65534, 65534);
+    expectError(new Cli(theirs).run(b.pid, 'list'), 'EPERM', /state directory .* is owned by uid 65534/, 'owned by nobody');
+  });
+
+  test('a missing state directory is created 0700, state files 0600', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = join(newDir('parent'), 'run', 'hotstack');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0 }, 'load');
+    assert.equal(lstatSync(dir).mode & 0o777, 0o700, 'directory mode');
+    const st = lstatSync(join(dir, `${stateName(b.pid)}.json`));
+    assert.ok(st.isFile());
+    assert.equal(st.mode & 0o777, 0o600, 'state file mode');
+  });
+
+  test('a symbolic link as the lock file creates nothing', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('locklink');
+    const victim = join(newDir('victim'), 'created-by-hotstack');
+    symlinkSync(victim, join(dir, `${stateName(b.pid)}.lock`));
+    expectError(new Cli(dir).run(b.pid, 'list'), 'EPERM', /lock file .*\.lock is a symbolic link/, 'lock symlink');
+    assert.equal(existsSync(victim), false, 'the link target was not created');
+  });
+
+  test('a symbolic link as the temporary state file is replaced, not written through', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('tmplink');
+    const victim = join(newDir('victim2'), 'precious');
+    writeFileSync(victim, 'precious data\n');
+    symlinkSync(victim, join(dir, `${stateName(b.pid)}.json.tmp`));
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load');
+    assert.equal(readFileSync(victim, 'utf8'), 'precious data\n', 'the link target is untouched');
+    assert.deepEqual(cli.states(b.pid), ['hello:APPLIED']);
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+  });
+
+  test('a FIFO, a directory or a symbolic link as the state file: a clear error at once', async () => {
+    const b = await procs.start(files['base']!);
+    const name = `${stateName(b.pid)}.json`;
+    const fifoDir = newDir('fifo');
+    assert.equal(spawnSync('mkfifo', [join(fifoDir, name)]).status, 0);
+    const t0 = performance.now();
+    expectError(new Cli(fifoDir).run(b.pid, 'list'), 'EPERM', /state file .*\.json is a FIFO, not a regular file/, 'FIFO');
+    assert.ok(performance.now() - t0 < 10_000, 'list did not hang on the FIFO');
+    const dirDir = newDir('dir');
+    mkdirSync(join(dirDir, name));
+    expectError(new Cli(dirDir).run(b.pid, 'list'), 'EPERM', /state file .*\.json is a directory, not a regular file/, 'directory');
+    expectError(new Cli(dirDir).run(b.pid, 'load', files['hello']!), 'EPERM', /state file .*\.json is a directory/, 'directory, load');
+    const linkDir = newDir('statelink');
+    const victim = join(newDir('victim3'), 'state');
+    writeFileSync(victim, '{}');
+    symlinkSync(victim, join(linkDir, name));
+    expectError(new Cli(linkDir).run(b.pid, 'list'), 'EPERM', /state file .*\.json is a symbolic link/, 'symlink');
+    await alive(b, 'after the planted files');
+  });
+
+  test('a held lock: EBUSY after the bounded wait, naming the holder', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('held');
+    const saved = process.env.HOTSTACK_STATE_DIR;
+    process.env.HOTSTACK_STATE_DIR = dir;
+    const lock = lockProcess(b.pid, 100);
+    try {
+      const t0 = performance.now();
+      const r = new Cli(dir).run(b.pid, 'list');
+      expectError(r, 'EBUSY', new RegExp(`another hotstack is acting on process ${b.pid} by pid ${process.pid} \\(node\\)`), 'held lock');
+      assert.ok(performance.now() - t0 < 30_000);
+    } finally {
+      lock.release();
+      process.env.HOTSTACK_STATE_DIR = saved;
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Editing a state file as an attacker who can write the state directory would
+
+const BIG = '\u0000big:';
+type Json = Record<string, unknown> & { [k: string]: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+const big = (v: bigint): string => BIG + v.toString(16);
+
+/** The CLI told to use a state file the process holds no copy of. */
+class TrustingCli extends Cli {
+  override run(pid: number, ...args: string[]): CliResult {
+    return this.raw(['--pid', String(pid), ...args], { env: { HOTSTACK_TRUST_STATE_FILE: '1' } });
+  }
+}
+
+const MIRROR_MAGIC = Buffer.from('hotstack-state\u0000\u0001', 'latin1');
+
+/**
+ * Destroy the copy of the state hotstack keeps in the process (the magic at
+ * the start of a private anonymous r--p mapping), as if the payloads had
+ * been loaded by a hotstack that kept none: the file is then all there is.
+ */
+function wipeMirror(pid: number): number {
+  let wiped = 0;
+  const fd = openSync(`/proc/${pid}/mem`, 'r+');
+  try {
+    for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) r--p [0-9a-f]+ \S+ 0\s*$/.exec(line);
+      if (!m) continue;
+      for (let a = BigInt('0x' + m[1]); a < BigInt('0x' + m[2]); a += 4096n) {
+        const head = Buffer.alloc(16);
+        readSync(fd, head, 0, 16, Number(a));
+        if (head.equals(MIRROR_MAGIC)) {
+          writeSync(fd, Buffer.alloc(16), 0, 16, Number(a));
+          wiped++;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return wiped;
+}
+
+/** Edit the state file; unless `keepMirror`, the copy in the process is destroyed first, so the file is what is read. */
+function editState(dir: string, pid: number, edit: (engine: Json, file: Json) => void, keepMirror = false): void {
+  if (!keepMirror) assert.equal(wipeMirror(pid), 1, 'one copy of the state in the process');
+  const path = join(dir, `${stateName(pid)}.json`);
+  const file = JSON.parse(readFileSync(path, 'utf8')) as Json;
+  const engine = JSON.parse(file.engine as string) as Json;
+  edit(engine, file);
+  file.engine = JSON.stringify(engine);
+  writeFileSync(path, JSON.stringify(file));
+}
+
+/** The first r-x mapping of libc in `pid`. */
+function libcCode(pid: number): bigint {
+  for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-[0-9a-f]+ r-xp .*\/libc[.-]/.exec(line);
+    if (m) return BigInt('0x' + m[1]);
+  }
+  throw new Error(`no libc code mapping in process ${pid}`);
+}
+
+describe('addresses from the state file are checked against the process (2.1)', () => {
+  // Each case edits the file of a process holding no copy of its state (as
+  // a hotstack before the copy would leave it), and tells hotstack to use
+  // the file (HOTSTACK_TRUST_STATE_FILE=1): the file is checked.
+  async function loaded(tag: string): Promise<{ b: BaseProcess; cli: Cli; dir: string; site: bigint; jump: Buffer }> {
+    const b = await procs.start(files['base']!);
+    const dir = newDir(tag);
+    const cli = new TrustingCli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, `${tag}: load`);
+    assert.equal(await b.ask('v'), 'Hello World');
+    const site = runtimeAddress(b.pid, files['base']!, 'extra_version');
+    return { b, cli, dir, site, jump: readMemory(b.pid, site, 9) };
+  }
+
+  test('chosen undo bytes: revert refuses and writes nothing', async () => {
+    const { b, cli, dir, site, jump } = await loaded('undo');
+    editState(dir, b.pid, (e) => {
+      for (const f of e.payloads[0].funcs) if (f.applied) f.undo = 'cc'.repeat(f.undo.length / 2);
+    });
+    expectError(cli.run(b.pid, 'revert', 'hello'), 'EPERM', /state file .* does not match process \d+: the saved bytes of extra_version in payload hello/, 'revert');
+    expectError(cli.run(b.pid, 'list'), 'EPERM', /does not match process/, 'list');
+    assert.deepEqual(readMemory(b.pid, site, 9), jump, 'the patched code is unchanged');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+
+  test('a region at the program\'s own text: unload refuses, nothing is unmapped', async () => {
+    const { b, cli, dir } = await loaded('region');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+    const text = runtimeAddress(b.pid, files['base']!, 'main') & ~0xfffn;
+    editState(dir, b.pid, (e) => {
+      e.payloads[0].regions[0].addr = big(text);
+    });
+    expectError(cli.run(b.pid, 'unload', 'hello'), 'EPERM', /region 0x[0-9a-f]+ of payload hello .* is not memory hotstack mapped/, 'unload');
+    await alive(b, 'after the refused unload');
+  });
+
+  test('a hook at libc code: apply refuses, the process lives', async () => {
+    const { b, cli, dir } = await loaded('hook');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+    const exitFn = libcCode(b.pid) + 0x100n;
+    editState(dir, b.pid, (e) => {
+      e.payloads[0].hooks.load = [big(exitFn)];
+    });
+    expectError(cli.run(b.pid, 'apply', 'hello'), 'EPERM', /the load hook of payload hello at 0x[0-9a-f]+ is not in its code/, 'apply');
+    await alive(b, 'after the refused apply');
+  });
+
+  test('a journal that would write chosen bytes: refused before repair', async () => {
+    const { b, cli, dir } = await loaded('journal');
+    const main = runtimeAddress(b.pid, files['base']!, 'main');
+    const now = readMemory(b.pid, main, 5);
+    editState(dir, b.pid, (e) => {
+      e.pending = { action: 'apply', payload: 'hello', writes: [{ addr: big(main), before: 'cccccccccc', after: now.toString('hex') }], regions: [] };
+    });
+    expectError(cli.run(b.pid, 'list'), 'EPERM', /the interrupted apply wrote at 0x[0-9a-f]+, which is no patch site/, 'list');
+    assert.deepEqual(readMemory(b.pid, main, 5), now, 'main is unchanged');
+    await alive(b, 'after the refused repair');
+  });
+
+  test('a runtime page at libc code: never written, a page of ours is made instead', async () => {
+    const { b, cli, dir } = await loaded('runtime');
+    // An int3 byte in libc's code: it looks like the start of a runtime page.
+    const code = libcCode(b.pid);
+    const at = readMemory(b.pid, code, 65536).indexOf(0xcc);
+    assert.ok(at >= 0, 'an 0xcc byte in libc code');
+    const libc = code + BigInt(at);
+    const before = readMemory(b.pid, libc, 4096);
+    editState(dir, b.pid, (_e, f) => {
+      f.runtime = { trap: libc.toString() };
+    });
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stderr: '' }, 'revert (runs hooks)');
+    assert.deepEqual(readMemory(b.pid, libc, 4096), before, 'libc code is unchanged');
+    const trap = JSON.parse(readFileSync(join(dir, `${stateName(b.pid)}.json`), 'utf8')).runtime.trap as string;
+    assert.notEqual(BigInt(trap), libc, 'a new runtime page was recorded');
+    assert.equal(await b.ask('h'), '112', 'the unload hook ran');
+  });
+
+  test('a state file with payloads and no copy in the process is refused unless trusted explicitly', async () => {
+    const { b, dir, site, jump } = await loaded('untrusted');
+    editState(dir, b.pid, () => undefined);
+    const plain = new Cli(dir);
+    for (const args of [['list'], ['revert', 'hello']]) {
+      expectError(plain.run(b.pid, ...args), 'EPERM', new RegExp(`state file .*\\.json lists payloads, but process ${b.pid} holds no copy of hotstack's state.*HOTSTACK_TRUST_STATE_FILE=1`), args[0]!);
+    }
+    assert.deepEqual(readMemory(b.pid, site, 9), jump, 'nothing was reverted');
+    // Trusted once, the state is checked and copied into the process; then it needs no trust.
+    expectCli(new TrustingCli(dir).run(b.pid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'trusted revert');
+    expectCli(plain.run(b.pid, 'unload', 'hello'), { status: 0, stdout: 'Unloading hello... completed\n' }, 'unload');
+  });
+
+  test('an edited state file is ignored while the process holds its own copy', async () => {
+    const { b, cli, dir, site } = await loaded('mirror');
+    const original = functionBytes(files['base']!, 'extra_version', 9);
+    editState(dir, b.pid, (e) => {
+      for (const f of e.payloads[0].funcs) if (f.applied) f.undo = 'cc'.repeat(f.undo.length / 2);
+      e.payloads[0].hooks.unload = [];
+    }, true);
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stderr: '' }, 'revert');
+    assert.deepEqual(readMemory(b.pid, site, 9), original, 'the original code is back, not the edited bytes');
+    assert.equal(await b.ask('h'), '112', 'the unload hook ran (the edit removed it)');
+    assert.equal(await b.ask('v'), '-unstable');
+  });
+
+  test('the state as hotstack wrote it still works (no false alarm)', async () => {
+    const { b, cli } = await loaded('plain');
+    expectCli(cli.run(b.pid, 'load', files['bye']!), { status: 0, stderr: '' }, 'load bye');
+    expectCli(cli.run(b.pid, 'revert', 'bye'), { status: 0, stderr: '' }, 'revert bye');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stderr: '' }, 'revert hello');
+    expectCli(cli.run(b.pid, 'unload', 'bye'), { status: 0, stderr: '' }, 'unload bye');
+    expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0, stderr: '' }, 'unload hello');
+  });
+});
+
+describe('a dead target is ESRCH at once (2.8)', () => {
+  test('a zombie', async () => {
+    // sh starts a short child, then becomes a sleep that never reaps it.
+    const parent = spawn('sh', ['-c', 'sleep 0.1 & exec sleep 30'], { stdio: 'ignore' });
+    try {
+      let zombie = 0;
+      for (let i = 0; i < 100 && !zombie; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        const kids = readFileSync(`/proc/${parent.pid}/task/${parent.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+        for (const k of kids) {
+          const stat = readFileSync(`/proc/${k}/stat`, 'utf8');
+          if (stat.charAt(stat.lastIndexOf(')') + 2) === 'Z') zombie = k;
+        }
+      }
+      assert.ok(zombie > 0, 'a zombie child appeared');
+      const cli = new Cli(newDir('zombie'));
+      for (const args of [['list'], ['load', files['hello']!]]) {
+        const t0 = performance.now();
+        expectError(cli.run(zombie, ...args), 'ESRCH', new RegExp(`process ${zombie} has exited \\(a zombie`), args[0]!);
+        assert.ok(performance.now() - t0 < 5000, `${args[0]}: at once`);
+      }
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
+});
+
+describe('files the target maps are read within bounds (2.6)', () => {
+  test('a huge mapped ELF file is not read whole: EFBIG naming it, at once', async () => {
+    const dir = newDir('big');
+    const big = join(dir, 'bigbase');
+    copyFileSync(files['base']!, big);
+    chmodSync(big, 0o755);
+    truncateSync(big, 600 * 1024 * 1024); // trailing zeros: the program still runs, its build-id unchanged
+    const b = await procs.start(big);
+    const t0 = performance.now();
+    const r = spawnSync('/usr/bin/time', ['-f', 'maxrss=%M', process.execPath, HOTSTACK_BIN, '--pid', String(b.pid), 'load', files['hello']!], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: newDir('bigstate') },
+    });
+    const took = performance.now() - t0;
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`Error 27: EFBIG: the payload's base ${big} is 629145600 bytes, more than hotstack reads of a mapped object \\(536870912\\)`));
+    const rss = Number(/maxrss=(\d+)/.exec(r.stderr)?.[1]);
+    assert.ok(rss > 0 && rss < 400_000, `peak memory ${rss} KiB: the file was not read whole`);
+    assert.ok(took < 10_000, `took ${took} ms`);
+    await alive(b, 'after EFBIG');
+  });
+
+  test('a device the target maps is never opened', async () => {
+    const dir = newDir('dev');
+    const src = join(dir, 'mapdev.c');
+    writeFileSync(src, [
+      '#include <fcntl.h>', '#include <stdio.h>', '#include <sys/mman.h>', '#include <unistd.h>',
+      'int main(void) {',
+      '  int fd = open("/dev/zero", O_RDONLY);',
+      '  if (fd < 0 || mmap(0, 4096, PROT_READ, MAP_PRIVATE, fd, 0) == MAP_FAILED) return 1;',
+      '  puts("ready"); fflush(stdout);',
+      '  char c; while (read(0, &c, 1) == 1) if (c == \'q\') return 0;',
+      '  return 0;', '}', '',
+    ].join('\n'));
+    const bin = join(dir, 'mapdev');
+    assert.equal(spawnSync('gcc', ['-O1', '-o', bin, src]).status, 0);
+    const b = await procs.start(bin);
+    const line = readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n').find((l) => l.endsWith('/dev/zero'));
+    assert.ok(line, 'the device is mapped');
+    const [start, end] = line.split(' ')[0]!.split('-').map((x) => BigInt('0x' + x).toString(16));
+    const trace = join(dir, 'strace.log');
+    const r = spawnSync('strace', ['-f', '-e', 'trace=open,openat', '-o', trace, process.execPath, HOTSTACK_BIN, '--pid', String(b.pid), 'load', files['hello']!], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: newDir('devstate') },
+    });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /EINVAL: payload was built for base build-id [0-9a-f]+, which matches no object loaded in the process/);
+    const opened = readFileSync(trace, 'utf8');
+    assert.match(opened, /map_files\//, 'objects were opened through map_files');
+    assert.doesNotMatch(opened, new RegExp(`map_files/${start}-${end}"`), 'the /dev/zero mapping was not opened');
+  });
+});
+
+describe('a tool killed during upload leaks nothing (2.7)', () => {
+  /** Bytes of private anonymous memory (hotstack's kind) mapped in `pid`. */
+  function anonymousBytes(pid: number): bigint {
+    let n = 0n;
+    for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) \S{3}p [0-9a-f]+ \S+ 0\s*$/.exec(line);
+      if (m) n += BigInt('0x' + m[2]) - BigInt('0x' + m[1]);
+    }
+    return n;
+  }
+
+  test('killed right after the mmap of a payload region: the next command unmaps it', async () => {
+    const b = await procs.start(files['base']!);
+    const cli = new Cli(newDir('leak'));
+    // Once: the runtime page and the state's copy, so the next mmap is the payload's.
+    expectCli(cli.run(b.pid, 'upload', 'hello', files['hello']!), { status: 0 }, 'upload');
+    expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0 }, 'unload');
+    const before = anonymousBytes(b.pid);
+    const r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_DIE_AT: 'stub-syscall-exit' } });
+    assert.equal(r.signal, 'SIGKILL', `the tool was killed after the mmap\n${r.stderr}`);
+    assert.ok(anonymousBytes(b.pid) > before, 'the payload region was mapped');
+    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: 'hotstack: repaired an interrupted upload of hello: its memory was freed\n' }, 'list repairs');
+    assert.deepEqual(cli.states(b.pid), []);
+    assert.equal(anonymousBytes(b.pid), before, 'nothing of the killed upload remains');
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load again');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+});
+
+describe('the state lives in the process too (2.3, 2.9)', () => {
+  test('a corrupt state file: the state comes back from the process, nothing is orphaned', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('corrupt');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load');
+    const path = join(dir, `${stateName(b.pid)}.json`);
+    writeFileSync(path, '{"key": truncated');
+    const r = cli.run(b.pid, 'list', '--json');
+    expectCli(r, { status: 0, stderr: new RegExp(`^hotstack: state file ${path} is corrupt \\(.*\\): recovered the state from the copy kept in process ${b.pid}`) }, 'list');
+    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'revert');
+    assert.equal(await b.ask('v'), '-unstable');
+    assert.doesNotThrow(() => JSON.parse(readFileSync(path, 'utf8')), 'the file was rewritten');
+    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: '' }, 'list after');
+  });
+
+  test('a corrupt state file and no copy in the process: EIO naming the file and what to do', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('corrupt2');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'upload', 'hello', files['hello']!), { status: 0 }, 'upload');
+    wipeMirror(b.pid);
+    writeFileSync(join(dir, `${stateName(b.pid)}.json`), 'garbage');
+    expectError(cli.run(b.pid, 'list'), 'EIO', /state file .*\.json is corrupt \(.*\); move it away to start afresh/, 'list');
+  });
+
+  test('loaded from inside a PID namespace, seen from the host: not applied twice, state files of either view lose nothing', async () => {
+    const dir = newDir('pidns');
+    const wrapper = join(dir, 'in-namespace');
+    writeFileSync(wrapper, `#!/bin/sh\nexec unshare --pid --fork --mount-proc ${files['base']!}\n`);
+    chmodSync(wrapper, 0o755);
+    const b = await procs.start(wrapper);
+    const hostPid = Number(readFileSync(`/proc/${b.pid}/task/${b.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    assert.ok(hostPid > 0 && readFileSync(`/proc/${hostPid}/status`, 'utf8').includes('NSpid:\t' + hostPid + '\t1'), 'the base is pid 1 in its namespace');
+    const state = newDir('pidns-state');
+    const inside = (...args: string[]) => spawnSync('nsenter', ['--target', String(hostPid), '--pid', '--mount', '--', process.execPath, HOTSTACK_BIN, '--pid', '1', ...args], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state },
+    });
+    let r = inside('load', files['hello']!);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, `Uploading ${files['hello']!}... completed\nApplying hello... completed\n`);
+    assert.equal(await b.ask('v'), 'Hello World');
+    // The host, with the same state directory: its stale-file sweep removes the namespace's file (pid 1 is another process here).
+    const host = new Cli(state);
+    const l = host.run(hostPid, 'list', '--json');
+    expectCli(l, { status: 0, stderr: /found in the process itself/ }, 'host list');
+    assert.deepEqual((JSON.parse(l.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    expectCli(host.run(hostPid, 'load', files['hello']!), { status: 1, stderr: /EEXIST/ }, 'host load again');
+    assert.equal(await b.ask('h'), '101', 'the load hook ran once');
+    r = inside('list');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /hello\s+\| APPLIED/, 'the namespace still sees it');
+    expectCli(host.run(hostPid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'host revert');
+    assert.equal(await b.ask('v'), '-unstable');
+    r = inside('list', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:CHECKED']);
+  });
+});
