@@ -23,7 +23,7 @@ export {
   type MappedObject,
   type GapOptions,
 } from './maps.js';
-export { ProcessMemory, readMemory, writeMemory } from './memory.js';
+export { ProcessMemory, readMemory } from './memory.js';
 export {
   StoppedProcess,
   StoppedThread,
@@ -38,9 +38,7 @@ export {
   PROT_READ,
   PROT_WRITE,
   PROT_EXEC,
-  MAP_SHARED,
   MAP_PRIVATE,
-  MAP_FIXED,
   MAP_ANONYMOUS,
   MAP_FIXED_NOREPLACE,
   findSyscallInsn,
@@ -56,7 +54,6 @@ export {
   processStartTime,
   processIdentity,
   stateDir,
-  ensureStateDir,
   lockProcess,
   ProcessLock,
   type ProcessIdentity,

@@ -49,11 +49,6 @@ export function processIdentity(pid: number): ProcessIdentity {
   return { pid, startTime, key: `${pid}-${startTime}`, comm };
 }
 
-/** Create and check the state directory (see statedir.ts); its path. */
-export function ensureStateDir(): string {
-  return StateDir.open().path;
-}
-
 /** A held process lock; release() is idempotent and also happens when our process dies. */
 export class ProcessLock {
   /** The lock file, for messages. */

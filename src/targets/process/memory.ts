@@ -138,13 +138,3 @@ export function readMemory(pid: number, addr: bigint, len: number): Uint8Array {
     m.close();
   }
 }
-
-/** One-shot write (opens and closes /proc/PID/mem). */
-export function writeMemory(pid: number, addr: bigint, data: Uint8Array): void {
-  const m = new ProcessMemory(pid);
-  try {
-    m.write(addr, data);
-  } finally {
-    m.close();
-  }
-}

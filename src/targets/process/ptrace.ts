@@ -26,7 +26,6 @@ const c_ptrace = libc.func('long ptrace(int request, int pid, ...)');
 const c_waitpid = libc.func('int waitpid(int pid, void *status, int options)');
 const c_flock = libc.func('int flock(int fd, int operation)');
 const c_tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
-const c_kill = libc.func('int kill(int pid, int sig)');
 const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
 
 // ---------------------------------------------------------------------------
@@ -51,7 +50,6 @@ const __WALL = 0x40000000;
 
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
-export const LOCK_UN = 8;
 
 /** Signal numbers (x86-64 Linux) used by the process layer. */
 export const SIG = {
@@ -346,12 +344,6 @@ export function tgkill(tgid: number, tid: number, sig: number): void {
     if (e === ERRNO.ESRCH) fail('ESRCH', `thread ${tid} of process ${tgid} exited`);
     fail(errnoKey(e), `tgkill(${tgid}, ${tid}, ${signalName(sig)}) failed: ${errnoName(e)}`);
   }
-}
-
-/** True when a process (or thread group) with this id exists (kill with signal 0). */
-export function processAlive(pid: number): boolean {
-  if (c_kill(pid, 0) === 0) return true;
-  return koffi.errno() === ERRNO.EPERM;
 }
 
 /** flock on a Node fd: true on success, false when LOCK_NB and the lock is held elsewhere. */
