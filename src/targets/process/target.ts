@@ -163,6 +163,10 @@ export class ProcessTarget implements Target {
   /** Run `fn` with every thread stopped; re-entrant, detaches on the way out. */
   private stopped<T>(fn: (p: StoppedProcess) => T): T {
     if (this.current) return fn(this.current);
+    return this.fileStore.deferSaves(() => this.stopOnce(fn));
+  }
+
+  private stopOnce<T>(fn: (p: StoppedProcess) => T): T {
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
     const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
