@@ -159,6 +159,7 @@ describe('hotstack diff', () => {
     };
     attempt(objectWith('rate', ['rate']), 'rate', 'EOPNOTSUPP', /variable rate changes \(initial value\)/);
     attempt(objectWith('visits-drop', ['visits-drop']), 'drop', 'EINVAL', /function visits no longer uses its static variable seen/);
+    attempt(objectWith('ifunc', ['ifunc']), 'ifunc', 'EOPNOTSUPP', /IFUNC order_word is new or changed/);
     attempt(objectWith('line', ['line']), 'line', 'ENODATA', /no change: .*only line numbers moved, in checked/);
     attempt(orig, 'same', 'ENODATA', /no change/);
     // __LINE__ passed to a function of the program: a change, unless it is named with --line-macro.
