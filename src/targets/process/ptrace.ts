@@ -14,7 +14,7 @@
  * wait for its next stop) inside synchronous code, as this module does.
  */
 import koffi from 'koffi';
-import { ERRNO, errnoName, fail, type ErrnoName } from '../../errors.js';
+import { ERRNO, errnoName, fail, knownErrno, type ErrnoName } from '../../errors.js';
 
 // ---------------------------------------------------------------------------
 // libc
@@ -101,8 +101,7 @@ export function signalName(sig: number): string {
 
 /** errno names the kernel may give us that are not in the shared ERRNO table map to EIO, keeping the number in the text. */
 function errnoKey(e: number): ErrnoName {
-  const name = errnoName(e);
-  return name in ERRNO ? (name as ErrnoName) : 'EIO';
+  return knownErrno(e) ?? 'EIO';
 }
 
 const OP_NAMES: Record<number, string> = {

@@ -7,7 +7,7 @@
  * and restore itself; before that (the mmap creating the page), an existing
  * `syscall` instruction of the target is borrowed.
  */
-import { errnoName, fail, ERRNO, isHotstackError, type ErrnoName } from '../../errors.js';
+import { errnoName, fail, ERRNO, isHotstackError, knownErrno } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { readMaps, type MapEntry } from './maps.js';
 import { leaderLeftEarly, type StoppedProcess } from './threads.js';
@@ -495,9 +495,7 @@ function syscallOn(proc: StoppedProcess, tid: number, nr: number | bigint, args:
 }
 
 function syscallFailure(what: string, pid: number, errno: number, hint = ''): never {
-  const name = errnoName(errno);
-  const key: ErrnoName = name in ERRNO ? (name as ErrnoName) : 'EIO';
-  fail(key, `${what} in process ${pid} failed: ${name}${hint}`);
+  fail(knownErrno(errno) ?? 'EIO', `${what} in process ${pid} failed: ${errnoName(errno)}${hint}`);
 }
 
 /**
