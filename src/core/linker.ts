@@ -117,15 +117,20 @@ function allocate(target: Target, base: BaseObject, sizes: Record<Perm, number>,
     fail('ENOMEM', `the payload needs ${total} bytes of memory once laid out; at most ${MAX_PAYLOAD_MEMORY} (64 MiB) is supported`);
   }
   const out: Record<Perm, LinkedRegion | undefined> = { rx: undefined, r: undefined, rw: undefined };
-  for (const perm of ['rx', 'r', 'rw'] as Perm[]) {
-    const size = sizes[perm];
-    if (!size) continue;
-    const rounded = alignUp(size, PAGE);
-    const addr = target.allocate(rounded, perm, base);
-    const region = { perm, addr, size: rounded, bytes: new Uint8Array(rounded) };
-    out[perm] = region;
-    onAlloc(region);
-  }
+  const all = (): void => {
+    for (const perm of ['rx', 'r', 'rw'] as Perm[]) {
+      const size = sizes[perm];
+      if (!size) continue;
+      const rounded = alignUp(size, PAGE);
+      const addr = target.allocate(rounded, perm, base);
+      const region = { perm, addr, size: rounded, bytes: new Uint8Array(rounded) };
+      out[perm] = region;
+      onAlloc(region);
+    }
+  };
+  // One stop for the three mappings (a live target stops per operation otherwise).
+  if (target.batch) target.batch(all);
+  else all();
   return out;
 }
 

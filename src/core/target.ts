@@ -115,6 +115,12 @@ export interface Target {
    * memory for a tracer).
    */
   allocate(size: number, perm: Perm, near: BaseObject): bigint;
+  /**
+   * Run `fn`, whose target operations (allocations) need the target
+   * stopped, under one stop instead of one each. Optional: targets that
+   * never stop (an image) run `fn` as it is.
+   */
+  batch?<T>(fn: () => T): T;
   free(addr: bigint, size: number): void;
 
   /**

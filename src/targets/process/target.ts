@@ -193,6 +193,10 @@ export class ProcessTarget implements Target {
     this.phase.last = now;
   }
 
+  batch<T>(fn: () => T): T {
+    return this.stopped(() => fn());
+  }
+
   allocate(size: number, perm: Perm, near: BaseObject): bigint {
     const range = (near as ProcessObject).range ?? { start: 0n, end: 0n };
     return this.stopped((p) => {
