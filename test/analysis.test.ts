@@ -444,6 +444,15 @@ describe('hotstack analyze', () => {
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /^hotstack: Error 22: EINVAL: .*ELF/);
     assert.equal(bad.stderr.trim().split('\n').length, 1);
+    assert.match(bad.stderr, /base .*not-elf/, 'the message names the file');
+    // A FIFO or a device named as the base is refused before anything is read (no hang, no unbounded read).
+    const fifo = join(work, 'fifo');
+    spawnSync('mkfifo', [fifo]);
+    for (const odd of [fifo, '/dev/zero']) {
+      const r = cli(['analyze', '--base', odd, 'f']);
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, /EINVAL: base .* is a (FIFO|character device), not a regular file/);
+    }
     const json = cli(['analyze', '--base', notElf, '--json']);
     assert.equal(json.status, 1);
     assert.equal((JSON.parse(json.stdout) as { error: { errno: string } }).error.errno, 'EINVAL');

@@ -4,12 +4,12 @@
  * them, which registers callers keep live across calls, stack arguments,
  * clones and aliases, and the hazards these make for a patch.
  */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { FunctionReport } from '../analysis/types.js';
 import { ElfFile, SHT_SYMTAB } from '../elf/index.js';
-import { findDebugFile } from '../elf/debugfile.js';
-import { fail, toHotstackError } from '../errors.js';
+import { findDebugFile, MAX_DEBUG_FILE_SIZE } from '../elf/debugfile.js';
+import { readBoundedFile } from '../payload/file.js';
+import { fail, HotstackError, toHotstackError } from '../errors.js';
 import { errorLine, exitCodeFor } from './format.js';
 import type { Io } from './lifecycle.js';
 
@@ -61,8 +61,15 @@ export interface AnalyzeResult {
 export async function runAnalyze(o: AnalyzeOptions): Promise<AnalyzeResult> {
   // Loaded here, not at start-up: the decoder is WebAssembly that only this command needs.
   const { BaseAnalysis } = await import('../analysis/index.js');
-  const bytes = new Uint8Array(readFileSync(o.base));
-  const elf = ElfFile.parse(bytes, o.base);
+  // Bounded and regular files only: a FIFO or /dev/zero named as the base must not hang or fill memory.
+  const bytes = readBoundedFile(o.base, { what: 'base', max: MAX_DEBUG_FILE_SIZE });
+  let elf: ElfFile;
+  try {
+    elf = ElfFile.parse(bytes, o.base);
+  } catch (e) {
+    const err = toHotstackError(e);
+    throw new HotstackError(err.errno, err.message.includes(o.base) ? err.message : `base ${o.base}: ${err.message}`, err.offset);
+  }
   let debug: ElfFile | undefined;
   if (o.debugFile !== undefined) debug = findDebugFile(elf, o.base, { debugFile: o.debugFile })?.elf;
   else if (!elf.section('.debug_info') || !elf.sections.some((s) => s.type === SHT_SYMTAB)) {

@@ -17,7 +17,8 @@ const MAX_PHNUM = 256;
 /** A note segment holds a few small notes (build-id, ABI tag, properties). */
 const MAX_NOTE_BYTES = 64 * 1024;
 
-function readExactly(fd: number, len: number, pos: number): Buffer | null {
+/** `len` bytes at `pos`, or null when the file ends first. */
+export function readExactly(fd: number, len: number, pos: number): Buffer | null {
   const b = Buffer.alloc(len);
   let got = 0;
   while (got < len) {

@@ -4,10 +4,10 @@
  * read through /proc/PID/map_files, so the mapped inode is used even when
  * the file on disk was replaced or deleted.
  */
-import { closeSync, constants, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
 import { fromHex } from '../../elf/bytes.js';
-import { readFileBuildId } from './buildid.js';
+import { readExactly, readFileBuildId } from './buildid.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
 import { readObjects, type MappedObject } from './maps.js';
 import { baseSymbols } from '../../elf/debugfile.js';
@@ -127,17 +127,6 @@ export interface ProcessObjects {
   oversized: OversizedObject[];
 }
 
-function preadExact(fd: number, len: number, pos: number): Buffer | null {
-  const b = Buffer.alloc(len);
-  let done = 0;
-  while (done < len) {
-    const n = readSync(fd, b, done, len - done, pos + done);
-    if (n === 0) return null;
-    done += n;
-  }
-  return b;
-}
-
 /**
  * The parsed ELF file a mapping shows, from the cache when the same inode
  * (unchanged) was parsed before. The process chose what to map, and
@@ -161,13 +150,13 @@ function fileData(m: MappedObject): FileData | OversizedObject | null {
     const key = `${st.dev}/${st.ino}/${st.size}/${st.mtimeNs}`;
     const hit = files.get(key);
     if (hit) return hit;
-    const magic = preadExact(fd, 4, 0);
+    const magic = readExactly(fd, 4, 0);
     if (!magic || magic.readUInt32BE(0) !== 0x7f454c46) return null;
     if (st.size > BigInt(MAX_OBJECT_FILE)) {
       const id = readFileBuildId(path);
       return { path: m.path, size: Number(st.size), buildId: id ? fromHex(id) : null };
     }
-    const all = preadExact(fd, Number(st.size), 0);
+    const all = readExactly(fd, Number(st.size), 0);
     if (!all) return null;
     const data: FileData = { elf: ElfFile.parse(new Uint8Array(all.buffer, all.byteOffset, all.length), m.path) };
     if (files.size >= MAX_CACHED_FILES) files.delete(files.keys().next().value!);

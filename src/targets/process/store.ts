@@ -14,7 +14,11 @@ import { StateDir, stateDir } from './statedir.js';
 
 /** The state file of a process: what `ProcessStore` reads and writes (and what the fleet looks for). */
 export function stateFileOf(id: ProcessIdentity): string {
-  return join(stateDir(), `${id.key}.json`);
+  return join(stateDir(), stateFileName(id));
+}
+
+function stateFileName(id: ProcessIdentity): string {
+  return `${id.key}.json`;
 }
 
 /**
@@ -71,7 +75,7 @@ export class ProcessStore implements StateStore {
   constructor(id: ProcessIdentity) {
     this.dir = StateDir.open();
     this.key = id.key;
-    this.name = `${id.key}.json`;
+    this.name = stateFileName(id);
     this.file = this.dir.shown(this.name);
     const now = performance.now();
     const last = lastSweep.get(this.dir.path);
