@@ -32,7 +32,6 @@ import {
   remoteMprotect,
   remoteMunmap,
   remoteSyscall,
-  SYS,
   PROT_READ,
   PROT_WRITE,
   PROT_EXEC,
@@ -40,6 +39,9 @@ import {
   MAP_ANONYMOUS,
   MAP_FIXED_NOREPLACE,
 } from '../src/targets/process/index.js';
+import { arch } from '../src/arch/index.js';
+
+const SYS = arch.process.sys;
 
 const decodeStatusForTest = ptrace.decodeStatus;
 const tgkill = ptrace.tgkill;

@@ -28,7 +28,6 @@ import {
   remoteMmap,
   remoteSyscall,
   remoteCall,
-  SYS,
   PROT_READ,
   PROT_EXEC,
   MAP_PRIVATE,
@@ -36,7 +35,11 @@ import {
   MAP_FIXED_NOREPLACE,
   type Regs,
 } from '../src/targets/process/index.js';
-import { RUNTIME_PAGE_SIZE, selfRestoredRegs, useRuntimePage } from '../src/targets/process/remote.js';
+import { RUNTIME_PAGE_SIZE, useRuntimePage } from '../src/targets/process/index.js';
+import { arch } from '../src/arch/index.js';
+
+const SYS = arch.process.sys;
+const selfRestoredRegs = arch.process.selfRestoredRegs;
 
 const ROOT = REPO_ROOT;
 let workDir = '';
@@ -61,7 +64,7 @@ for (let i = 0; i < a.count; i++) {
     for (let k = 0; k < a.ops; k++) {
       for (const op of a.kinds) {
         if (op === 'syscall') {
-          const r = R.remoteSyscall(p, tid, I.SYS.getpid);
+          const r = R.remoteSyscall(p, tid, a.getpid);
           if (r.value !== BigInt(a.pid)) throw new Error('getpid returned ' + r.value);
         } else if (op === 'call') {
           const r = R.remoteCall(p, tid, BigInt(a.add), [7, 5], page, 2000);
@@ -221,12 +224,13 @@ async function runDriver(
     count: opts.count ?? 1,
     ops: opts.ops ?? 1,
     slowMs: opts.slowMs ?? 200,
+    getpid: SYS.getpid,
   };
   const env = { ...process.env };
   delete env.HOTSTACK_TEST_DIE_AT;
   if (opts.dieAt) Object.assign(env, { HOTSTACK_TEST_DIE_AT: opts.dieAt, HOTSTACK_TEST_MODE: '1' });
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const remoteUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'remote.js')).href;
+  const remoteUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'index.js')).href;
   const indexUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'index.js')).href;
   const c = spawn(process.execPath, [driver, remoteUrl, indexUrl, JSON.stringify(arg)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(c);

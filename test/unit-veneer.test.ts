@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import iced from 'iced-x86';
-import { encodePreservingVeneer, isPreservable, type KeptRegister } from '../src/arch/x86_64/preserve.js';
+import { encodePreservingVeneer, isPreservable } from '../src/arch/x86_64/preserve.js';
+import type { KeptRegister } from '../src/arch/index.js';
 import { entryOf, patchRanges } from '../src/core/patching.js';
 import type { FuncRecord, PayloadRecord } from '../src/core/state.js';
 

@@ -29,7 +29,7 @@ import { readPayloadFile } from '../payload/file.js';
 import { MAX_OPAQUE, SEC } from '../payload/sections.js';
 import { checkPayloadName } from '../payload/name.js';
 import { checkNopBeyondEndbr, checkNopSize, jumpRoom } from '../payload/patch-size.js';
-import { ENDBR64_LEN, isEndbr64 } from '../arch/x86_64/insn.js';
+import { arch } from '../arch/index.js';
 import { ImageTarget, isXenImage } from '../targets/image/index.js';
 import { BaseAnalysis, type Hazard } from '../analysis/index.js';
 import type { PayloadRecord } from '../core/state.js';
@@ -267,16 +267,16 @@ function oldFunction(base: BaseInfo, f: DeclaredFunc): { sym: IndexedSymbol; end
     const err = toHotstackError(e);
     throw new HotstackError(err.errno, `${f.name} in the base ${base.path}: ${err.message}`);
   }
-  const endbr64 = isEndbr64(head);
+  const endbr64 = arch.patchOffset(head) > 0;
   return { sym, endbr64 };
 }
 
 /** The size rules of payload-format.md, checked here to name the function and what it needs. */
 function checkSizes(base: BaseInfo, f: DeclaredFunc, oldSize: number, endbr64: boolean): void {
-  const keep = endbr64 ? ENDBR64_LEN : 0;
+  const keep = endbr64 ? arch.landingPad.length : 0;
   if (f.kind === 'jump') {
     if (oldSize < jumpRoom(keep)) {
-      fail('EINVAL', `function ${f.name} of ${base.path} is ${oldSize} bytes, too small to take a jump: a jump needs ${jumpRoom(0)} bytes, ${jumpRoom(ENDBR64_LEN)} when the function starts with endbr64${endbr64 ? ' (it does)' : ''}`);
+      fail('EINVAL', `function ${f.name} of ${base.path} is ${oldSize} bytes, too small to take a jump: a jump needs ${jumpRoom(0)} bytes, ${jumpRoom(arch.landingPad.length)} when the function starts with ${arch.landingPad.name}${endbr64 ? ' (it does)' : ''}`);
     }
     return;
   }

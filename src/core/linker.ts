@@ -11,8 +11,7 @@ import {
   alignUp, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHN_UNDEF, SHT_NOBITS, type ElfSymbol, type Section,
 } from '../elf/index.js';
 import { relaLabel, symbolOffset } from '../payload/symbols-relocations.js';
-import { encodeVeneer, fitsI32 } from '../arch/x86_64/insn.js';
-import { RELOC_KIND, writeReloc } from '../arch/x86_64/relocs.js';
+import { arch } from '../arch/index.js';
 import type { Payload } from '../payload/parse.js';
 import type { BaseObject, Perm, Target } from './target.js';
 import type { ExternalRecord } from './state.js';
@@ -91,7 +90,7 @@ function layout(c: Payload, reserveRw: number): Layout {
   const veneerSlots = new Map<number, number>();
   for (const { entries } of c.relocationSections()) {
     for (const r of entries) {
-      const kind = RELOC_KIND[r.type];
+      const kind = arch.relocKind(r.type);
       const sym = c.symbols[r.sym];
       if (kind === 'gotpc32' && !gotSlots.has(r.sym)) gotSlots.set(r.sym, gotSlots.size);
       if (kind === 'plt32' && sym && sym.shndx === SHN_UNDEF && !veneerSlots.has(r.sym)) veneerSlots.set(r.sym, veneerSlots.size);
@@ -265,13 +264,13 @@ function relocate(
       let value = symbolValue[r.sym]! + r.addend;
       if (kind === 'gotpc32') {
         value = regs.r!.addr + BigInt(lay.gotOffset + lay.gotSlots.get(r.sym)! * GOT_ENTRY) + r.addend;
-      } else if (kind === 'plt32' && !fitsI32(BigInt.asIntN(64, value - P)) && lay.veneerSlots.has(r.sym)) {
+      } else if (kind === 'plt32' && !arch.branchReaches(BigInt.asIntN(64, value - P)) && lay.veneerSlots.has(r.sym)) {
         const vo = lay.veneerOffset + lay.veneerSlots.get(r.sym)! * 16;
-        regs.rx!.bytes.set(encodeVeneer(symbolValue[r.sym]!), vo);
+        regs.rx!.bytes.set(arch.encodeVeneer(symbolValue[r.sym]!), vo);
         value = regs.rx!.addr + BigInt(vo) + r.addend;
       }
       const symName = c.symbols[r.sym]!.name || `section ${c.elf.sections[c.symbols[r.sym]!.shndx]?.name ?? '?'}`;
-      writeReloc(buf, off, kind, value, P, `${what} against ${symName}`);
+      arch.writeReloc(buf, off, kind, value, P, `${what} against ${symName}`);
       done.add(off);
     }
   }

@@ -4,7 +4,7 @@
  * simulate "revert everything, then check expectations" and refuse
  * without having touched the target.
  */
-import { encodeJump, encodeNops, JMP_LEN } from '../arch/x86_64/insn.js';
+import { arch } from '../arch/index.js';
 import { fromHex, toHex } from '../elf/bytes.js';
 import type { FuncRecord, JournalWrite, PayloadRecord } from './state.js';
 import type { AddrRange } from './target.js';
@@ -48,7 +48,7 @@ export function entryOf(f: FuncRecord): bigint {
 
 /** Bytes the patch of `f` occupies after its patch offset. */
 export function patchLength(f: FuncRecord): number {
-  return f.newAddr !== 0n ? JMP_LEN : Math.max(0, f.newSize - f.patchOffset);
+  return f.newAddr !== 0n ? arch.jumpLen : Math.max(0, f.newSize - f.patchOffset);
 }
 
 /** The writes that apply `p` (jump or NOPs per function). */
@@ -58,7 +58,7 @@ export function planApply(p: PayloadRecord, mem: Overlay): PlannedWrite[] {
     const len = patchLength(f);
     if (len === 0) continue;
     const addr = f.oldAddr + BigInt(f.patchOffset);
-    const after = f.newAddr !== 0n ? encodeJump(addr, entryOf(f)) : encodeNops(len);
+    const after = f.newAddr !== 0n ? arch.encodeJump(addr, entryOf(f)) : arch.encodeNops(len);
     const before = mem.read(addr, len);
     mem.write(addr, after);
     out.push({ addr, before, after, payload: p, func: f, kind: 'apply' });

@@ -5,7 +5,7 @@
  */
 import { fail } from '../errors.js';
 import { bytesEqual, fromHex, toHex } from '../elf/bytes.js';
-import { ENDBR64_LEN, fitsI32, isEndbr64 } from '../arch/x86_64/insn.js';
+import { arch } from '../arch/index.js';
 import { MAX_OPAQUE } from '../payload/sections.js';
 import { checkJumpRoom, checkNopBeyondEndbr } from '../payload/patch-size.js';
 import type { FuncRecord, PayloadRecord, PayloadStateName } from './state.js';
@@ -22,7 +22,7 @@ export function checkUniqueName(name: string, existing: PayloadRecord | undefine
  * target-free NOP rules ran when the payload was parsed.
  */
 export function checkPatchSize(f: { isNop: boolean; newSize: number; oldSize: number }, code: Uint8Array, name: string): number {
-  const off = isEndbr64(code) ? ENDBR64_LEN : 0;
+  const off = arch.patchOffset(code);
   if (f.isNop) checkNopBeyondEndbr(f.newSize, off, `function ${name}`);
   else checkJumpRoom(f.oldSize, off, `function ${name}`);
   return off;
@@ -32,7 +32,7 @@ export function checkPatchSize(f: { isNop: boolean; newSize: number; oldSize: nu
 export function checkDistance(f: { oldAddr: bigint; newAddr: bigint }, name: string): void {
   if (f.newAddr === 0n) return;
   const d = BigInt.asIntN(64, f.oldAddr - f.newAddr);
-  if (!fitsI32(d)) {
+  if (!arch.branchReaches(d)) {
     fail('EOVERFLOW', `function ${name}: replacement at 0x${f.newAddr.toString(16)} is too far from 0x${f.oldAddr.toString(16)} for a rel32 jump`);
   }
 }

@@ -13,7 +13,7 @@
  * every hazard is reported and nothing is refused, so outcomes stay Xen's.
  */
 import { fail, toHotstackError } from '../errors.js';
-import { isPreservable, type KeptRegister } from '../arch/x86_64/preserve.js';
+import { arch, type KeptRegister } from '../arch/index.js';
 import type { FunctionReport, Hazard } from '../analysis/types.js';
 import type { FuncRecord, PayloadRecord } from './state.js';
 import type { BaseObject } from './target.js';
@@ -65,7 +65,7 @@ export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPl
     // NOP patches change bytes in place: callers see the same function.
     if (f.newAddr === 0n || !r.reliedRegisters.length || base.reportOnly) continue;
     const registers = r.reliedRegisters.map((x) => ({ name: x.name, width: x.width }));
-    const odd = registers.filter((x) => !isPreservable(x.name));
+    const odd = registers.filter((x) => !arch.canKeep(x.name));
     const why = odd.length
       ? `they rely on ${regList(odd)}, which a veneer cannot keep`
       : r.stackArguments === true

@@ -16,8 +16,7 @@ import type { ExportedSymbol, FuncRecord, HookAddrs, PayloadRecord, RegionRecord
 import type { BaseObject, Target } from './target.js';
 import { HOOK_ARG_SIZE } from './hookarg.js';
 import { assessFunctions, type VeneerNeed } from './safety.js';
-import { encodePreservingVeneer } from '../arch/x86_64/preserve.js';
-import { fitsI32 } from '../arch/x86_64/insn.js';
+import { arch } from '../arch/index.js';
 
 /** What upload needs from the engine. */
 export interface UploadContext {
@@ -225,7 +224,7 @@ const VENEER_ALIGN = 16;
 function placeVeneers(target: Target, base: BaseObject, needs: VeneerNeed[], onAlloc: (r: LinkedRegion) => void): LinkedRegion | null {
   if (!needs.length) return null;
   // A veneer's length does not depend on where it is placed (rel32 call).
-  const lengths = needs.map((n) => encodePreservingVeneer(0n, 0n, n.registers).length);
+  const lengths = needs.map((n) => arch.encodePreservingVeneer(0n, 0n, n.registers).length);
   const offsets: number[] = [];
   let size = 0;
   for (const len of lengths) {
@@ -239,12 +238,12 @@ function placeVeneers(target: Target, base: BaseObject, needs: VeneerNeed[], onA
   needs.forEach((n, i) => {
     const at = addr + BigInt(offsets[i]!);
     const f = n.func;
-    if (!fitsI32(BigInt.asIntN(64, f.newAddr - (at + 5n))) || !fitsI32(BigInt.asIntN(64, at - f.oldAddr))) {
+    if (!arch.branchReaches(BigInt.asIntN(64, f.newAddr - (at + BigInt(arch.jumpLen)))) || !arch.branchReaches(BigInt.asIntN(64, at - f.oldAddr))) {
       fail('EOVERFLOW', `function ${f.name}: its preserving veneer at 0x${at.toString(16)} is out of rel32 reach of the function or of its replacement`);
     }
-    const code = encodePreservingVeneer(at, f.newAddr, n.registers);
+    const code = arch.encodePreservingVeneer(at, f.newAddr, n.registers);
     region.bytes.set(code, offsets[i]!);
-    f.veneer = { addr: at, size: code.length, registers: n.registers.map((r) => (r.width > 16 ? `${r.width === 32 ? 'y' : 'z'}${r.name.slice(1)}` : r.name)) };
+    f.veneer = { addr: at, size: code.length, registers: n.registers.map(arch.keptName) };
   });
   return region;
 }

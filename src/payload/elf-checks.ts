@@ -6,11 +6,12 @@
  */
 import { fail } from '../errors.js';
 import {
-  ByteView, EHDR_SIZE, ELFOSABI_FREEBSD, ELFOSABI_NONE, EM_X86_64, ET_REL, EV_CURRENT, SHDR_SIZE,
+  ByteView, EHDR_SIZE, ELFOSABI_FREEBSD, ELFOSABI_NONE, ET_REL, EV_CURRENT, SHDR_SIZE,
   RELA_SIZE, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_SYMTAB, SYM_SIZE, ElfFile, readHeader, readSymbols,
   stringTable, type ElfHeader, type ElfSymbol, type Section,
 } from '../elf/index.js';
 import { MAX_BSS, MAX_RELOCATIONS, MAX_SYMBOLS } from './sections.js';
+import { arch } from '../arch/index.js';
 
 const MAX_SECTIONS = 1024;
 /** Largest alignment of a loaded section: a page. */
@@ -25,7 +26,7 @@ export function checkHeader(bytes: Uint8Array): ElfHeader {
   if (h.osabi !== ELFOSABI_NONE && h.osabi !== ELFOSABI_FREEBSD) fail('EOPNOTSUPP', `ELF OS ABI ${h.osabi} is neither NONE nor FreeBSD`, 7);
   if (h.type !== ET_REL) fail('EOPNOTSUPP', `ELF type ${h.type} is not ET_REL: a payload is a relocatable object (ld -r)`, 16);
   if (h.phnum !== 0) fail('EOPNOTSUPP', `a payload has no program headers (e_phnum=${h.phnum})`, 56);
-  if (h.machine !== EM_X86_64) fail('EOPNOTSUPP', `ELF machine ${h.machine} is not x86-64 (62)`, 18);
+  if (h.machine !== arch.machine) fail('EOPNOTSUPP', `ELF machine ${h.machine} is not ${arch.name} (${arch.machine})`, 18);
   if (h.shstrndx === SHN_UNDEF) fail('EINVAL', 'section name table index e_shstrndx is undefined', 62);
   if (h.shnum >= MAX_SECTIONS) fail('EOPNOTSUPP', `too many sections (${h.shnum}; at most ${MAX_SECTIONS - 1})`, 60);
   if (h.shstrndx >= h.shnum) fail('EINVAL', `section name table index ${h.shstrndx} is past the last section (${h.shnum})`, 62);

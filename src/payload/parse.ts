@@ -16,7 +16,7 @@ import {
   cString, parseBuildIdNote, readRelas, SHF_ALLOC, SHF_WRITE, SHN_UNDEF, SHT_NOBITS, toHex,
   type ElfFile, type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
-import type { RelocKind } from '../arch/x86_64/relocs.js';
+import type { RelocKind } from '../arch/index.js';
 import { checkPayloadElf, type CheckedElf } from './elf-checks.js';
 import { checkFuncsSize, decodeFuncs, FUNC_OFFSETS, type FuncRecordRaw } from './funcs.js';
 import { checkNopSize } from './patch-size.js';

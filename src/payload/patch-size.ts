@@ -4,7 +4,7 @@
  * build` (before it writes the record), so both refuse the same patches.
  */
 import { fail } from '../errors.js';
-import { JMP_LEN } from '../arch/x86_64/insn.js';
+import { arch } from '../arch/index.js';
 import { MAX_OPAQUE } from './sections.js';
 
 /**
@@ -30,13 +30,13 @@ export function checkNopBeyondEndbr(newSize: number, endbrLen: number, what: str
 
 /** The bytes a jump patch needs: the jump, after a kept endbr64 (`endbrLen` 0 or 4). */
 export function jumpRoom(endbrLen: number): number {
-  return JMP_LEN + endbrLen;
+  return arch.jumpLen + endbrLen;
 }
 
 /** A jump must fit in the function, after a kept endbr64 (EINVAL). */
 export function checkJumpRoom(oldSize: number, endbrLen: number, what: string): void {
   const needed = jumpRoom(endbrLen);
   if (oldSize < needed) {
-    fail('EINVAL', `${what}: old_size ${oldSize} is too small for a ${JMP_LEN}-byte jump${endbrLen ? ' after its endbr64' : ''} (needs at least ${needed})`);
+    fail('EINVAL', `${what}: old_size ${oldSize} is too small for a ${arch.jumpLen}-byte jump${endbrLen ? ` after its ${arch.landingPad.name}` : ''} (needs at least ${needed})`);
   }
 }

@@ -7,7 +7,7 @@ import { fail } from '../errors.js';
 import {
   SHF_ALLOC, SHN_ABS, SHN_COMMON, SHN_LORESERVE, SHN_UNDEF, SHT_REL, SHT_RELA, type ElfSymbol, type Rela, type Section,
 } from '../elf/index.js';
-import { RELOC_KIND, relocName, relocWidth, type RelocKind } from '../arch/x86_64/relocs.js';
+import { arch, type RelocKind } from '../arch/index.js';
 import type { CheckedElf } from './elf-checks.js';
 import { XEN_ONLY_SECTIONS } from './sections.js';
 
@@ -57,8 +57,8 @@ export function checkRela(c: CheckedElf, rel: Section, target: Section, r: Rela)
   const what = relaLabel(rel, r);
   if (r.sym === 0) fail('EOPNOTSUPP', `${what} uses symbol 0 (STN_UNDEF)`, r.at);
   if (r.sym >= c.symbols.length) fail('EINVAL', `${what} refers to symbol ${r.sym}, past the end of the symbol table`, r.at);
-  const kind = RELOC_KIND[r.type];
-  const width = kind ? relocWidth(kind) : 4;
+  const kind = arch.relocKind(r.type);
+  const width = kind ? arch.relocWidth(kind) : 4;
   if (r.offset + BigInt(width) > target.size || target.size === 0n) {
     fail('EINVAL', `${what}: offset 0x${r.offset.toString(16)} is outside section ${target.name} (${target.size} bytes)`, r.at);
   }
@@ -68,7 +68,7 @@ export function checkRela(c: CheckedElf, rel: Section, target: Section, r: Rela)
 
 /** How a relocation entry is named in messages. */
 export function relaLabel(rel: Section, r: Rela): string {
-  return `relocation at 0x${r.at.toString(16)} (${relocName(r.type)} in ${rel.name})`;
+  return `relocation at 0x${r.at.toString(16)} (${arch.relocName(r.type)} in ${rel.name})`;
 }
 
 /** Xen-only hypervisor tables: accepted, and their size must be a whole number of entries (EINVAL). */

@@ -27,6 +27,12 @@ export function encodeJump(from: bigint, to: bigint): Uint8Array {
   return out;
 }
 
+/** Where the `e9 rel32` at `from` goes, or undefined when `bytes` are not one. */
+export function jumpTarget(from: bigint, bytes: Uint8Array): bigint | undefined {
+  if (bytes.length !== JMP_LEN || bytes[0] !== 0xe9) return undefined;
+  return from + BigInt(JMP_LEN) + BigInt(new DataView(bytes.buffer, bytes.byteOffset, JMP_LEN).getInt32(1, true));
+}
+
 /** The recommended multi-byte NOPs (Intel SDM), 1 to 9 bytes. */
 const NOPS: number[][] = [
   [0x90],

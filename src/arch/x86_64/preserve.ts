@@ -10,12 +10,7 @@
  * caller's stack must not get one (the analysis says which).
  */
 
-/** A register to keep: a general register by its 64-bit name, or a vector register with the width callers read. */
-export interface KeptRegister {
-  name: string;
-  /** 8 for general registers; 16, 32 or 64 for xmm, ymm or zmm. */
-  width: number;
-}
+import type { KeptRegister } from '../arch.js';
 
 const GPR: Record<string, number> = {
   rax: 0, rcx: 1, rdx: 2, rsi: 6, rdi: 7, r8: 8, r9: 9, r10: 10, r11: 11,

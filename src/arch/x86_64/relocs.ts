@@ -5,9 +5,8 @@
  */
 import { fail } from '../../errors.js';
 import { R_X86_64, RELOC_NAMES } from '../../elf/constants.js';
+import type { RelocKind } from '../arch.js';
 import { fitsI32 } from './insn.js';
-
-export type RelocKind = 'none' | 'abs64' | 'abs32' | 'abs32s' | 'pc32' | 'plt32' | 'pc64' | 'gotpc32';
 
 /** How each supported type is computed. Unsupported types are absent. */
 export const RELOC_KIND: Record<number, RelocKind> = {

@@ -5,6 +5,7 @@
  * its stack mapping) may be a return address into one. The stack scan is
  * conservative: a stale word only delays the action until the timeout.
  */
+import { arch } from '../../arch/index.js';
 import type { AddrRange } from '../../core/target.js';
 import type { MapEntry } from './maps.js';
 import type { ProcessMemory } from './memory.js';
@@ -38,11 +39,11 @@ export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: Map
   const hi = busy.map((r) => Number(r.end));
   for (const t of proc.threads) {
     const regs = proc.refreshRegs(t.tid);
-    const rip = regs.rip;
+    const pc = arch.process.pc(regs);
     for (const r of busy) {
-      if (rip >= r.start && rip < r.end) return { thread: t.label, range: r, how: `is executing ${r.label} (rip ${hex(rip)})` };
+      if (pc >= r.start && pc < r.end) return { thread: t.label, range: r, how: `is executing ${r.label} (rip ${hex(pc)})` };
     }
-    const rsp = regs.rsp & ~7n;
+    const rsp = arch.process.sp(regs) & ~7n;
     let stack: Uint8Array | null = null;
     // With maps read before the stop, a stack that is not listed, or no longer
     // readable to the listed end, sends the check to fresh maps once.

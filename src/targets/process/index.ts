@@ -34,22 +34,20 @@ export {
   type ThreadState,
 } from './threads.js';
 export {
-  SYS,
   PROT_READ,
   PROT_WRITE,
   PROT_EXEC,
   MAP_PRIVATE,
   MAP_ANONYMOUS,
   MAP_FIXED_NOREPLACE,
-  findSyscallInsn,
   remoteSyscall,
   remoteMmap,
   remoteMunmap,
   remoteMprotect,
-  remoteCall,
   type SyscallResult,
-  type CallResult,
-} from './remote.js';
+} from './remote/syscalls.js';
+export { remoteCall, type CallResult } from './remote/calls.js';
+export { findSyscallInsn, useRuntimePage, RUNTIME_PAGE_SIZE } from './remote/runtime.js';
 export {
   processStartTime,
   processIdentity,

@@ -12,7 +12,7 @@ import { readMaps, type MapEntry } from './maps.js';
 import type { ProcessMemory } from './memory.js';
 import { findMirrors, fits, initMirror, mirrorSizeFor, writeMirror, type Mirror } from './mirror.js';
 import type { ProcessObject } from './objects.js';
-import { RUNTIME_PAGE_SIZE } from './remote.js';
+import { RUNTIME_PAGE_SIZE } from './remote/runtime.js';
 import type { ProcessStore } from './store.js';
 import { coveredByAnonymous, StateValidator } from './validate.js';
 

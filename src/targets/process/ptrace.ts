@@ -13,6 +13,7 @@
  * every window in which a traced thread may run (between a restart and the
  * wait for its next stop) inside synchronous code, as this module does.
  */
+import { arch, type Regs } from '../../arch/index.js';
 import koffi from 'koffi';
 import { ERRNO, errnoName, fail, knownErrno, type ErrnoName } from '../../errors.js';
 
@@ -213,18 +214,9 @@ export function setSiginfo(tid: number, info: Buffer): void {
 // ---------------------------------------------------------------------------
 // registers
 
-/** x86-64 `struct user_regs_struct`, field order as the kernel lays it out. */
-export const REG_NAMES = [
-  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8',
-  'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax', 'rip', 'cs', 'eflags',
-  'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
-] as const;
+export type { Regs, RegName } from '../../arch/index.js';
 
-export type RegName = (typeof REG_NAMES)[number];
-
-/** General registers of a thread, as unsigned 64-bit values. */
-export type Regs = Record<RegName, bigint>;
-
+const REG_NAMES = arch.process.regNames;
 const REGS_SIZE = REG_NAMES.length * 8;
 
 /** All general registers of a stopped thread. */

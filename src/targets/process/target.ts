@@ -6,17 +6,16 @@
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
-import { INT3 } from '../../arch/x86_64/insn.js';
+import { arch } from '../../arch/index.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, processDead, readMaps } from './maps.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
-import {
-  MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
-  RUNTIME_PAGE_SIZE, useRuntimePage,
-} from './remote.js';
+import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap } from './remote/syscalls.js';
+import { remoteCall } from './remote/calls.js';
+import { RUNTIME_PAGE_SIZE, runtimePageOf, useRuntimePage } from './remote/runtime.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
 import { coveredByAnonymous, unmapped } from './validate.js';
@@ -62,8 +61,6 @@ export class ProcessTarget implements Target {
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
   private readonly keeper: StateKeeper;
-  /** The runtime page, once checked or made for a stopped process (see trap()). */
-  private readonly runtimeOf = new WeakMap<StoppedProcess, bigint>();
 
   private constructor(pid: number, lock: ProcessLock) {
     this.pid = pid;
@@ -275,7 +272,7 @@ export class ProcessTarget implements Target {
    * registered with `p` so that every later operation uses stubs.
    */
   private trap(p: StoppedProcess): bigint {
-    const known = this.runtimeOf.get(p);
+    const known = runtimePageOf(p);
     if (known !== undefined) return known;
     const t = this.fileStore.runtime.trap;
     if (t !== undefined) {
@@ -283,9 +280,8 @@ export class ProcessTarget implements Target {
         const m = readMaps(this.pid).find((x) => x.start <= t && t < x.end);
         // Only a private anonymous page of ours: the state file could name libc's code.
         const ok = m && t % BigInt(RUNTIME_PAGE_SIZE) === 0n && coveredByAnonymous([m], t, t + BigInt(RUNTIME_PAGE_SIZE), 'r-xp');
-        if (ok && this.mem.read(t, 1)[0] === INT3) {
+        if (ok && this.mem.read(t, 1)[0] === arch.process.trapByte) {
           useRuntimePage(p, t);
-          this.runtimeOf.set(p, t);
           return t;
         }
       } catch {
@@ -296,9 +292,8 @@ export class ProcessTarget implements Target {
     const page = this.mapNear(p, RUNTIME_PAGE_SIZE, PROT_READ | PROT_EXEC, base ? base.range : { start: 0n, end: 0n });
     this.fileStore.runtime.trap = page;
     this.fileStore.saveRuntime(); // recorded before it holds anything (an unrecorded intent is freed only while all zeros)
-    this.mem.write(page, new Uint8Array(16).fill(INT3));
+    this.mem.write(page, new Uint8Array(16).fill(arch.process.trapByte));
     useRuntimePage(p, page);
-    this.runtimeOf.set(p, page);
     return page;
   }
 

@@ -19,7 +19,7 @@
  */
 import { fail } from '../../errors.js';
 import { fromHex, bytesEqual, toHex } from '../../elf/bytes.js';
-import { encodeJump, encodeNops, JMP_LEN } from '../../arch/x86_64/insn.js';
+import { arch } from '../../arch/index.js';
 import { patchLength } from '../../core/patching.js';
 import type { EngineState, FuncRecord, PayloadRecord, RegionRecord } from '../../core/state.js';
 import type { Perm } from '../../core/target.js';
@@ -189,11 +189,9 @@ export class StateValidator {
    */
   private writable(p: PayloadRecord, f: FuncRecord, bytes: Uint8Array): boolean {
     const site = f.oldAddr + BigInt(f.patchOffset);
-    if (bytes.length === JMP_LEN && bytes[0] === 0xe9) {
-      const to = site + BigInt(JMP_LEN) + BigInt(new DataView(bytes.buffer, bytes.byteOffset, 5).getInt32(1, true));
-      if (inside(this.code, to) && bytesEqual(encodeJump(site, to), bytes)) return true;
-    }
-    if (bytesEqual(bytes, encodeNops(bytes.length))) return true;
+    const to = arch.jumpTarget(site, bytes);
+    if (to !== undefined && inside(this.code, to)) return true;
+    if (bytesEqual(bytes, arch.encodeNops(bytes.length))) return true;
     if (inside(this.code, site, BigInt(bytes.length))) return true; // a payload's own code: ours to write
     const file = this.base(p)?.fileBytes(site, bytes.length);
     return file !== undefined && bytesEqual(file, bytes);

@@ -1,0 +1,141 @@
+/**
+ * System calls run by a stopped thread of the target (mmap, mprotect,
+ * munmap), with the thread's registers restored exactly afterwards.
+ */
+import { errnoName, fail, ERRNO, knownErrno } from '../../../errors.js';
+import { arch } from '../../../arch/index.js';
+import * as pt from '../ptrace.js';
+import type { StoppedProcess } from '../threads.js';
+import { dieAt, drive, exitAware, hex, owe, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
+import { findSyscallInsn, placeStub } from './runtime.js';
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const PROT_EXEC = 4;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_FIXED_NOREPLACE = 0x100000;
+
+/** Result of a remote system call: the raw signed return, and errno (0 on success) as the kernel's -4095..-1 convention says. */
+export interface SyscallResult {
+  value: bigint;
+  errno: number;
+}
+
+const abi = arch.process;
+const toU64 = (v: number | bigint): bigint => BigInt.asUintN(64, BigInt(v));
+
+function unexpected(nr: number | bigint, pid: number, st: { kind: string; signal?: number }, pc: bigint): never {
+  const how = st.kind === 'signal' ? pt.signalName(st.signal!) : st.kind;
+  fail('EIO', `remote system call ${nr} in process ${pid}: unexpected ${how} stop at ${hex(pc)}`);
+}
+
+/**
+ * Run system call `nr` with up to six arguments on stopped thread `tid`,
+ * and restore its registers exactly. An interrupted system call the thread
+ * was stopped in is not restarted onto our instruction: it restarts later,
+ * from the restored registers.
+ */
+export function remoteSyscall(proc: StoppedProcess, tid: number, nr: number | bigint, args: (number | bigint)[] = []): SyscallResult {
+  return exitAware(proc, () => {
+    if (args.length > 6) fail('EINVAL', `a system call takes at most 6 arguments, got ${args.length}`);
+    proc.thread(tid); // must be one of ours and stopped
+    const saved = pt.getRegs(tid);
+    const stubAt = placeStub(proc, abi.syscallStub(saved));
+    const at = stubAt ?? findSyscallInsn(proc);
+    const regs = abi.syscallRegs(saved, at, BigInt(nr), args.map(toU64));
+    const after = at + BigInt(abi.syscallInsn.length);
+    const base = { what: `remote system call ${nr}`, timeoutMs: SYSCALL_TIMEOUT_MS, timeoutMessage: `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms` };
+    let op: Operation<bigint>;
+    if (stubAt !== undefined) {
+      // Only syscall stops and interrupt stops: harmless if hotstack dies (a
+      // pending single-step would leave the untraced thread a fatal SIGTRAP).
+      pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
+      let entered = false;
+      op = {
+        ...base,
+        resume: 'syscall',
+        stage: 'stub-setregs',
+        onStop(st, now, deadline) {
+          const pc = abi.pc(now);
+          if (st.kind === 'signal' && st.signal === SYSCALL_TRAP && pc === after) {
+            if (!entered) {
+              entered = true;
+              dieAt('stub-syscall-entry');
+              return undefined;
+            }
+            dieAt('stub-syscall-exit');
+            parkAfterSyscallStop(proc, tid, after, deadline, base.what);
+            return abi.syscallReturn(now);
+          }
+          if (pc !== at) unexpected(nr, proc.pid, st, pc);
+          // A signal dequeued before our instruction ran: owe it to the thread, go on.
+          if (st.kind === 'signal') owe(proc, tid, st.signal);
+          return undefined;
+        },
+      };
+    } else {
+      // No runtime page yet (the mmap that creates it): a hotstack killed during
+      // these microseconds leaves the thread running on from the borrowed
+      // instruction with our registers.
+      op = {
+        ...base,
+        resume: 'step',
+        onStop(st, now) {
+          const pc = abi.pc(now);
+          if (st.kind === 'signal' && st.signal === pt.SIG.SIGTRAP && pc === after) return abi.syscallReturn(now);
+          if (pc !== at) unexpected(nr, proc.pid, st, pc);
+          if (st.kind === 'signal') owe(proc, tid, st.signal);
+          return undefined;
+        },
+      };
+    }
+    const value = BigInt.asIntN(64, drive(proc, tid, saved, regs, op));
+    return { value, errno: value < 0n && value >= -4095n ? Number(-value) : 0 };
+  });
+}
+
+function syscallFailure(what: string, pid: number, errno: number, hint = ''): never {
+  fail(knownErrno(errno) ?? 'EIO', `${what} in process ${pid} failed: ${errnoName(errno)}${hint}`);
+}
+
+/** Why making memory executable failed, when a policy forbids it. */
+function execHint(errno: number, prot: number, doing: string): string {
+  return (errno === ERRNO.EPERM || errno === ERRNO.EACCES) && prot & PROT_EXEC
+    ? ` (${doing} refused: a seccomp filter or MemoryDenyWriteExecute=yes forbids it)`
+    : '';
+}
+
+/**
+ * mmap inside the target. Returns the address; failures throw HotstackError
+ * with the kernel's errno name (EEXIST for an occupied MAP_FIXED_NOREPLACE
+ * hint, so callers can try the next one).
+ */
+export function remoteMmap(
+  proc: StoppedProcess,
+  tid: number,
+  addr: bigint,
+  len: number | bigint,
+  prot: number,
+  flags: number,
+  fd = -1,
+  off: number | bigint = 0,
+): bigint {
+  const r = remoteSyscall(proc, tid, abi.sys.mmap, [addr, len, prot, flags, fd, off]);
+  if (r.errno) {
+    syscallFailure(`mmap(${hex(addr)}, ${len}, prot ${prot}, flags ${hex(BigInt(flags))})`, proc.pid, r.errno, execHint(r.errno, prot, 'executable memory'));
+  }
+  return BigInt.asUintN(64, r.value);
+}
+
+/** munmap inside the target. */
+export function remoteMunmap(proc: StoppedProcess, tid: number, addr: bigint, len: number | bigint): void {
+  const r = remoteSyscall(proc, tid, abi.sys.munmap, [addr, len]);
+  if (r.errno) syscallFailure(`munmap(${hex(addr)}, ${len})`, proc.pid, r.errno);
+}
+
+/** mprotect inside the target (for the final W^X permissions of payload memory). */
+export function remoteMprotect(proc: StoppedProcess, tid: number, addr: bigint, len: number | bigint, prot: number): void {
+  const r = remoteSyscall(proc, tid, abi.sys.mprotect, [addr, len, prot]);
+  if (r.errno) syscallFailure(`mprotect(${hex(addr)}, ${len}, prot ${prot})`, proc.pid, r.errno, execHint(r.errno, prot, 'making memory executable is'));
+}
