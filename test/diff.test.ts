@@ -60,7 +60,7 @@ class Model {
       case 'c':
         if (!this.fixes.has('audit')) return String(n * 3);
         this.checksDone++;
-        return String(n * 3 + this.checksDone * 1000 + (this.fixes.has('audit-plus') ? 1 : 0));
+        return String(n * 3 + this.checksDone * (this.fixes.has('audit-again') ? 2000 : 1000) + (this.fixes.has('audit-plus') ? 1 : 0));
       case 's': return String(this.weigh(n) + this.weigh(n + 1));
       case 'z': return '0';
       case 'r': return n < 0 ? '-2' : n === 0 ? '-1' : String(Math.trunc((this.fixes.has('cold') ? 2000 : 1000) / n) + this.weigh(n));
@@ -249,6 +249,21 @@ describe('hotstack build --source --patch', () => {
     ok(cli.run(svc.pid, 'revert', 'a3'));
     model.fixes.delete('audit-plus');
     await expectAnswers(svc, model, 'after reverting audit-plus');
+
+    // audit() itself changes: it is not in the base, a1 brought it, so the record names it and
+    // the loader finds it among a1's symbols; the jump goes into a1's code, and back on revert.
+    const a2 = JSON.parse(ok(build('a2.livepatch', ['audit', 'audit-again'], ['--json', '--depends', out('a1.livepatch')])).stdout) as DiffJson;
+    // checked() inlines audit(), so it changes too (patched again, over a1's jump).
+    assert.deepEqual(a2.funcs.map((f) => f.name).sort(), ['audit', 'checked']);
+    ok(cli.run(svc.pid, 'load', out('a2.livepatch')));
+    model.fixes.add('audit-again');
+    await expectAnswers(svc, model, 'with audit-again patching a function of a1');
+    const under = cli.run(svc.pid, 'revert', 'a1');
+    assert.equal(under.status, 2, showResult(under)); // EBUSY
+    assert.match(under.stderr, /EBUSY: a1 is not the top of the applied stack: revert a2 first/, showResult(under));
+    ok(cli.run(svc.pid, 'revert', 'a2'));
+    model.fixes.delete('audit-again');
+    await expectAnswers(svc, model, 'after reverting audit-again');
   });
 
   it('refuses patches it cannot build, and objects compiled with other flags', () => {
@@ -259,8 +274,10 @@ describe('hotstack build --source --patch', () => {
     const r3 = build('x3.livepatch', ['rate']);
     refused(r3, 'EOPNOTSUPP', /shop\.c \(patched\): variable rate changes/, out('x3.livepatch'));
     if (!existsSync(out('a1.livepatch'))) ok(build('a1.livepatch', ['audit']));
-    const again = build('a2.livepatch', ['audit', 'audit-again'], ['--depends', out('a1.livepatch')]);
-    refused(again, 'EOPNOTSUPP', /function audit changes but is not in the base .*--cumulative/, out('a2.livepatch'));
+    // audit() came with a1, not with a3, the payload named below this one.
+    if (!existsSync(out('a3.livepatch'))) ok(build('a3.livepatch', ['audit', 'audit-plus'], ['--depends', out('a1.livepatch')]));
+    const elsewhere = build('a2x.livepatch', ['audit', 'audit-plus', 'audit-again'], ['--depends', out('a3.livepatch')]);
+    refused(elsewhere, 'EOPNOTSUPP', /function audit changes but is neither in the base .* nor brought by the payload it stacks on.*--cumulative/, out('a2x.livepatch'));
     const r4 = cli.raw(['build', '--base', exe, '--source', join(work, 'nowhere'), '--patch', join(FIX, 'label.patch'), '-o', out('x4.livepatch')]);
     refused(r4, 'ENOENT', /--source .*nowhere/, out('x4.livepatch'));
   });

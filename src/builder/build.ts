@@ -22,9 +22,11 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { Engine } from '../core/engine.js';
 import { fail, HotstackError, isErrnoName, toHotstackError } from '../errors.js';
 import {
-  ElfFile, ET_DYN, ET_EXEC, findBuildId, STB_LOCAL, SymbolIndex, toHex, type IndexedSymbol,
+  ElfFile, ET_DYN, ET_EXEC, findBuildId, SHF_EXECINSTR, SHN_UNDEF, SHT_NOBITS, STB_GLOBAL, STB_LOCAL, STT_FUNC, SymbolIndex, toHex,
+  type IndexedSymbol,
 } from '../elf/index.js';
-import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
+import { renderPayload, type InspectedPayload } from '../payload/inspect.js';
+import { parsePayload, type Payload } from '../payload/parse.js';
 import { readPayloadFile } from '../payload/file.js';
 import { MAX_OPAQUE, SEC } from '../payload/sections.js';
 import { checkPayloadName } from '../payload/name.js';
@@ -219,14 +221,45 @@ export interface DependsInfo {
   patched: string[];
   /** Functions its own records patch. */
   own: Set<string>;
+  /** Functions it brings (global, not replacements): a payload above patches them by name, resolved at load. */
+  functions: Map<string, PayloadFunction>;
+}
+
+/** A function a payload brings, as a payload above it sees it. */
+export interface PayloadFunction {
+  size: bigint;
+  /** Its first bytes (up to 4, for the landing pad). */
+  head: Uint8Array;
+}
+
+/**
+ * The functions `p` exports that a payload above may patch: what upload
+ * exports of it (named symbols of its loaded sections, less the records'
+ * replacements), kept to global code with a size.
+ */
+function payloadFunctions(p: Payload): Map<string, PayloadFunction> {
+  const replacements = new Set(p.funcs().flatMap((f) => (f.newRel ? [f.newRel.sym] : [])));
+  const out = new Map<string, PayloadFunction>();
+  for (const s of p.symbols) {
+    if (s.index === 0 || s.type !== STT_FUNC || s.bind !== STB_GLOBAL || !s.name || s.size === 0n || replacements.has(s.index)) continue;
+    const sec = p.elf.sections[s.shndx];
+    if (!sec || s.shndx === SHN_UNDEF || sec.type === SHT_NOBITS || (sec.flags & SHF_EXECINSTR) === 0n) continue;
+    const data = p.elf.data(sec);
+    const at = Number(s.value);
+    if (at + Number(s.size) > data.length) continue;
+    out.set(s.name, { size: s.size, head: data.subarray(at, at + Math.min(4, Number(s.size))) });
+  }
+  return out;
 }
 
 /** Open the --depends payload and check it was built for `base`. */
 export function openDepends(file: string, path: string, base: BaseInfo): DependsInfo {
   const bytes = readInputPayload(file, '--depends');
   let info: InspectedPayload;
+  let parsed: Payload;
   try {
-    info = inspectPayload(bytes);
+    parsed = parsePayload(bytes);
+    info = renderPayload(parsed);
   } catch (e) {
     const err = toHotstackError(e);
     throw new HotstackError('EINVAL', `--depends ${path} is not a payload: ${err.errno}: ${err.message}`);
@@ -241,12 +274,23 @@ export function openDepends(file: string, path: string, base: BaseInfo): Depends
   const recorded = meta(META_PATCHED);
   const patched = recorded !== undefined ? recorded.split(',').filter(Boolean) : [...own];
   for (const f of own) if (!patched.includes(f)) patched.push(f);
-  return { path, file, info, name: meta(META_NAME) ?? nameFromFile(path), patched, own };
+  return { path, file, info, name: meta(META_NAME) ?? nameFromFile(path), patched, own, functions: payloadFunctions(parsed) };
 }
 
-/** Old function facts from the base, with the errors a user can act on. */
-function oldFunction(base: BaseInfo, f: DeclaredFunc): { sym: IndexedSymbol; endbr64: boolean } {
+/** The old function: in the base, else brought by the --depends payload (`payload` names it then). */
+interface OldFunction {
+  size: bigint;
+  endbr64: boolean;
+  /** Its address in the base (base functions only). */
+  sym?: IndexedSymbol;
+  payload?: string;
+}
+
+/** Old function facts from the base, or from the payload below for a function it brought, with the errors a user can act on. */
+function oldFunction(base: BaseInfo, f: DeclaredFunc, dep: DependsInfo | undefined): OldFunction {
   const sym = base.index.lookup(f.name);
+  const brought = !sym && !f.hasOldAddr ? dep?.functions.get(f.name) : undefined;
+  if (brought) return { size: brought.size, endbr64: arch.patchOffset(brought.head) > 0, payload: dep!.name };
   if (!sym) {
     const cands = base.locals.get(f.name.includes('#') ? f.name.slice(f.name.indexOf('#') + 1) : f.name) ?? [];
     const hint = cands.length > 1
@@ -268,7 +312,7 @@ function oldFunction(base: BaseInfo, f: DeclaredFunc): { sym: IndexedSymbol; end
     throw new HotstackError(err.errno, `${f.name} in the base ${base.path}: ${err.message}`);
   }
   const endbr64 = arch.patchOffset(head) > 0;
-  return { sym, endbr64 };
+  return { sym, size: sym.size, endbr64 };
 }
 
 /** The size rules of payload-format.md, checked here to name the function and what it needs. */
@@ -421,8 +465,9 @@ export function buildPayload(opts: BuildOptions): BuildReport {
     const funcs: BuiltFunc[] = [];
     const fills: RecordFill[] = [];
     for (const f of declared.funcs) {
-      const { sym, endbr64 } = oldFunction(base, f);
-      const oldSize = Number(sym.size);
+      const old = oldFunction(base, f, dep);
+      const { sym, endbr64 } = old;
+      const oldSize = Number(old.size);
       checkSizes(base, f, oldSize, endbr64);
       if (f.kind === 'nop' && below.has(f.name)) {
         // At run time the function starts with a lower payload's jump: NOPs would cut into it.
@@ -432,10 +477,11 @@ export function buildPayload(opts: BuildOptions): BuildReport {
       let noExpectation: string | null = null;
       if (!opts.expect) noExpectation = 'no expectation (--expect not given)';
       else if (f.hasOldAddr) noExpectation = 'no expectation: the record gives its own old_addr';
+      else if (old.payload !== undefined) noExpectation = `no expectation: ${f.name} comes with ${old.payload}, found by name when loaded`;
       else if (below.has(f.name)) {
         const by = dep!.own.has(f.name) ? dep!.name : `a payload below ${dep!.name}`;
         noExpectation = `no expectation, already patched by ${by}`;
-      } else expect = base.elf.readVirtual(sym.value, Math.min(oldSize, MAX_OPAQUE));
+      } else expect = base.elf.readVirtual(sym!.value, Math.min(oldSize, MAX_OPAQUE));
       fills.push({ fileOffset: f.fileOffset, newSize: f.newSize, oldSize, expect });
       funcs.push({
         name: f.name, kind: f.kind, oldSize, newSize: f.newSize, newFunction: f.newFunction, endbr64,
@@ -465,7 +511,7 @@ export function buildPayload(opts: BuildOptions): BuildReport {
     runTool(['ld', '-r', '--build-id=sha1', '-z', 'noexecstack', '-o', linked, stripped, dependsObj, xenDependsObj, modinfoObj], 'linking the payload (ld -r --build-id)');
     let built: InspectedPayload;
     try {
-      built = inspectPayload(readFileSync(linked));
+      built = renderPayload(parsePayload(readFileSync(linked)));
     } catch (e) {
       const err = toHotstackError(e);
       throw new HotstackError(err.errno, `the linked payload is not valid: ${err.message}`);

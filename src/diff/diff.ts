@@ -95,6 +95,7 @@ export function diffPayload(opts: DiffOptions): DiffReport {
     }
     const plan = planPair(orig, patched, {
       base: names, lineFns, stacked: dep !== undefined,
+      belowFunction: (n) => dep?.functions.has(n) === true,
       unreached: (n) => analysis?.report(n)?.noCallers === true,
     });
     plans.push(plan);

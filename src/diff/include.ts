@@ -58,6 +58,8 @@ export interface PlanOptions {
   lineFns: ReadonlySet<string>;
   /** The payload stacks on another (--depends): globals the base lacks may come from the payloads below. */
   stacked: boolean;
+  /** Functions the payload below (--depends) brings: patched by name, found when loaded. */
+  belowFunction: (name: string) => boolean;
   /** Base names of functions nothing reaches (inlined everywhere): no record, their callers carry the change. */
   unreached: (baseName: string) => boolean;
 }
@@ -233,10 +235,13 @@ export function planPair(orig: DiffObject, patched: DiffObject, opts: PlanOption
     const o = twin.get(idx);
     let record: string | null = null;
     if (s.status === 'changed' && o && parentName(p.name)?.kind !== 'cold') {
-      const name = baseNameOf(opts.base, orig, o);
+      let name = baseNameOf(opts.base, orig, o);
       if (name === undefined && o.global) {
-        // Not inlined away (globals stay), so it came with a payload lower in the stack: its callers there would keep the old one.
-        fail('EOPNOTSUPP', `${where}: function ${p.name} changes but is not in the base ${opts.base.path} (a payload lower in the stack introduced it?); a payload cannot patch another payload's function: build a cumulative payload (--cumulative) for REPLACE instead`);
+        // Not inlined away (globals stay), so it came with a payload lower in the stack: patched there, by name.
+        if (!opts.belowFunction(o.name)) {
+          fail('EOPNOTSUPP', `${where}: function ${p.name} changes but is neither in the base ${opts.base.path} nor brought by the payload it stacks on${opts.stacked ? '' : ' (give that payload with --depends)'}; or build a cumulative payload (--cumulative) for REPLACE instead`);
+        }
+        name = o.name;
       }
       if (name !== undefined && !opts.unreached(name)) {
         record = name;
