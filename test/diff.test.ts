@@ -321,3 +321,41 @@ describe('a real open-source file: cJSON (test/fixtures/diff/cjson)', () => {
     await expectAll(svc, false, 'reverted');
   });
 });
+
+describe('a split function: gcc ipa-split (test/fixtures/diff/split)', () => {
+  it('patches a changed .part clone together with its parent, live, like the fixed program', async () => {
+    const dir = join(work, 'split');
+    const fixedDir = join(work, 'split-fixed');
+    const patch = join(FIX, 'split', 'split.patch');
+    cpSync(join(FIX, 'split'), dir, { recursive: true });
+    cpSync(join(FIX, 'split'), fixedDir, { recursive: true });
+    run('patch', ['-p1', '--batch', '--silent', '-d', fixedDir, '-i', patch]);
+    for (const d of [dir, fixedDir]) run('gcc', [...CFLAGS, '-Wl,--build-id=sha1', '-o', 'split', 'main.c', 'split.c'], { cwd: d });
+    // The scenario needs the split: slow_log's body in its own slow_log.part.N.
+    assert.match(run('nm', [join(dir, 'split')]), /\bslow_log\.part\.\d+$/m, 'gcc -O2 split slow_log (ipa-split)');
+    const payload = join(work, 'split.livepatch');
+    const r = JSON.parse(ok(cli.raw(['build', '--json', '--base', join(dir, 'split'), '--source', dir, '--patch', patch, '-o', payload, '--', ...CFLAGS])).stdout) as DiffJson;
+    const fns = r.pairs.flatMap((p) => p.functions);
+    const part = fns.find((f) => /^slow_log\.part\.\d+$/.test(f.name));
+    assert.equal(part?.status, 'changed', JSON.stringify(fns));
+    // A changed child brings its parent: the part's interface is private to the two.
+    assert.deepEqual(r.funcs.map((f) => f.name).sort(), ['split.c#slow_log', `split.c#${part.name}`]);
+
+    const svc = await startBase(join(dir, 'split'));
+    const fixed = await startBase(join(fixedDir, 'split'));
+    running.push(svc, fixed);
+    const questions = ['v 1', 'w 3', 'm 2', 'l 4', 'v 0', 'w 5', 'l 2', 'v 1', 'm 1'];
+    const answers = async (p: BaseProcess): Promise<string[]> => {
+      const a: string[] = [];
+      for (const q of questions) a.push(await p.ask(q));
+      return a;
+    };
+    const before = await answers(svc);
+    const want = await answers(fixed);
+    assert.notDeepEqual(before, want, 'the fix changes answers');
+    ok(cli.run(svc.pid, 'load', payload));
+    assert.deepEqual(await answers(svc), want, 'patched: answers as the fixed program');
+    ok(cli.run(svc.pid, 'revert', 'split'));
+    assert.deepEqual(await answers(svc), before, 'reverted');
+  });
+});
