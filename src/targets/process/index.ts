@@ -8,16 +8,12 @@ export type { Regs, RegName, WaitStatus } from './ptrace.js';
 export {
   parseMaps,
   readMaps,
-  procBase,
-  readProcFile,
   isFileBacked,
-  mapFilesName,
   groupObjects,
   readObjects,
   findFreeGaps,
   findFreeGapsFor,
   readBrk,
-  readStackLimit,
   PAGE,
   type MapEntry,
   type MappedObject,
@@ -27,8 +23,6 @@ export { ProcessMemory, readMemory } from './memory.js';
 export {
   StoppedProcess,
   StoppedThread,
-  listTids,
-  threadSchedState,
   leaderLeftEarly,
   type OwedSignal,
   type ThreadState,
@@ -51,7 +45,14 @@ export {
   type CallResult,
 } from './remote.js';
 export {
+  readProcFile,
+  procBase,
+  readStackLimit,
+  listTids,
+  threadSchedState,
   processStartTime,
+} from './procfs.js';
+export {
   processIdentity,
   stateDir,
   lockProcess,

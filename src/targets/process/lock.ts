@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
 import * as pt from './ptrace.js';
-import { readProcFile } from './maps.js';
+import { readComm, startTimeAndComm } from './procfs.js';
 import { StateDir } from './statedir.js';
 
 export { stateDir } from './statedir.js';
@@ -23,29 +23,10 @@ export interface ProcessIdentity {
   comm: string;
 }
 
-function parseStat(pid: number): { comm: string; fields: string[] } {
-  const stat = readProcFile(pid, 'stat');
-  const open = stat.indexOf('(');
-  const close = stat.lastIndexOf(')');
-  if (open < 0 || close < 0) fail('EIO', `cannot parse /proc/${pid}/stat`);
-  // fields[0] is field 3 (state): comm may contain spaces and parentheses.
-  return { comm: stat.slice(open + 1, close), fields: stat.slice(close + 2).trim().split(' ') };
-}
-
-/** Start time of a process (clock ticks after boot); ESRCH when it does not exist. */
-export function processStartTime(pid: number): bigint {
-  const v = parseStat(pid).fields[22 - 3];
-  if (v === undefined || !/^\d+$/.test(v)) fail('EIO', `cannot parse the start time in /proc/${pid}/stat`);
-  return BigInt(v);
-}
-
 /** pid, start time and name of a process; ESRCH when it does not exist. */
 export function processIdentity(pid: number): ProcessIdentity {
   if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
-  const { comm, fields } = parseStat(pid);
-  const v = fields[22 - 3];
-  if (v === undefined || !/^\d+$/.test(v)) fail('EIO', `cannot parse the start time in /proc/${pid}/stat`);
-  const startTime = BigInt(v);
+  const { startTime, comm } = startTimeAndComm(pid);
   return { pid, startTime, key: `${pid}-${startTime}`, comm };
 }
 
@@ -103,12 +84,7 @@ function holderOf(fd: number): string {
     const n = fs.readSync(fd, b, 0, b.length, 0);
     const pid = /^(\d+)\n/.exec(b.subarray(0, n).toString('latin1'))?.[1];
     if (!pid) return '';
-    let comm = '';
-    try {
-      comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    } catch {
-      /* gone */
-    }
+    const comm = readComm(Number(pid)) ?? '';
     return ` by pid ${pid}${comm ? ` (${comm})` : ''}`;
   } catch {
     return '';

@@ -3,14 +3,15 @@
  * and /proc. Implements the engine's Target interface; the engine never
  * sees a thread or a register.
  */
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { INT3 } from '../../arch/x86_64/insn.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, processDead, readMaps } from './maps.js';
+import { findFreeGapsFor, readMaps } from './maps.js';
+import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
 import {
@@ -243,7 +244,7 @@ export class ProcessTarget implements Target {
     if (!(prot & PROT_EXEC)) return e;
     let seccomp = false;
     try {
-      seccomp = /^Seccomp:\s*2/m.test(readFileSync(`/proc/${this.pid}/status`, 'utf8'));
+      seccomp = hasSeccompFilter(readStatus(this.pid));
     } catch {
       /* gone */
     }
@@ -364,7 +365,7 @@ export class ProcessTarget implements Target {
  * even `list` needs it, or it would show another user's empty state.
  */
 function checkAccess(pid: number): void {
-  if (existsSync(`/proc/${pid}`) && processDead(pid)) {
+  if (procExists(pid) && processDead(pid)) {
     fail('ESRCH', `process ${pid} has exited (a zombie until its parent reaps it); there is nothing to patch`);
   }
   try {
