@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync,
+  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
@@ -85,7 +85,7 @@ describe('state directory and files: planted things are refused, never followed 
     const b = await procs.start(files['base']!);
     const dir = newDir('locklink');
     const victim = join(newDir('victim'), 'created-by-hotstack');
-    symlinkSync(victim, join(dir, `${stateName(b.pid)}.lock`));
+    symlinkSync(victim, join(dir, `pidns${statSync(`/proc/${b.pid}/ns/pid`).ino}-pid${b.pid}.lock`));
     expectError(new Cli(dir).run(b.pid, 'list'), 'EPERM', /lock file .*\.lock is a symbolic link/, 'lock symlink');
     assert.equal(existsSync(victim), false, 'the link target was not created');
   });
@@ -424,6 +424,90 @@ describe('a tool killed during upload leaks nothing (2.7)', () => {
   });
 });
 
+/**
+ * The base started as pid 1 of a new PID namespace (with its own /proc),
+ * a state directory both views share, and a hotstack run inside the
+ * namespace (on pid 1).
+ */
+async function inPidNamespace(tag: string): Promise<{ b: BaseProcess; hostPid: number; state: string; inside: (...args: string[]) => CliResult }> {
+  const dir = newDir(tag);
+  const wrapper = join(dir, 'in-namespace');
+  writeFileSync(wrapper, `#!/bin/sh\nexec unshare --pid --fork --mount-proc ${files['base']!}\n`);
+  chmodSync(wrapper, 0o755);
+  const b = await procs.start(wrapper);
+  const hostPid = Number(readFileSync(`/proc/${b.pid}/task/${b.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+  assert.ok(hostPid > 0 && readFileSync(`/proc/${hostPid}/status`, 'utf8').includes('NSpid:\t' + hostPid + '\t1'), 'the base is pid 1 in its namespace');
+  const state = newDir(`${tag}-state`);
+  const inside = (...args: string[]): CliResult => {
+    const argv = [...enterNamespace(hostPid), process.execPath, HOTSTACK_BIN, '--pid', '1', ...args];
+    const r = spawnSync('nsenter', argv, { encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state } });
+    return { cmd: `nsenter ${argv.join(' ')}`, status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+  };
+  return { b, hostPid, state, inside };
+}
+
+/** nsenter arguments entering the PID and mount namespaces of `pid`, up to the command. */
+const enterNamespace = (pid: number): string[] => ['--target', String(pid), '--pid', '--mount', '--'];
+
+/**
+ * A process inside the namespace of `hostPid` holding hotstack's lock on its
+ * pid 1 (through lockProcess itself) until `release()` closes its input.
+ */
+async function holdLockInside(hostPid: number, state: string): Promise<{ release: () => Promise<void> }> {
+  const script = join(newDir('holder'), 'hold.mjs');
+  writeFileSync(script, [
+    'const { lockProcess } = await import(process.argv[2]);',
+    'const lock = lockProcess(1, 2000);',
+    "process.stdout.write('locked\\n');",
+    'process.stdin.resume();',
+    "process.stdin.on('end', () => { lock.release(); process.exit(0); });",
+  ].join('\n'));
+  const lockModule = new URL('../src/targets/process/index.js', import.meta.url).pathname;
+  const holder = spawn('nsenter', [...enterNamespace(hostPid), process.execPath, script, lockModule], {
+    stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, HOTSTACK_STATE_DIR: state },
+  });
+  const exited = new Promise<number | null>((done) => holder.on('exit', done));
+  await new Promise<void>((done, failed) => {
+    holder.stdout.on('data', (d: Buffer) => d.toString().includes('locked') && done());
+    void exited.then((code) => failed(new Error(`the lock holder exited (${code}) before taking the lock`)));
+  });
+  return {
+    release: async () => {
+      holder.stdin.end();
+      assert.equal(await exited, 0, 'the holder released the lock and exited');
+    },
+  };
+}
+
+describe('one lock per process, whichever PID namespace looks (issue 11: 2.3)', () => {
+  test('held inside a PID namespace: a hotstack on the host waits, then EBUSY; and the other way round', async () => {
+    const { b, hostPid, state, inside } = await inPidNamespace('pidns-lock');
+    const inner = await holdLockInside(hostPid, state);
+    const host = new Cli(state);
+    try {
+      expectError(host.run(hostPid, 'load', files['hello']!), 'EBUSY',
+        new RegExp(`another hotstack is acting on process ${hostPid} by pid \\d+ of another PID namespace \\(pidns \\d+\\) \\(lock .*/pidns\\d+-pid1\\.lock\\)`), 'host while the namespace holds it');
+    } finally {
+      await inner.release();
+    }
+    assert.equal(await b.ask('v'), '-unstable', 'nothing was loaded meanwhile');
+    const saved = process.env.HOTSTACK_STATE_DIR;
+    process.env.HOTSTACK_STATE_DIR = state;
+    const outer = lockProcess(hostPid, 100);
+    try {
+      expectError(inside('list'), 'EBUSY', new RegExp(`another hotstack is acting on process 1 by pid ${process.pid} of another PID namespace`), 'inside while the host holds it');
+    } finally {
+      outer.release();
+      process.env.HOTSTACK_STATE_DIR = saved;
+    }
+    // Released on both sides: either view acts, and sees what the other did.
+    const r = inside('load', files['hello']!);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(host.run(hostPid, 'list').stdout, /hello\s+\| APPLIED/, 'the host sees the payload loaded inside');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+});
+
 describe('the state lives in the process too (2.3, 2.9)', () => {
   test('a corrupt state file: the state comes back from the process, nothing is orphaned', async () => {
     const b = await procs.start(files['base']!);
@@ -452,17 +536,7 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
   });
 
   test('loaded from inside a PID namespace, seen from the host: not applied twice, state files of either view lose nothing', async () => {
-    const dir = newDir('pidns');
-    const wrapper = join(dir, 'in-namespace');
-    writeFileSync(wrapper, `#!/bin/sh\nexec unshare --pid --fork --mount-proc ${files['base']!}\n`);
-    chmodSync(wrapper, 0o755);
-    const b = await procs.start(wrapper);
-    const hostPid = Number(readFileSync(`/proc/${b.pid}/task/${b.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
-    assert.ok(hostPid > 0 && readFileSync(`/proc/${hostPid}/status`, 'utf8').includes('NSpid:\t' + hostPid + '\t1'), 'the base is pid 1 in its namespace');
-    const state = newDir('pidns-state');
-    const inside = (...args: string[]) => spawnSync('nsenter', ['--target', String(hostPid), '--pid', '--mount', '--', process.execPath, HOTSTACK_BIN, '--pid', '1', ...args], {
-      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state },
-    });
+    const { b, hostPid, state, inside } = await inPidNamespace('pidns');
     let r = inside('load', files['hello']!);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, `Uploading ${files['hello']!}... completed\nApplying hello... completed\n`);
