@@ -18,6 +18,8 @@ import { join } from 'node:path';
 import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
+import { buildExtraPayload } from './helpers/extra.js';
+import { buildStress } from './helpers/stress.js';
 
 let files: Record<string, string> = {};
 const procs = new Processes();
@@ -341,6 +343,71 @@ describe('a dead target is ESRCH at once (2.8)', () => {
     } finally {
       parent.kill('SIGKILL');
     }
+  });
+});
+
+/**
+ * Start `hotstack load` of a payload whose load hook never returns, wait
+ * until the hook sleeps inside `pid`, SIGKILL `pid`: hotstack must say
+ * ESRCH long before the hook timeout (set far above the bound asserted, so
+ * an ETIMEDOUT cannot pass for prompt). The target has other threads: the
+ * leader's death is then reported to its tracer only after theirs have
+ * been collected, so waiting on the leader alone would never see it.
+ */
+async function killedDuringHook(pid: number, base: string, tag: string): Promise<void> {
+  const stuck = buildExtraPayload({ name: 'stuck_hook', sources: ['stuck_hook.c'], base });
+  const tool = spawn(process.execPath, [HOTSTACK_BIN, '--pid', String(pid), 'load', stuck], {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOTSTACK_STATE_DIR: newDir(tag), HOTSTACK_HOOK_TIMEOUT_MS: String(HOOK_TIMEOUT_MS) },
+  });
+  let stderr = '';
+  tool.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  const exited = new Promise<number | null>((done) => tool.on('exit', done));
+  try {
+    // 35: nanosleep, where the hook sleeps (the base waits in read, 0).
+    for (let i = 0; !readFileSync(`/proc/${pid}/task/${pid}/syscall`, 'utf8').startsWith('35 '); i++) {
+      assert.ok(i < 400, `the load hook started running in ${pid}\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const t0 = performance.now();
+    process.kill(pid, 'SIGKILL');
+    const status = await exited;
+    const took = performance.now() - t0;
+    assert.equal(status, 1, stderr);
+    assert.match(stderr, new RegExp(`Error 3: ESRCH: process ${pid} exited`), 'ESRCH naming the process');
+    assert.doesNotMatch(stderr, /ETIMEDOUT|EFAULT|short read|internal error/);
+    assert.ok(took < HOOK_TIMEOUT_MS / 2, `ESRCH well before the hook timeout (${Math.round(took)} ms)`);
+  } finally {
+    tool.kill('SIGKILL');
+  }
+}
+
+const HOOK_TIMEOUT_MS = 20_000;
+
+describe('a target that dies during an action is ESRCH at once (2.8)', () => {
+  let stress = '';
+  before(() => {
+    stress = buildStress(newDir('stress-fixtures')).base;
+  });
+
+  test('killed while its load hook runs (reaped by its parent)', async () => {
+    const b = await procs.start(stress);
+    assert.equal(await b.ask('U 2'), 'ok 2', 'two more threads');
+    await killedDuringHook(b.pid, stress, 'killed-hook');
+  });
+
+  test('killed while its load hook runs, then left a zombie (its parent never reaps it)', async () => {
+    const wrapper = join(newDir('unreaped'), 'parent');
+    // The shell starts the base on our pipes (fd 3: a background job's stdin
+    // is /dev/null) and becomes a sleep that never waits for it.
+    writeFileSync(wrapper, `#!/bin/sh\nexec 3<&0\n${stress} <&3 3<&- &\nexec sleep 600 3<&-\n`);
+    chmodSync(wrapper, 0o755);
+    const parent = await procs.start(wrapper);
+    const pid = Number(readFileSync(`/proc/${parent.pid}/task/${parent.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    assert.equal(await parent.ask('U 2'), 'ok 2', 'two more threads');
+    await killedDuringHook(pid, stress, 'killed-hook-zombie');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    assert.equal(stat.charAt(stat.lastIndexOf(')') + 2), 'Z', 'it is a zombie now');
+    expectError(new Cli(newDir('after-zombie')).run(pid, 'list'), 'ESRCH', new RegExp(`process ${pid} has exited \\(a zombie`), 'list after');
   });
 });
 
