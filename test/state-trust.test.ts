@@ -12,13 +12,15 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync,
+  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
 import { buildExtraPayload } from './helpers/extra.js';
+import { loadObjects, unreadBase, unreadForTotal } from '../src/targets/process/objects.js';
+import { isHotstackError } from '../src/errors.js';
 import { buildStress } from './helpers/stress.js';
 
 let files: Record<string, string> = {};
@@ -412,6 +414,22 @@ describe('a target that dies during an action is ESRCH at once (2.8)', () => {
 });
 
 describe('files the target maps are read within bounds (2.6)', () => {
+  test('mapped files are read up to a total per action: past it a base is EFBIG, and a symbol lookup names what was not read', async () => {
+    const b = await procs.start(files['base']!);
+    const all = loadObjects(b.pid);
+    assert.ok(all.objects.length >= 3 && all.oversized.length === 0, 'the program, libc and ld.so are read under the default total');
+    assert.equal(unreadForTotal(all), '');
+    // A total that holds the program (first in map order) and nothing more.
+    const capped = loadObjects(b.pid, statSync(files['base']!).size);
+    assert.deepEqual(capped.objects.map((o) => o.path), [realpathSync(files['base']!)]);
+    const libc = capped.oversized.find((o) => /\/libc\.so/.test(o.path));
+    assert.ok(libc && libc.over === 'total', 'libc is past the total, not read');
+    assert.ok(libc.buildId, 'its build-id is known all the same, from its headers');
+    assert.throws(() => unreadBase(libc, b.pid), (e: unknown) => isHotstackError(e) && e.errno === 'EFBIG' &&
+      /^the payload's base .*libc\.so.* was not read: .* more than hotstack reads in one action \(2147483648 bytes\)/.test(e.message));
+    assert.match(unreadForTotal(capped), /mapped file\(s\) were not read, past the 2147483648 bytes hotstack reads in one action: .*libc\.so/);
+  });
+
   test('a huge mapped ELF file is not read whole: EFBIG naming it, at once', async () => {
     const dir = newDir('big');
     const big = join(dir, 'bigbase');

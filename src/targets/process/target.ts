@@ -13,7 +13,7 @@ import { lockProcess, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, readMaps } from './maps.js';
 import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
-import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
+import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
 import {
   MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteCall, remoteMmap, remoteMunmap,
   RUNTIME_PAGE_SIZE, useRuntimePage,
@@ -117,9 +117,7 @@ export class ProcessTarget implements Target {
     const o = this.objects().find((x) => x.buildId && bytesEqual(x.buildId, buildId));
     if (o) return o;
     const big = this.objectsCache!.oversized.find((x) => x.buildId && bytesEqual(x.buildId, buildId));
-    if (big) {
-      fail('EFBIG', `the payload's base ${big.path} is ${big.size} bytes, more than hotstack reads of a mapped object (${MAX_OBJECT_FILE}); it cannot be patched`);
-    }
+    if (big) unreadBase(big, this.pid);
     return undefined;
   }
 
@@ -138,7 +136,7 @@ export class ProcessTarget implements Target {
   }
 
   externalScope(): string {
-    return 'another object loaded in the process';
+    return `another object loaded in the process${this.objectsCache ? unreadForTotal(this.objectsCache) : ''}`;
   }
 
   /** An IFUNC symbol's value is a resolver: run it in the target, as the dynamic linker did. */
