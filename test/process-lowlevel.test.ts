@@ -566,7 +566,9 @@ test('per-process lock: exclusive, EBUSY on timeout, released when the holder di
   assert.equal(processIdentity(t.pid).key, `${t.pid}-${start}`);
   assert.equal(processIdentity(t.pid).comm, 'target');
   const l1 = lockProcess(t.pid, 100);
-  assert.equal(l1.path, path.join(lockDir(), `${t.pid}-${start}.lock`));
+  // Named by the PID namespace and the pid there, as every namespace sees them (here: ours).
+  const pidns = fs.statSync(`/proc/${t.pid}/ns/pid`).ino;
+  assert.equal(l1.path, path.join(lockDir(), `pidns${pidns}-pid${t.pid}.lock`));
   assert.equal(fs.statSync(lockDir()).mode & 0o777, 0o700);
   const t0 = performance.now();
   expectHotstack(() => lockProcess(t.pid, 100), 'EBUSY', new RegExp(`another hotstack is acting on process ${t.pid}`));

@@ -12,12 +12,16 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync,
+  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
+import { buildExtraPayload } from './helpers/extra.js';
+import { loadObjects, unreadBase, unreadForTotal } from '../src/targets/process/objects.js';
+import { isHotstackError } from '../src/errors.js';
+import { buildStress } from './helpers/stress.js';
 
 let files: Record<string, string> = {};
 const procs = new Processes();
@@ -85,7 +89,7 @@ describe('state directory and files: planted things are refused, never followed 
     const b = await procs.start(files['base']!);
     const dir = newDir('locklink');
     const victim = join(newDir('victim'), 'created-by-hotstack');
-    symlinkSync(victim, join(dir, `${stateName(b.pid)}.lock`));
+    symlinkSync(victim, join(dir, `pidns${statSync(`/proc/${b.pid}/ns/pid`).ino}-pid${b.pid}.lock`));
     expectError(new Cli(dir).run(b.pid, 'list'), 'EPERM', /lock file .*\.lock is a symbolic link/, 'lock symlink');
     assert.equal(existsSync(victim), false, 'the link target was not created');
   });
@@ -344,7 +348,88 @@ describe('a dead target is ESRCH at once (2.8)', () => {
   });
 });
 
+/**
+ * Start `hotstack load` of a payload whose load hook never returns, wait
+ * until the hook sleeps inside `pid`, SIGKILL `pid`: hotstack must say
+ * ESRCH long before the hook timeout (set far above the bound asserted, so
+ * an ETIMEDOUT cannot pass for prompt). The target has other threads: the
+ * leader's death is then reported to its tracer only after theirs have
+ * been collected, so waiting on the leader alone would never see it.
+ */
+async function killedDuringHook(pid: number, base: string, tag: string): Promise<void> {
+  const stuck = buildExtraPayload({ name: 'stuck_hook', sources: ['stuck_hook.c'], base });
+  const tool = spawn(process.execPath, [HOTSTACK_BIN, '--pid', String(pid), 'load', stuck], {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOTSTACK_STATE_DIR: newDir(tag), HOTSTACK_HOOK_TIMEOUT_MS: String(HOOK_TIMEOUT_MS) },
+  });
+  let stderr = '';
+  tool.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  const exited = new Promise<number | null>((done) => tool.on('exit', done));
+  try {
+    // 35: nanosleep, where the hook sleeps (the base waits in read, 0).
+    for (let i = 0; !readFileSync(`/proc/${pid}/task/${pid}/syscall`, 'utf8').startsWith('35 '); i++) {
+      assert.ok(i < 400, `the load hook started running in ${pid}\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const t0 = performance.now();
+    process.kill(pid, 'SIGKILL');
+    const status = await exited;
+    const took = performance.now() - t0;
+    assert.equal(status, 1, stderr);
+    assert.match(stderr, new RegExp(`Error 3: ESRCH: process ${pid} exited`), 'ESRCH naming the process');
+    assert.doesNotMatch(stderr, /ETIMEDOUT|EFAULT|short read|internal error/);
+    assert.ok(took < HOOK_TIMEOUT_MS / 2, `ESRCH well before the hook timeout (${Math.round(took)} ms)`);
+  } finally {
+    tool.kill('SIGKILL');
+  }
+}
+
+const HOOK_TIMEOUT_MS = 20_000;
+
+describe('a target that dies during an action is ESRCH at once (2.8)', () => {
+  let stress = '';
+  before(() => {
+    stress = buildStress(newDir('stress-fixtures')).base;
+  });
+
+  test('killed while its load hook runs (reaped by its parent)', async () => {
+    const b = await procs.start(stress);
+    assert.equal(await b.ask('U 2'), 'ok 2', 'two more threads');
+    await killedDuringHook(b.pid, stress, 'killed-hook');
+  });
+
+  test('killed while its load hook runs, then left a zombie (its parent never reaps it)', async () => {
+    const wrapper = join(newDir('unreaped'), 'parent');
+    // The shell starts the base on our pipes (fd 3: a background job's stdin
+    // is /dev/null) and becomes a sleep that never waits for it.
+    writeFileSync(wrapper, `#!/bin/sh\nexec 3<&0\n${stress} <&3 3<&- &\nexec sleep 600 3<&-\n`);
+    chmodSync(wrapper, 0o755);
+    const parent = await procs.start(wrapper);
+    const pid = Number(readFileSync(`/proc/${parent.pid}/task/${parent.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    assert.equal(await parent.ask('U 2'), 'ok 2', 'two more threads');
+    await killedDuringHook(pid, stress, 'killed-hook-zombie');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    assert.equal(stat.charAt(stat.lastIndexOf(')') + 2), 'Z', 'it is a zombie now');
+    expectError(new Cli(newDir('after-zombie')).run(pid, 'list'), 'ESRCH', new RegExp(`process ${pid} has exited \\(a zombie`), 'list after');
+  });
+});
+
 describe('files the target maps are read within bounds (2.6)', () => {
+  test('mapped files are read up to a total per action: past it a base is EFBIG, and a symbol lookup names what was not read', async () => {
+    const b = await procs.start(files['base']!);
+    const all = loadObjects(b.pid);
+    assert.ok(all.objects.length >= 3 && all.oversized.length === 0, 'the program, libc and ld.so are read under the default total');
+    assert.equal(unreadForTotal(all), '');
+    // A total that holds the program (first in map order) and nothing more.
+    const capped = loadObjects(b.pid, statSync(files['base']!).size);
+    assert.deepEqual(capped.objects.map((o) => o.path), [realpathSync(files['base']!)]);
+    const libc = capped.oversized.find((o) => /\/libc\.so/.test(o.path));
+    assert.ok(libc && libc.over === 'total', 'libc is past the total, not read');
+    assert.ok(libc.buildId, 'its build-id is known all the same, from its headers');
+    assert.throws(() => unreadBase(libc, b.pid), (e: unknown) => isHotstackError(e) && e.errno === 'EFBIG' &&
+      /^the payload's base .*libc\.so.* was not read: .* more than hotstack reads in one action \(2147483648 bytes\)/.test(e.message));
+    assert.match(unreadForTotal(capped), /mapped file\(s\) were not read, past the 2147483648 bytes hotstack reads in one action: .*libc\.so/);
+  });
+
   test('a huge mapped ELF file is not read whole: EFBIG naming it, at once', async () => {
     const dir = newDir('big');
     const big = join(dir, 'bigbase');
@@ -424,6 +509,90 @@ describe('a tool killed during upload leaks nothing (2.7)', () => {
   });
 });
 
+/**
+ * The base started as pid 1 of a new PID namespace (with its own /proc),
+ * a state directory both views share, and a hotstack run inside the
+ * namespace (on pid 1).
+ */
+async function inPidNamespace(tag: string): Promise<{ b: BaseProcess; hostPid: number; state: string; inside: (...args: string[]) => CliResult }> {
+  const dir = newDir(tag);
+  const wrapper = join(dir, 'in-namespace');
+  writeFileSync(wrapper, `#!/bin/sh\nexec unshare --pid --fork --mount-proc ${files['base']!}\n`);
+  chmodSync(wrapper, 0o755);
+  const b = await procs.start(wrapper);
+  const hostPid = Number(readFileSync(`/proc/${b.pid}/task/${b.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+  assert.ok(hostPid > 0 && readFileSync(`/proc/${hostPid}/status`, 'utf8').includes('NSpid:\t' + hostPid + '\t1'), 'the base is pid 1 in its namespace');
+  const state = newDir(`${tag}-state`);
+  const inside = (...args: string[]): CliResult => {
+    const argv = [...enterNamespace(hostPid), process.execPath, HOTSTACK_BIN, '--pid', '1', ...args];
+    const r = spawnSync('nsenter', argv, { encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state } });
+    return { cmd: `nsenter ${argv.join(' ')}`, status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+  };
+  return { b, hostPid, state, inside };
+}
+
+/** nsenter arguments entering the PID and mount namespaces of `pid`, up to the command. */
+const enterNamespace = (pid: number): string[] => ['--target', String(pid), '--pid', '--mount', '--'];
+
+/**
+ * A process inside the namespace of `hostPid` holding hotstack's lock on its
+ * pid 1 (through lockProcess itself) until `release()` closes its input.
+ */
+async function holdLockInside(hostPid: number, state: string): Promise<{ release: () => Promise<void> }> {
+  const script = join(newDir('holder'), 'hold.mjs');
+  writeFileSync(script, [
+    'const { lockProcess } = await import(process.argv[2]);',
+    'const lock = lockProcess(1, 2000);',
+    "process.stdout.write('locked\\n');",
+    'process.stdin.resume();',
+    "process.stdin.on('end', () => { lock.release(); process.exit(0); });",
+  ].join('\n'));
+  const lockModule = new URL('../src/targets/process/index.js', import.meta.url).pathname;
+  const holder = spawn('nsenter', [...enterNamespace(hostPid), process.execPath, script, lockModule], {
+    stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, HOTSTACK_STATE_DIR: state },
+  });
+  const exited = new Promise<number | null>((done) => holder.on('exit', done));
+  await new Promise<void>((done, failed) => {
+    holder.stdout.on('data', (d: Buffer) => d.toString().includes('locked') && done());
+    void exited.then((code) => failed(new Error(`the lock holder exited (${code}) before taking the lock`)));
+  });
+  return {
+    release: async () => {
+      holder.stdin.end();
+      assert.equal(await exited, 0, 'the holder released the lock and exited');
+    },
+  };
+}
+
+describe('one lock per process, whichever PID namespace looks (issue 11: 2.3)', () => {
+  test('held inside a PID namespace: a hotstack on the host waits, then EBUSY; and the other way round', async () => {
+    const { b, hostPid, state, inside } = await inPidNamespace('pidns-lock');
+    const inner = await holdLockInside(hostPid, state);
+    const host = new Cli(state);
+    try {
+      expectError(host.run(hostPid, 'load', files['hello']!), 'EBUSY',
+        new RegExp(`another hotstack is acting on process ${hostPid} by pid \\d+ of another PID namespace \\(pidns \\d+\\) \\(lock .*/pidns\\d+-pid1\\.lock\\)`), 'host while the namespace holds it');
+    } finally {
+      await inner.release();
+    }
+    assert.equal(await b.ask('v'), '-unstable', 'nothing was loaded meanwhile');
+    const saved = process.env.HOTSTACK_STATE_DIR;
+    process.env.HOTSTACK_STATE_DIR = state;
+    const outer = lockProcess(hostPid, 100);
+    try {
+      expectError(inside('list'), 'EBUSY', new RegExp(`another hotstack is acting on process 1 by pid ${process.pid} of another PID namespace`), 'inside while the host holds it');
+    } finally {
+      outer.release();
+      process.env.HOTSTACK_STATE_DIR = saved;
+    }
+    // Released on both sides: either view acts, and sees what the other did.
+    const r = inside('load', files['hello']!);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(host.run(hostPid, 'list').stdout, /hello\s+\| APPLIED/, 'the host sees the payload loaded inside');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+});
+
 describe('the state lives in the process too (2.3, 2.9)', () => {
   test('a corrupt state file: the state comes back from the process, nothing is orphaned', async () => {
     const b = await procs.start(files['base']!);
@@ -452,17 +621,7 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
   });
 
   test('loaded from inside a PID namespace, seen from the host: not applied twice, state files of either view lose nothing', async () => {
-    const dir = newDir('pidns');
-    const wrapper = join(dir, 'in-namespace');
-    writeFileSync(wrapper, `#!/bin/sh\nexec unshare --pid --fork --mount-proc ${files['base']!}\n`);
-    chmodSync(wrapper, 0o755);
-    const b = await procs.start(wrapper);
-    const hostPid = Number(readFileSync(`/proc/${b.pid}/task/${b.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
-    assert.ok(hostPid > 0 && readFileSync(`/proc/${hostPid}/status`, 'utf8').includes('NSpid:\t' + hostPid + '\t1'), 'the base is pid 1 in its namespace');
-    const state = newDir('pidns-state');
-    const inside = (...args: string[]) => spawnSync('nsenter', ['--target', String(hostPid), '--pid', '--mount', '--', process.execPath, HOTSTACK_BIN, '--pid', '1', ...args], {
-      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: state },
-    });
+    const { b, hostPid, state, inside } = await inPidNamespace('pidns');
     let r = inside('load', files['hello']!);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, `Uploading ${files['hello']!}... completed\nApplying hello... completed\n`);

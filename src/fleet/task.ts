@@ -11,8 +11,8 @@ import { listJson } from '../cli/format.js';
 import { cmdAction, cmdLoad, cmdUpload, type Io, type JsonStep } from '../cli/lifecycle.js';
 import type { LoadedPayload } from '../cli/trust.js';
 import { openProcessEngine } from '../targets/process/session.js';
-import { processIdentity } from '../targets/process/lock.js';
-import { leaderLeftEarly, threadSchedState } from '../targets/process/threads.js';
+import { processStartTime, threadSchedState } from '../targets/process/procfs.js';
+import { leaderLeftEarly } from '../targets/process/threads.js';
 
 export type FleetActionName = 'list' | 'upload' | 'load' | 'apply' | 'revert' | 'unload' | 'replace';
 
@@ -57,7 +57,7 @@ export interface ProcessOutcome {
  */
 function startTime(pid: number): bigint | null {
   try {
-    const t = processIdentity(pid).startTime;
+    const t = processStartTime(pid);
     if ('ZX'.includes(threadSchedState(pid, pid)) && !leaderLeftEarly(pid)) return null;
     return t;
   } catch {

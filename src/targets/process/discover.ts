@@ -7,11 +7,11 @@
  * process that vanishes, or that we may not look at, is simply not
  * selected (an explicitly named one is reported with the reason).
  */
-import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { BuildIdCache } from './buildid.js';
 import { processIdentity } from './lock.js';
-import { procBase } from './maps.js';
+import { allPids, effectiveUidOf, exeFile, exeLink, mapFilesPath, procExists, readComm, readMapsText, readStatus } from './procfs.js';
 import { stateFileOf } from './store.js';
 
 export interface FleetFilter {
@@ -76,7 +76,7 @@ function exeTarget(path: string): ExeTarget {
 function exeMismatch(pid: number, t: ExeTarget): string | null {
   let link: string;
   try {
-    link = readlinkSync(`/proc/${pid}/exe`);
+    link = exeLink(pid);
   } catch {
     return 'its executable cannot be read (a kernel thread, or not permitted)';
   }
@@ -84,38 +84,13 @@ function exeMismatch(pid: number, t: ExeTarget): string | null {
   if (path === t.path) return null;
   if (t.ino !== undefined) {
     try {
-      const st = statSync(`/proc/${pid}/exe`);
+      const st = exeFile(pid);
       if (st.dev === t.dev && st.ino === t.ino) return null;
     } catch {
       /* exited */
     }
   }
   return `it runs ${link}, not ${t.path}`;
-}
-
-/** Effective uid from /proc/PID/status, or null when unreadable. */
-function effectiveUid(status: string): number | null {
-  const m = /^Uid:\s+\d+\s+(\d+)/m.exec(status);
-  return m ? Number(m[1]) : null;
-}
-
-function comm(pid: number): string | null {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return null;
-  }
-}
-
-/** Every process id in /proc but ours (readdir of /proc lists thread-group leaders only). */
-export function allPids(): number[] {
-  const out: number[] = [];
-  for (const n of readdirSync('/proc')) {
-    if (!/^\d+$/.test(n)) continue;
-    const pid = Number(n);
-    if (pid !== process.pid) out.push(pid);
-  }
-  return out.sort((a, b) => a - b);
 }
 
 /**
@@ -127,11 +102,11 @@ function check(pid: number, f: FleetFilter, exe: ExeTarget | undefined, ids: Bui
   if (f.uid !== undefined) {
     let status: string;
     try {
-      status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      status = readStatus(pid);
     } catch {
       return GONE;
     }
-    const uid = effectiveUid(status);
+    const uid = effectiveUidOf(status);
     if (uid !== f.uid) return { why: `its user id is ${uid ?? 'unknown'}, not ${f.uid}`, gone: false };
   }
   if (f.withState) {
@@ -145,24 +120,18 @@ function check(pid: number, f: FleetFilter, exe: ExeTarget | undefined, ids: Bui
   }
   if (exe) {
     const why = exeMismatch(pid, exe);
-    if (why) return { why, gone: !existsSync(`/proc/${pid}`) };
+    if (why) return { why, gone: !procExists(pid) };
   }
   if (f.buildId === undefined) {
-    return existsSync(`/proc/${pid}`) ? { object: '' } : GONE;
+    return procExists(pid) ? { object: '' } : GONE;
   }
-  let base = `/proc/${pid}`;
-  let text: string;
+  let maps: { text: string; base: string };
   try {
-    text = readFileSync(`${base}/maps`, 'utf8');
-    // Empty for a zombie, and for a leader that called pthread_exit: its live threads still show the maps.
-    if (text === '') {
-      base = procBase(pid);
-      if (base !== `/proc/${pid}`) text = readFileSync(`${base}/maps`, 'utf8');
-    }
+    maps = readMapsText(pid);
   } catch {
-    return existsSync(`/proc/${pid}`) ? { why: 'its memory map cannot be read (not permitted)', gone: false } : GONE;
+    return procExists(pid) ? { why: 'its memory map cannot be read (not permitted)', gone: false } : GONE;
   }
-  const object = matchingObject(text, base, f.buildId, ids);
+  const object = matchingObject(maps.text, maps.base, f.buildId, ids);
   if (object !== undefined) return { object };
   return { why: `no object with build-id ${f.buildId} is mapped in it`, gone: false };
 }
@@ -188,9 +157,8 @@ function matchingObject(text: string, base: string, buildId: string, ids: BuildI
     seen.add(key);
     const path = line.slice(line.indexOf('/'));
     if (!path.startsWith('/')) continue; // anon_inode:... and the like
-    // map_files names the range without maps' zero padding.
-    const range = f[0]!.split('-').map((x) => x.replace(/^0+(?=.)/, '')).join('-');
-    if (ids.getByKey(key, `${base}/map_files/${range}`) === buildId) return path;
+    const [start, end] = f[0]!.split('-');
+    if (ids.getByKey(key, mapFilesPath(base, BigInt(`0x${start}`), BigInt(`0x${end}`))) === buildId) return path;
   }
   return undefined;
 }
@@ -206,7 +174,7 @@ export function discover(f: FleetFilter, ids = new BuildIdCache()): Discovery {
   for (const pid of pids) {
     const r = check(pid, f, exe, ids);
     if (!('object' in r) && !explicit) continue;
-    const name = comm(pid);
+    const name = readComm(pid);
     if ('object' in r) {
       // It may exit between the check and here: it is then skipped when acted on.
       selected.push({ pid, comm: name ?? '?', ...(r.object ? { object: r.object } : {}) });

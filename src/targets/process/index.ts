@@ -8,16 +8,12 @@ export type { Regs, RegName, WaitStatus } from './ptrace.js';
 export {
   parseMaps,
   readMaps,
-  procBase,
-  readProcFile,
   isFileBacked,
-  mapFilesName,
   groupObjects,
   readObjects,
   findFreeGaps,
   findFreeGapsFor,
   readBrk,
-  readStackLimit,
   PAGE,
   type MapEntry,
   type MappedObject,
@@ -27,8 +23,6 @@ export { ProcessMemory, readMemory } from './memory.js';
 export {
   StoppedProcess,
   StoppedThread,
-  listTids,
-  threadSchedState,
   leaderLeftEarly,
   type OwedSignal,
   type ThreadState,
@@ -49,7 +43,14 @@ export {
 export { remoteCall, type CallResult } from './remote/calls.js';
 export { findSyscallInsn, useRuntimePage, RUNTIME_PAGE_SIZE } from './remote/runtime.js';
 export {
+  readProcFile,
+  procBase,
+  readStackLimit,
+  listTids,
+  threadSchedState,
   processStartTime,
+} from './procfs.js';
+export {
   processIdentity,
   stateDir,
   lockProcess,

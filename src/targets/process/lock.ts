@@ -1,13 +1,13 @@
 /**
- * One hotstack at a time per process: an flock on a file named after the
- * process's identity (pid + start time, so a recycled pid is a different
- * process). flock locks die with the file descriptor, so a hotstack killed
+ * One hotstack at a time per process: an flock on a file in the state
+ * directory named after the process as every PID namespace sees it (see
+ * lockName). flock locks die with the file descriptor, so a hotstack killed
  * with SIGKILL never leaves one held.
  */
 import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
 import * as pt from './ptrace.js';
-import { readProcFile } from './maps.js';
+import { innermostPidOf, pidNamespaceOf, readComm, readProcFile, startTimeAndComm } from './procfs.js';
 import { StateDir } from './statedir.js';
 
 export { stateDir } from './statedir.js';
@@ -17,35 +17,16 @@ export interface ProcessIdentity {
   pid: number;
   /** Field 22 of /proc/PID/stat: start time in clock ticks after boot. */
   startTime: bigint;
-  /** `${pid}-${startTime}`: names state and lock files. */
+  /** `${pid}-${startTime}`: names the state file (the lock is named for every PID namespace alike, see lockName). */
   key: string;
   /** Command name (field 2 of /proc/PID/stat), for messages. */
   comm: string;
 }
 
-function parseStat(pid: number): { comm: string; fields: string[] } {
-  const stat = readProcFile(pid, 'stat');
-  const open = stat.indexOf('(');
-  const close = stat.lastIndexOf(')');
-  if (open < 0 || close < 0) fail('EIO', `cannot parse /proc/${pid}/stat`);
-  // fields[0] is field 3 (state): comm may contain spaces and parentheses.
-  return { comm: stat.slice(open + 1, close), fields: stat.slice(close + 2).trim().split(' ') };
-}
-
-/** Start time of a process (clock ticks after boot); ESRCH when it does not exist. */
-export function processStartTime(pid: number): bigint {
-  const v = parseStat(pid).fields[22 - 3];
-  if (v === undefined || !/^\d+$/.test(v)) fail('EIO', `cannot parse the start time in /proc/${pid}/stat`);
-  return BigInt(v);
-}
-
 /** pid, start time and name of a process; ESRCH when it does not exist. */
 export function processIdentity(pid: number): ProcessIdentity {
   if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
-  const { comm, fields } = parseStat(pid);
-  const v = fields[22 - 3];
-  if (v === undefined || !/^\d+$/.test(v)) fail('EIO', `cannot parse the start time in /proc/${pid}/stat`);
-  const startTime = BigInt(v);
+  const { startTime, comm } = startTimeAndComm(pid);
   return { pid, startTime, key: `${pid}-${startTime}`, comm };
 }
 
@@ -96,30 +77,53 @@ function sameFile(fd: number, file: string): boolean {
   }
 }
 
-/** Who holds a lock, as its holder wrote it (our pid), for messages; '' when unknown. */
+/**
+ * The lock file's name for process `pid`: its PID namespace's inode and its
+ * pid in that namespace (the last NSpid value), e.g. `pidns4026531836-pid812.lock`.
+ * The state lives in the process, which any PID namespace can reach, so
+ * the lock must be the same file for every observer sharing the state
+ * directory: a pid as seen by this hotstack, or the start time (shifted by
+ * time namespaces), would give a host and a container two different locks
+ * for one process. A recycled pid gets the same name, which costs nothing:
+ * a dead process's lock is not held.
+ */
+function lockName(pid: number): string {
+  const ns = pidNamespaceOf(pid);
+  const inner = innermostPidOf(readProcFile(pid, 'status'), pid);
+  return `pidns${ns}-pid${inner}.lock`;
+}
+
+/** Our own PID namespace, or null when unknown. */
+function ownPidNamespace(): bigint | null {
+  try {
+    return pidNamespaceOf(process.pid);
+  } catch {
+    return null;
+  }
+}
+
+/** Who holds a lock, as its holder wrote it (its pid and PID namespace), for messages; '' when unknown. */
 function holderOf(fd: number): string {
   try {
-    const b = Buffer.alloc(24);
+    const b = Buffer.alloc(64);
     const n = fs.readSync(fd, b, 0, b.length, 0);
-    const pid = /^(\d+)\n/.exec(b.subarray(0, n).toString('latin1'))?.[1];
-    if (!pid) return '';
-    let comm = '';
-    try {
-      comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    } catch {
-      /* gone */
-    }
+    const m = /^(\d+)\n(?:(\d+)\n)?/.exec(b.subarray(0, n).toString('latin1'));
+    if (!m) return '';
+    const pid = m[1]!;
+    // A pid from another PID namespace names some other process here.
+    if (m[2] !== undefined && BigInt(m[2]) !== ownPidNamespace()) return ` by pid ${pid} of another PID namespace (pidns ${m[2]})`;
+    const comm = readComm(Number(pid)) ?? '';
     return ` by pid ${pid}${comm ? ` (${comm})` : ''}`;
   } catch {
     return '';
   }
 }
 
-/** Note our pid in the lock file, so that a waiter can name who holds it. */
+/** Note our pid and PID namespace in the lock file, so that a waiter can name who holds it. */
 function noteHolder(fd: number): void {
   try {
     fs.ftruncateSync(fd, 0);
-    fs.writeSync(fd, `${process.pid}\n`, 0);
+    fs.writeSync(fd, `${process.pid}\n${ownPidNamespace() ?? ''}\n`, 0);
   } catch {
     /* only a courtesy to waiters */
   }
@@ -134,7 +138,7 @@ function noteHolder(fd: number): void {
 export function lockProcess(pid: number, timeoutMs = 5000): ProcessLock {
   const id = processIdentity(pid);
   const dir = StateDir.open();
-  const name = `${id.key}.lock`;
+  const name = lockName(pid);
   const file = dir.shown(name);
   const at = dir.at(name);
   const deadline = performance.now() + timeoutMs;

@@ -3,8 +3,8 @@
  * mapped where, and where there is room for payload memory within rel32
  * reach (+-2 GiB) of a base object.
  */
-import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
+import { mapFilesPath, readMapsText, readStackLimit, startBrk } from './procfs.js';
 
 /** One line of /proc/PID/maps. */
 export interface MapEntry {
@@ -60,73 +60,9 @@ export function parseMaps(text: string): MapEntry[] {
   return out;
 }
 
-/** Read a /proc file of a process, turning "no such directory" into a clear ESRCH. */
-export function readProcFile(pid: number, name: string): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/${name}`, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ESRCH') fail('ESRCH', `process ${pid} does not exist (or exited)`);
-    if (code === 'EACCES' || code === 'EPERM') {
-      fail('EPERM', `not permitted to read /proc/${pid}/${name}: run as root or as the process's user`);
-    }
-    fail('EIO', `cannot read /proc/${pid}/${name}: ${(e as Error).message}`);
-  }
-}
-
-function schedState(dir: string): string {
-  try {
-    const s = fs.readFileSync(`${dir}/stat`, 'utf8');
-    return s.charAt(s.lastIndexOf(')') + 2);
-  } catch {
-    return '?';
-  }
-}
-
-/**
- * True when process `pid` no longer runs: /proc has no such process, or it
- * is a zombie (every thread Z or X) waiting for its parent to reap it.
- * /proc/PID exists for a zombie, so existence alone would count it alive.
- */
-export function processDead(pid: number): boolean {
-  const base = `/proc/${pid}`;
-  if (!'ZX?'.includes(schedState(base))) return false;
-  let tids: string[];
-  try {
-    tids = fs.readdirSync(`${base}/task`);
-  } catch {
-    return true;
-  }
-  return tids.every((tid) => 'ZX?'.includes(schedState(`${base}/task/${tid}`)));
-}
-
-/**
- * The /proc directory to read a process's address space from: /proc/PID,
- * or /proc/PID/task/TID of a live thread when the thread-group leader has
- * called pthread_exit (a zombie leader's maps, mem and map_files are empty
- * although the process runs on).
- */
-export function procBase(pid: number): string {
-  const base = `/proc/${pid}`;
-  if (schedState(base) !== 'Z') return base;
-  let tids: string[] = [];
-  try {
-    tids = fs.readdirSync(`${base}/task`);
-  } catch {
-    return base;
-  }
-  for (const tid of tids) {
-    const dir = `${base}/task/${tid}`;
-    if (!'ZX?'.includes(schedState(dir))) return dir;
-  }
-  return base;
-}
-
 /** Current mappings of a process. */
 export function readMaps(pid: number): MapEntry[] {
-  const base = procBase(pid);
-  if (base === `/proc/${pid}`) return parseMaps(readProcFile(pid, 'maps'));
-  return parseMaps(readProcFile(pid, base.slice(`/proc/${pid}/`.length) + '/maps'));
+  return parseMaps(readMapsText(pid).text);
 }
 
 /** True for mappings backed by a file on a filesystem (not [heap], [vdso], anonymous or anon_inode memory). */
@@ -135,11 +71,6 @@ export function isFileBacked(e: MapEntry): boolean {
 }
 
 const DELETED = ' (deleted)';
-
-/** The map_files entry name for a mapping (unpadded hex, unlike maps itself). */
-export function mapFilesName(e: MapEntry): string {
-  return `${e.start.toString(16)}-${e.end.toString(16)}`;
-}
 
 /**
  * Group file-backed mappings by the file (device + inode) they map, in order
@@ -159,7 +90,7 @@ export function groupObjects(pid: number, entries: MapEntry[], base = `/proc/${p
         dev: e.dev,
         inode: e.inode,
         mappings: [],
-        mapFilesPath: `${base}/map_files/${mapFilesName(e)}`,
+        mapFilesPath: mapFilesPath(base, e.start, e.end),
       };
       byKey.set(key, o);
     }
@@ -170,7 +101,8 @@ export function groupObjects(pid: number, entries: MapEntry[], base = `/proc/${p
 
 /** Mapped files of a live process. */
 export function readObjects(pid: number): MappedObject[] {
-  return groupObjects(pid, readMaps(pid), procBase(pid));
+  const { text, base } = readMapsText(pid);
+  return groupObjects(pid, parseMaps(text), base);
 }
 
 // ---------------------------------------------------------------------------
@@ -271,23 +203,12 @@ export function findFreeGaps(
 
 /** [start_brk, brk) of a process (fields 47 and 48 of /proc/PID/stat), or undefined on kernels that hide them. */
 export function readBrk(pid: number): { start: bigint; end: bigint } | undefined {
-  // Field 47 is start_brk; stat has no current brk (field 48 is arg_start,
-  // on the stack), so the end comes from the [heap] mapping.
-  const stat = readProcFile(pid, 'stat');
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).trim().split(' ');
-  const s = rest[47 - 3]; // rest[0] is field 3
-  if (s === undefined || !/^\d+$/.test(s)) return undefined;
-  const start = BigInt(s);
-  if (start === 0n) return undefined;
+  // stat has no current brk (field 48 is arg_start, on the stack), so the
+  // end comes from the [heap] mapping.
+  const start = startBrk(pid);
+  if (start === undefined || start === 0n) return undefined;
   const heap = readMaps(pid).find((m) => m.path === '[heap]');
   return { start, end: heap && heap.end > start ? heap.end : start };
-}
-
-/** RLIMIT_STACK (soft) of a process from /proc/PID/limits (2^64-1 when unlimited), or undefined when unknown. */
-export function readStackLimit(pid: number): bigint | undefined {
-  const m = /^Max stack size\s+(\S+)/m.exec(readProcFile(pid, 'limits'));
-  if (!m) return undefined;
-  return m[1] === 'unlimited' ? (1n << 64n) - 1n : BigInt(m[1]!);
 }
 
 /** findFreeGaps for a live process, with its real stack limit and brk. */

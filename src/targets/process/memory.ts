@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
-import { procBase, processDead } from './maps.js';
+import { procBase, processDead } from './procfs.js';
 import { pwrite } from './ptrace.js';
 
 function hex(a: bigint): string {

@@ -5,6 +5,7 @@
  * the file on disk was replaced or deleted.
  */
 import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
+import { fail } from '../../errors.js';
 import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
 import { fromHex } from '../../elf/bytes.js';
 import { readExactly, readFileBuildId } from './buildid.js';
@@ -114,11 +115,21 @@ function loadBias(m: MappedObject, elf: ElfFile): bigint {
 /** Largest mapped file read whole; a larger one is not read (its build-id is, from its headers, for messages). */
 export const MAX_OBJECT_FILE = 512 * 1024 * 1024;
 
-/** A mapped ELF file too large to read. */
+/**
+ * Most bytes of mapped ELF files one action uses, all files together: a
+ * process can map many files each under MAX_OBJECT_FILE. Files past it, in
+ * map order, are not read (like an oversized one). Counted whether or not
+ * the file was already parsed for another process, so that what an action
+ * may use does not depend on what ran before it.
+ */
+export const MAX_OBJECT_BYTES_PER_ACTION = 2 * 1024 * 1024 * 1024;
+
+/** A mapped ELF file not read: too large itself (`file`), or past the per-action total (`total`). */
 export interface OversizedObject {
   path: string;
   size: number;
   buildId: Uint8Array | null;
+  over: 'file' | 'total';
 }
 
 /** What a process maps: the objects read, and the ELF files too large to be. */
@@ -135,7 +146,7 @@ export interface ProcessObjects {
  * not ELF costs four bytes, one over MAX_OBJECT_FILE only its headers.
  * Null for what is not a usable ELF file (or vanished).
  */
-function fileData(m: MappedObject): FileData | OversizedObject | null {
+function fileData(m: MappedObject, budget: { left: number }): FileData | OversizedObject | null {
   const path = m.mapFilesPath;
   let fd: number;
   try {
@@ -147,16 +158,19 @@ function fileData(m: MappedObject): FileData | OversizedObject | null {
   try {
     const st = fstatSync(fd, { bigint: true });
     if (!st.isFile() || st.size < 64n) return null;
+    const size = Number(st.size);
     const key = `${st.dev}/${st.ino}/${st.size}/${st.mtimeNs}`;
     const hit = files.get(key);
-    if (hit) return hit;
-    const magic = readExactly(fd, 4, 0);
-    if (!magic || magic.readUInt32BE(0) !== 0x7f454c46) return null;
-    if (st.size > BigInt(MAX_OBJECT_FILE)) {
+    const magic = hit ? null : readExactly(fd, 4, 0);
+    if (!hit && (!magic || magic.readUInt32BE(0) !== 0x7f454c46)) return null;
+    const over = size > MAX_OBJECT_FILE ? 'file' : size > budget.left ? 'total' : null;
+    if (over) {
       const id = readFileBuildId(path);
-      return { path: m.path, size: Number(st.size), buildId: id ? fromHex(id) : null };
+      return { path: m.path, size, buildId: id ? fromHex(id) : null, over };
     }
-    const all = readExactly(fd, Number(st.size), 0);
+    budget.left -= size;
+    if (hit) return hit;
+    const all = readExactly(fd, size, 0);
     if (!all) return null;
     const data: FileData = { elf: ElfFile.parse(new Uint8Array(all.buffer, all.byteOffset, all.length), m.path) };
     if (files.size >= MAX_CACHED_FILES) files.delete(files.keys().next().value!);
@@ -171,13 +185,15 @@ function fileData(m: MappedObject): FileData | OversizedObject | null {
 
 /**
  * Every ELF object mapped in `pid`, in map order (the executable first,
- * then libraries roughly in load order). Unreadable or malformed objects
- * are skipped: they cannot be patched, and must not stop work on others.
+ * then libraries roughly in load order), reading at most `maxBytes` of
+ * them in all. Unreadable or malformed objects are skipped: they cannot be
+ * patched, and must not stop work on others.
  */
-export function loadObjects(pid: number): ProcessObjects {
+export function loadObjects(pid: number, maxBytes = MAX_OBJECT_BYTES_PER_ACTION): ProcessObjects {
   const out: ProcessObjects = { objects: [], oversized: [] };
+  const budget = { left: maxBytes };
   for (const m of readObjects(pid)) {
-    const f = fileData(m);
+    const f = fileData(m, budget);
     if (!f) continue; // not a usable ELF object
     if (!('elf' in f)) {
       out.oversized.push(f);
@@ -190,4 +206,19 @@ export function loadObjects(pid: number): ProcessObjects {
     }
   }
   return out;
+}
+
+/** EFBIG for a payload whose base is a mapped object that was not read, saying which bound kept it out. */
+export function unreadBase(o: OversizedObject, pid: number): never {
+  if (o.over === 'file') {
+    fail('EFBIG', `the payload's base ${o.path} is ${o.size} bytes, more than hotstack reads of a mapped object (${MAX_OBJECT_FILE}); it cannot be patched`);
+  }
+  fail('EFBIG', `the payload's base ${o.path} (${o.size} bytes) was not read: with it, the files process ${pid} maps add up to more than hotstack reads in one action (${MAX_OBJECT_BYTES_PER_ACTION} bytes); it cannot be patched`);
+}
+
+/** What lookups missed for the per-action total ("" when nothing): for "unknown symbol" messages. */
+export function unreadForTotal(objs: ProcessObjects): string {
+  const skipped = objs.oversized.filter((o) => o.over === 'total');
+  if (!skipped.length) return '';
+  return `; ${skipped.length} mapped file(s) were not read, past the ${MAX_OBJECT_BYTES_PER_ACTION} bytes hotstack reads in one action: ${skipped.map((o) => o.path).join(', ')}`;
 }

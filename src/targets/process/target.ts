@@ -3,16 +3,17 @@
  * and /proc. Implements the engine's Target interface; the engine never
  * sees a thread or a register.
  */
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants } from 'node:fs';
 import { fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { arch } from '../../arch/index.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, processDead, readMaps } from './maps.js';
+import { findFreeGapsFor, readMaps } from './maps.js';
+import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
-import { loadObjects, MAX_OBJECT_FILE, type ProcessObject, type ProcessObjects } from './objects.js';
+import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap } from './remote/syscalls.js';
 import { remoteCall } from './remote/calls.js';
 import { RUNTIME_PAGE_SIZE, runtimePageOf, useRuntimePage } from './remote/runtime.js';
@@ -113,9 +114,7 @@ export class ProcessTarget implements Target {
     const o = this.objects().find((x) => x.buildId && bytesEqual(x.buildId, buildId));
     if (o) return o;
     const big = this.objectsCache!.oversized.find((x) => x.buildId && bytesEqual(x.buildId, buildId));
-    if (big) {
-      fail('EFBIG', `the payload's base ${big.path} is ${big.size} bytes, more than hotstack reads of a mapped object (${MAX_OBJECT_FILE}); it cannot be patched`);
-    }
+    if (big) unreadBase(big, this.pid);
     return undefined;
   }
 
@@ -134,7 +133,7 @@ export class ProcessTarget implements Target {
   }
 
   externalScope(): string {
-    return 'another object loaded in the process';
+    return `another object loaded in the process${this.objectsCache ? unreadForTotal(this.objectsCache) : ''}`;
   }
 
   /** An IFUNC symbol's value is a resolver: run it in the target, as the dynamic linker did. */
@@ -240,7 +239,7 @@ export class ProcessTarget implements Target {
     if (!(prot & PROT_EXEC)) return e;
     let seccomp = false;
     try {
-      seccomp = /^Seccomp:\s*2/m.test(readFileSync(`/proc/${this.pid}/status`, 'utf8'));
+      seccomp = hasSeccompFilter(readStatus(this.pid));
     } catch {
       /* gone */
     }
@@ -359,7 +358,7 @@ export class ProcessTarget implements Target {
  * even `list` needs it, or it would show another user's empty state.
  */
 function checkAccess(pid: number): void {
-  if (existsSync(`/proc/${pid}`) && processDead(pid)) {
+  if (procExists(pid) && processDead(pid)) {
     fail('ESRCH', `process ${pid} has exited (a zombie until its parent reaps it); there is nothing to patch`);
   }
   try {

@@ -4,10 +4,10 @@
  * SIGSTOP could be left behind), kept stopped while the engine works, then
  * resumed or detached, with no signal lost on the way.
  */
-import * as fs from 'node:fs';
 import { fail, isHotstackError } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { ProcessMemory } from './memory.js';
+import { listTids, notRunning, readComm, readStatus, threadGroupOf, threadListed, threadSchedState, tracerOf } from './procfs.js';
 
 /** A signal we took out of the kernel's queue (a signal-delivery-stop) and owe the thread. */
 export interface OwedSignal {
@@ -46,59 +46,25 @@ const DEFAULT_TIMEOUT_MS = 5000;
 /** How long a re-injected signal may take to reach its delivery stop. */
 const REDELIVER_MS = 500;
 
-function readComm(pid: number, tid: number): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-  } catch {
-    return '?';
-  }
-}
-
-/** Thread ids of a process; ESRCH when the process is gone. */
-export function listTids(pid: number): number[] {
-  try {
-    return fs
-      .readdirSync(`/proc/${pid}/task`)
-      .map(Number)
-      .filter((n) => Number.isInteger(n) && n > 0)
-      .sort((a, b) => a - b);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ESRCH') fail('ESRCH', `process ${pid} exited`);
-    fail('EIO', `cannot list threads of process ${pid}: ${(e as Error).message}`);
-  }
-}
-
-/** One-letter scheduler state of a thread ('R', 'S', 'D', 'Z', 't', ...), or '?' when gone. */
-export function threadSchedState(pid: number, tid: number): string {
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-    return s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
-  } catch {
-    return '?';
-  }
-}
-
 /** ESRCH for a pid that does not exist, EINVAL for a thread id that is not a process id (/proc/TID works for those too). */
 function checkProcessId(pid: number): void {
   if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
   let status: string;
   try {
-    status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    status = readStatus(pid);
   } catch {
     fail('ESRCH', `process ${pid} does not exist`);
   }
-  const tgid = Number(/^Tgid:\s+(\d+)/m.exec(status)?.[1] ?? pid);
+  const tgid = threadGroupOf(status) ?? pid;
   if (tgid !== pid) fail('EINVAL', `${pid} is a thread of process ${tgid}, not a process id: use ${tgid}`);
 }
 
 /** " (traced by PID N: name)" when /proc says who the other tracer is. */
 function tracerHint(pid: number, tid: number): string {
   try {
-    const m = /^TracerPid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
-    const tracer = m ? Number(m[1]) : 0;
+    const tracer = tracerOf(readStatus(pid, tid)) ?? 0;
     if (tracer === 0) return '';
-    const who = tracer === process.pid ? 'this hotstack itself' : readComm(tracer, tracer);
+    const who = tracer === process.pid ? 'this hotstack itself' : (readComm(tracer, tracer) ?? '?');
     return ` (thread ${tid} is traced by process ${tracer}: ${who})`;
   } catch {
     return '';
@@ -114,7 +80,7 @@ function tracerHint(pid: number, tid: number): string {
 export function leaderLeftEarly(pid: number): boolean {
   if (threadSchedState(pid, pid) !== 'Z') return false;
   try {
-    return listTids(pid).some((tid) => tid !== pid && !'ZX?'.includes(threadSchedState(pid, tid)));
+    return listTids(pid).some((tid) => tid !== pid && !notRunning(threadSchedState(pid, tid)));
   } catch {
     return false;
   }
@@ -221,7 +187,7 @@ export class StoppedProcess {
     } catch {
       tids = [];
     }
-    if (tids.every((tid) => 'ZX?'.includes(threadSchedState(this.pid, tid)))) this.exited = true;
+    if (tids.every((tid) => notRunning(threadSchedState(this.pid, tid)))) this.exited = true;
     return this.exited;
   }
 
@@ -321,15 +287,15 @@ export class StoppedProcess {
             // clone: while it is listed, scan again (a bounded number of times).
             const n = (this.unseizable.get(tid) ?? 0) + 1;
             this.unseizable.set(tid, n);
-            if (n < 50 && fs.existsSync(`/proc/${this.pid}/task/${tid}`)) fresh++;
+            if (n < 50 && threadListed(this.pid, tid)) fresh++;
             continue;
           }
           // A zombie leader (it called pthread_exit) cannot be seized: EPERM. Skip it.
-          if (isErr(e, 'EPERM') && 'ZX?'.includes(threadSchedState(this.pid, tid))) continue;
+          if (isErr(e, 'EPERM') && notRunning(threadSchedState(this.pid, tid))) continue;
           if (isErr(e, 'EPERM')) fail('EPERM', pt.notPermitted(this.pid) + tracerHint(this.pid, tid));
           throw e;
         }
-        this.map.set(tid, new StoppedThread(tid, readComm(this.pid, tid)));
+        this.map.set(tid, new StoppedThread(tid, readComm(this.pid, tid) ?? '?'));
         fresh++;
       }
       for (const t of this.map.values()) {
