@@ -21,6 +21,7 @@ import {
   assertNoStackTrace, captureIo, cli, hex, Session, throwsErrno, type CliResult,
 } from './helpers/engine.js';
 import { buildAll, functionBytes, nopSize, readBuildId, symbolInfo, VARIANTS } from './helpers/toolchain.js';
+import type { CheckJson } from '../src/cli/json-types.js';
 
 /** The Intel SDM's recommended NOPs, 1 to 9 bytes ("canonical multi-byte NOP sequences"). */
 const CANONICAL_NOPS = [
@@ -39,15 +40,6 @@ function isNopSequence(b: Buffer): boolean {
 }
 
 /** Parsed `check --json` output: exactly one JSON object on stdout. */
-interface CheckJson {
-  image: { path: string; buildId: string | null };
-  steps: {
-    file: string; name: string; action: string; ok: boolean; errno: string | null; code: number;
-    message: string; hooksRun: boolean; hooksSkipped: string[];
-  }[];
-  stack: string[];
-}
-
 function parseCheckJson(r: CliResult): CheckJson {
   const text = r.stdout.trim();
   assert.ok(text.length > 0, `check --json printed nothing; stderr: ${r.stderr}`);

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
+import type { ListEntryJson } from '../src/cli/json-types.js';
 
 let files: Record<string, string> = {};
 const procs = new Processes();
@@ -434,7 +435,7 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
     writeFileSync(path, '{"key": truncated');
     const r = cli.run(b.pid, 'list', '--json');
     expectCli(r, { status: 0, stderr: new RegExp(`^hotstack: state file ${path} is corrupt \\(.*\\): recovered the state from the copy kept in process ${b.pid}`) }, 'list');
-    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    assert.deepEqual((JSON.parse(r.stdout) as ListEntryJson[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
     expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'revert');
     assert.equal(await b.ask('v'), '-unstable');
     assert.doesNotThrow(() => JSON.parse(readFileSync(path, 'utf8')), 'the file was rewritten');
@@ -471,7 +472,7 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
     const host = new Cli(state);
     const l = host.run(hostPid, 'list', '--json');
     expectCli(l, { status: 0, stderr: /found in the process itself/ }, 'host list');
-    assert.deepEqual((JSON.parse(l.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    assert.deepEqual((JSON.parse(l.stdout) as ListEntryJson[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
     expectCli(host.run(hostPid, 'load', files['hello']!), { status: 1, stderr: /EEXIST/ }, 'host load again');
     assert.equal(await b.ask('h'), '101', 'the load hook ran once');
     r = inside('list');
@@ -481,6 +482,6 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
     assert.equal(await b.ask('v'), '-unstable');
     r = inside('list', '--json');
     assert.equal(r.status, 0, r.stderr);
-    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:CHECKED']);
+    assert.deepEqual((JSON.parse(r.stdout) as ListEntryJson[]).map((p) => `${p.name}:${p.state}`), ['hello:CHECKED']);
   });
 });
