@@ -174,8 +174,7 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   const progress = new Progress(total, io, !rep.json && stderrIsTty);
   const show = (x: ProcessOutcome): void => {
     progress.tick();
-    // Text only: the JSON object holds every process at the end.
-    if (rep.json) return;
+    // Text only (the JSON reporter drops these): the JSON object holds every process at the end.
     progress.clear();
     for (const n of x.notices) rep.err(`hotstack: process ${x.pid}: ${n}\n`);
     rep.out(x.result === 'listed' ? listText(x) : outcomeLine(x));

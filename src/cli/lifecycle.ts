@@ -16,6 +16,7 @@ import { recordedSignature, signatureJson, signatureLine, type LoadedPayload } f
 /** Read a payload file (bounded, regular files only: src/payload/file.ts); unreadable files are typed errors. */
 export { readPayloadFile } from '../payload/file.js';
 
+/** `list`: xen-livepatch's table, or (--json) the array of list entries. */
 export function cmdList(engine: Engine, rep: Reporter): number {
   const list = engine.list();
   rep.result(list.map(listJson), (_json, io) => io.out(listTable(list)));
@@ -91,6 +92,7 @@ export interface ActionCliOptions {
   timeoutMs?: number;
 }
 
+/** apply, revert, unload, replace of a loaded payload, checking its state first as xen-livepatch does. */
 export function cmdAction(engine: Engine, action: string, name: string, opts: ActionCliOptions, rep: Reporter): number {
   const def = ACTIONS[action]!;
   const p = engine.find(name);

@@ -13,10 +13,9 @@ import { registerDiff } from './diff.js';
 import { checkExit, printCheck, runCheck } from './check.js';
 import { errorLine, exitCodeFor, nameFromFile } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
-import type { CheckErrorJson, InspectErrorJson, InspectJson } from './json-types.js';
+import type { ActionJson, CheckErrorJson, InspectErrorJson, InspectJson } from './json-types.js';
 import { cmdAction, cmdList, cmdLoad, cmdUpload } from './lifecycle.js';
 import { reporterFor, stdio as io, type Reporter } from './report.js';
-import type { ActionJson } from './json-types.js';
 import { checkSingleProcess, isFleet, parseBuildIdArg, runFleet, type FleetCommand, type FleetOptions } from './fleet.js';
 import { loadPayloadFile, preloadForLive, registerTrust, requireSignatureOption } from './trust.js';
 
