@@ -17,6 +17,7 @@ import { callReads, countPrintf, UNKNOWN_CALL } from '../src/analysis/prototypes
 import { ElfFile } from '../src/elf/index.js';
 import { assertNoStackTrace, cli } from './helpers/engine.js';
 import { FIXTURES_DIR, fileOffset, run, symbolInfo } from './helpers/toolchain.js';
+import type { AnalyzeErrorJson, AnalyzeJson } from '../src/cli/json-types.js';
 
 const SRC = join(FIXTURES_DIR, 'analysis');
 const work = mkdtempSync(join(tmpdir(), 'hotstack-analysis-'));
@@ -424,9 +425,9 @@ describe('hotstack analyze', () => {
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines.length, 1);
-    const j = JSON.parse(lines[0]!) as { base: { path: string; buildId: string }; functions: { function: string; addr: string; size: string; callers: { at: string }[]; reliedRegisters: { name: string }[] }[] };
+    const j = JSON.parse(lines[0]!) as AnalyzeJson;
     assert.equal(j.base.path, exe);
-    assert.match(j.base.buildId, /^[0-9a-f]{40}$/);
+    assert.match(j.base.buildId ?? '', /^[0-9a-f]{40}$/);
     assert.deepEqual(j.functions.map((f) => f.function), ['f', 'h']);
     assert.equal(j.functions[0]!.addr, `0x${symbolInfo(exe, 'f').address.toString(16)}`);
     assert.equal(j.functions[0]!.size, `0x${symbolInfo(exe, 'f').size.toString(16)}`);
@@ -455,7 +456,7 @@ describe('hotstack analyze', () => {
     }
     const json = cli(['analyze', '--base', notElf, '--json']);
     assert.equal(json.status, 1);
-    assert.equal((JSON.parse(json.stdout) as { error: { errno: string } }).error.errno, 'EINVAL');
+    assert.equal((JSON.parse(json.stdout) as AnalyzeErrorJson).error.errno, 'EINVAL');
     const unknown = cli(['analyze', '--base', exe, 'no_such_function']);
     assert.equal(unknown.status, 1);
     assert.match(unknown.stderr, /ENOENT: no function no_such_function/);

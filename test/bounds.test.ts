@@ -20,6 +20,7 @@ import { Cli, HOTSTACK_BIN, Processes, deadPid, expectCli, freshStateDir, type C
 import { describeEnd, sandbox } from './helpers/sandbox.js';
 import type { UploadResult } from './helpers/upload-driver.js';
 import { buildAll, FIXTURES_DIR } from './helpers/toolchain.js';
+import type { CheckJson } from '../src/cli/json-types.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hotstack-bounds-'));
 const stateDir = freshStateDir('bounds');
@@ -72,7 +73,7 @@ describe('payload files are checked before they are read', () => {
       const dead = String(deadPid());
       expectCli(hs(['inspect', f]), { status: 1, stderr: new RegExp(`Error 22: EINVAL: .*${why.source}`) }, 'inspect');
       const c = hs(['check', '--image', files.base!, '--json', f]);
-      const j = JSON.parse(c.stdout) as { steps: { errno: string; message: string }[] };
+      const j = JSON.parse(c.stdout) as CheckJson;
       assert.equal(j.steps[0]!.errno, 'EINVAL');
       assert.match(j.steps[0]!.message, why);
       // The file is read before the process is looked at: EINVAL, not ESRCH for the dead pid.

@@ -17,6 +17,7 @@ import {
   buildBase, buildPayload, codeSizes, FIXTURES_DIR, functionBytes, readBuildId, readSection, run, startBase, symbolInfo,
   type BaseProcess,
 } from './helpers/toolchain.js';
+import type { BuildJson, CheckJson, InspectJson, OutputErrorJson } from '../src/cli/json-types.js';
 
 const ROOT = REPO_ROOT;
 const BIN = HOTSTACK_BIN;
@@ -63,8 +64,8 @@ function refused(args: string[], out: string, errno: string, ...msg: RegExp[]): 
   return r;
 }
 
-function inspectJson(file: string): { buildId: string; depends: string; baseBuildId: string; metadata: string[]; funcs: { name: string; oldSize: number; newSize: number; kind: string; expect: { len: number; bytes: string } | null }[]; hooks: { kind: string }[] } {
-  return JSON.parse(ok(hotstack(['inspect', '--json', file])).stdout);
+function inspectJson(file: string): InspectJson {
+  return JSON.parse(ok(hotstack(['inspect', '--json', file])).stdout) as InspectJson;
 }
 
 describe('hotstack build', () => {
@@ -137,26 +138,26 @@ describe('hotstack build', () => {
     it('builds p3 on p2, calling a base static and with hooks; --json', () => {
       chain.p3 = join(out, 'p3.livepatch');
       const r = ok(hotstack(['build', '--base', base, '--depends', chain.p2, '--expect', '--json', '-o', chain.p3, src('p3.c')]));
-      const j = JSON.parse(r.stdout);
+      const j = JSON.parse(r.stdout) as BuildJson;
       assert.equal(j.name, 'p3');
       assert.equal(j.buildId, readBuildId(chain.p3));
       assert.deepEqual(j.depends, { buildId: readBuildId(chain.p2), kind: 'payload', path: chain.p2, name: 'p2' });
       assert.deepEqual(j.patched, ['extra_version', 'minor_version']);
       assert.equal(j.funcs.length, 1);
-      assert.equal(j.funcs[0].name, 'minor_version');
-      assert.equal(j.funcs[0].expect, null);
-      assert.equal(j.funcs[0].noExpectation, 'no expectation, already patched by p2');
-      assert.deepEqual(j.hooks.map((h: { kind: string }) => h.kind).sort(), ['load', 'unload']);
-      assert.deepEqual(j.checks.map((s: { name: string; action: string; ok: boolean }) => `${s.action} ${s.name} ${s.ok}`),
+      assert.equal(j.funcs[0]!.name, 'minor_version');
+      assert.equal(j.funcs[0]!.expect, null);
+      assert.equal(j.funcs[0]!.noExpectation, 'no expectation, already patched by p2');
+      assert.deepEqual(j.hooks.map((h) => h.kind).sort(), ['load', 'unload']);
+      assert.deepEqual(j.checks.map((s) => `${s.action} ${s.name} ${s.ok}`),
         ['upload p2 true', 'apply p2 true', 'upload p3 true', 'apply p3 true']);
       assert.match(run('nm', [chain.p3]), /U base\.c#base_helper/);
     });
 
     it('hotstack check --image base p1 p2 p3 passes', () => {
       const r = ok(hotstack(['check', '--image', base, '--json', chain.p1, chain.p2, chain.p3]));
-      const j = JSON.parse(r.stdout);
+      const j = JSON.parse(r.stdout) as CheckJson;
       assert.deepEqual(j.stack, ['p1', 'p2', 'p3']);
-      assert.ok(j.steps.every((s: { ok: boolean }) => s.ok), r.stdout);
+      assert.ok(j.steps.every((s) => s.ok), r.stdout);
     });
 
     it('loads p1, p2, p3 one by one into a running base, each taking effect', async () => {
@@ -286,7 +287,7 @@ describe('hotstack build', () => {
     it('--json errors: one object with the errno', () => {
       const r = hotstack(['build', '--json', '--base', base, '-o', o('json'), src('unknown.c')]);
       assert.equal(r.status, 1);
-      const j = JSON.parse(r.stdout);
+      const j = JSON.parse(r.stdout) as OutputErrorJson;
       assert.equal(j.error.errno, 'ENOENT');
       assert.equal(j.error.code, -2);
       assert.match(j.error.message, /no_such_function/);
@@ -321,7 +322,7 @@ describe('hotstack build', () => {
     ok(hotstack(['build', '--base', cetBase, '--depends', c2, '--expect', '-o', c3, src('p3.c')]));
     // 6 bytes: the 4 of endbr64 (kept) and the 2-byte short jump.
     ok(hotstack(['build', '--base', cetBase, '--expect', '-o', nop, src('nop.c'), '--', '-DNOP_BYTES=6']));
-    const j = JSON.parse(ok(hotstack(['check', '--json', '--image', cetBase, c1, c2, c3])).stdout);
+    const j = JSON.parse(ok(hotstack(['check', '--json', '--image', cetBase, c1, c2, c3])).stdout) as CheckJson;
     assert.deepEqual(j.stack, ['cet1', 'cet2', 'cet3']);
     ok(hotstack(['check', '--image', cetBase, nop]));
     refused(['build', '--base', cetBase, '-o', join(out, 'cetnop4.livepatch'), src('nop.c'), '--', '-DNOP_BYTES=4'], join(out, 'cetnop4.livepatch'), 'EINVAL', /endbr64/);

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Cli, Processes, expectCli, type CliResult } from './helpers/live.js';
 import { functionBytes, listSections, readBuildId, run, symbolInfo } from './helpers/toolchain.js';
+import type { InspectJson } from '../src/cli/json-types.js';
 
 const PROG = `
 #include <stdio.h>
@@ -153,7 +154,7 @@ describe('hotstack build --base STRIPPED', () => {
 
   it('an exported function patches from .dynsym alone', () => {
     ok(hs(emptyRoot, 'build', '--base', stripped, '-o', out('exported'), join(work, 'exported.c')));
-    const info = JSON.parse(ok(hs(emptyRoot, 'inspect', '--json', out('exported'))).stdout) as { funcs: { name: string; oldSize: number }[] };
+    const info = JSON.parse(ok(hs(emptyRoot, 'inspect', '--json', out('exported'))).stdout) as InspectJson;
     assert.deepEqual(info.funcs.map((f) => [f.name, f.oldSize]), [['exported_value', symbolInfo(full, 'exported_value').size]]);
   });
 
@@ -168,9 +169,7 @@ describe('hotstack build --base STRIPPED', () => {
   it('--debug-file supplies the .symtab; sizes and expected bytes come from the real program, not the debug file', () => {
     const r = ok(hs(emptyRoot, 'build', '--base', stripped, '--debug-file', debug, '--expect', '-o', out('secret'), join(work, 'secret.c')));
     assert.match(r.stdout, /secret_value: old \d+ bytes -> new \d+ bytes \(fixed_secret_value\); expects/);
-    const info = JSON.parse(ok(hs(emptyRoot, 'inspect', '--json', out('secret'))).stdout) as {
-      baseBuildId: string; funcs: { name: string; oldSize: number; expect: { len: number; bytes: string } | null }[];
-    };
+    const info = JSON.parse(ok(hs(emptyRoot, 'inspect', '--json', out('secret'))).stdout) as InspectJson;
     const size = symbolInfo(full, 'secret_value').size;
     assert.equal(info.baseBuildId, buildId);
     assert.equal(info.funcs[0]!.name, 'secret_value');

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FIXTURES_DIR, run, startBase, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, showResult, type CliResult } from './helpers/live.js';
+import type { DiffJson } from '../src/cli/json-types.js';
 
 const FIX = join(FIXTURES_DIR, 'diff');
 const CFLAGS = ['-O2', '-g'];
@@ -96,12 +97,6 @@ function objectWith(tag: string, patches: string[], flags = CFLAGS): string {
   for (const p of patches) run('patch', ['-p1', '--batch', '--silent', '-d', dir, '-i', join(FIX, `${p}.patch`)]);
   run('gcc', [...flags, '-ffunction-sections', '-fdata-sections', '-c', 'shop.c', '-o', 'shop.o'], { cwd: dir });
   return join(dir, 'shop.o');
-}
-
-interface DiffJson {
-  funcs: { name: string; expect: unknown }[];
-  metadata: string[];
-  pairs: { functions: { name: string; status: string; record: string | null }[]; lineOnly: string[] }[];
 }
 
 /**

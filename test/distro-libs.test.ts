@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { FIXTURES_DIR, run } from './helpers/toolchain.js';
 import { Cli, readMemory, showResult } from './helpers/live.js';
+import type { BuildJson, CheckJson } from '../src/cli/json-types.js';
 
 const SRC = join(FIXTURES_DIR, 'distro');
 const SQLITE = '/usr/bin/sqlite3';
@@ -112,7 +113,7 @@ describe('stripped distribution libraries under the sqlite3 shell', { skip: !has
   it('builds payloads against the library files (one calls libc and the library itself) and checks them offline', () => {
     const b = cli.raw(['build', '--json', '--base', sqlite, '--expect', '-o', out('fix-sqlite.livepatch'), join(SRC, 'fix-sqlite.c')]);
     assert.equal(b.status, 0, showResult(b));
-    const built = JSON.parse(b.stdout) as { funcs: { name: string; expect: unknown }[]; hazards: { kind: string }[] };
+    const built = JSON.parse(b.stdout) as BuildJson;
     assert.deepEqual(built.funcs.map((f) => f.name), ['sqlite3_libversion']);
     assert.ok(built.funcs[0]!.expect, 'the expectation comes from the stripped file');
     assert.ok(!built.hazards.some((h) => h.kind === 'inlined'), 'an exported function is reachable');
@@ -121,7 +122,7 @@ describe('stripped distribution libraries under the sqlite3 shell', { skip: !has
 
     const c = cli.raw(['check', '--json', '--image', sqlite, out('fix-sqlite.livepatch')]);
     assert.equal(c.status, 0, showResult(c));
-    const steps = (JSON.parse(c.stdout) as { steps: { action: string; ok: boolean; symbols?: { name: string; object: string }[] }[] }).steps;
+    const steps = (JSON.parse(c.stdout) as CheckJson).steps;
     const up = steps.find((s) => s.action === 'upload')!;
     const snprintf = up.symbols?.find((s) => s.name === 'snprintf');
     assert.ok(snprintf && /libc\.so/.test(snprintf.object), `snprintf resolved offline from libc: ${JSON.stringify(up.symbols)}`);

@@ -12,20 +12,7 @@ import { assertNoStackTrace, cli, cliMany, type CliResult } from './helpers/engi
 import {
   buildAll, EXPECT_LEN, functionBytes, listSections, nopSize, readBuildId, symbolInfo, VARIANTS,
 } from './helpers/toolchain.js';
-
-interface InspectJson {
-  file: string;
-  buildId: string;
-  depends: string;
-  baseBuildId: string | null;
-  funcs: {
-    name: string; oldAddr: string; newAddr: string; oldSize: number; newSize: number; kind: 'jump' | 'nop';
-    version: number; expect: { enabled: boolean; len: number; bytes: string } | null;
-  }[];
-  hooks: { kind: string; targets: string[] }[];
-  metadata: string[];
-  sections: { name: string; size: number; flags: string }[];
-}
+import type { InspectErrorJson, InspectJson } from '../src/cli/json-types.js';
 
 const PAYLOADS = ['hello', 'bye', 'replace', 'nop', 'expect', 'prepost', 'nofunc', 'export', 'import', 'twofunc'];
 
@@ -208,7 +195,7 @@ for (const v of VARIANTS) {
         assert.equal(t.stdout, '', `${p}: nothing on stdout`);
         assert.match(t.stderr, new RegExp(`^${esc(f(p))}: invalid payload: Error \\d+: ${errno}: `), `${p}: stderr ${t.stderr}`);
         assert.equal(j.status, 1, `${p}: --json exit 1`);
-        const o = JSON.parse(j.stdout.trim()) as { file: string; error: { errno: string; code: number; offset: number | null } };
+        const o = JSON.parse(j.stdout.trim()) as InspectErrorJson;
         assert.equal(o.file, f(p));
         assert.equal(o.error.errno, errno);
         assert.equal(o.error.offset, offset, `${p}: the error's file offset`);

@@ -22,9 +22,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
   Reaper, alive, buildStress, cli, computeAnswer, functionState, listJson, show, sleep, startStress, strayStops,
-  type CliResult, type ListEntry,
+  type CliResult,
 } from './helpers/stress.js';
 import { buildAll, startBase, type BaseProcess } from './helpers/toolchain.js';
+import type { ListEntryJson } from '../src/cli/json-types.js';
 
 let work = '';
 let files: Record<string, string>;
@@ -68,7 +69,7 @@ async function observe(p: BaseProcess): Promise<Observed> {
 }
 
 /** What `list` says should answer: the topmost applied payload patching each function. */
-function expected(list: ListEntry[]): { extra: string; minor: string } {
+function expected(list: ListEntryJson[]): { extra: string; minor: string } {
   const applied = list.filter((x) => x.state === 'APPLIED').map((x) => x.name);
   let extra = 'base';
   let minor = 'base';
@@ -80,7 +81,7 @@ function expected(list: ListEntry[]): { extra: string; minor: string } {
 }
 
 /** The process runs, no thread is left stopped or traced, and list/memory/answers agree. */
-async function checkConsistent(p: BaseProcess, what: string): Promise<{ list: ListEntry[]; stderr: string; seen: Observed }> {
+async function checkConsistent(p: BaseProcess, what: string): Promise<{ list: ListEntryJson[]; stderr: string; seen: Observed }> {
   assert.ok(alive(p.pid), `${what}: the process is alive`);
   let stray = strayStops(p.pid);
   for (let i = 0; stray.length && i < 50; i++) {
@@ -103,7 +104,7 @@ async function checkConsistent(p: BaseProcess, what: string): Promise<{ list: Li
   return { list, stderr, seen };
 }
 
-function states(list: ListEntry[]): [string, string][] {
+function states(list: ListEntryJson[]): [string, string][] {
   return list.map((x) => [x.name, x.state]);
 }
 

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { buildAll, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, deadPid, expectCli, freshStateDir, HOTSTACK_BIN, Processes, showResult, type CliResult } from './helpers/live.js';
 import { buildFleet, type FleetFixtures } from './helpers/fleet.js';
+import type { FleetJson } from '../src/cli/json-types.js';
 
 const COUNT = 50;
 const EXITING = 8;
@@ -121,10 +122,7 @@ test('--all load: every process of the build is patched; exited ones skipped, a 
 test('--all load again: nothing done twice (skipped), --json has the same counts and per-process errno', () => {
   const r = cli.raw(['--all', 'load', fx.fix, '--timeout', '200', '--json']);
   expectCli(r, { status: 2, stderr: '' });
-  const v = JSON.parse(r.stdout) as {
-    ok: boolean; action: string; name: string; summary: Record<string, number>;
-    processes: { pid: number; result: string; detail: string; errno: string | null; code: number; message: string; steps: { action: string; result: string }[] }[];
-  };
+  const v = JSON.parse(r.stdout) as FleetJson;
   assert.equal(v.ok, false);
   assert.equal(v.action, 'load');
   assert.equal(v.name, 'fleet_fix');
@@ -134,7 +132,7 @@ test('--all load again: nothing done twice (skipped), --json has the same counts
   const bad = v.processes[0]!;
   assert.deepEqual([bad.result, bad.errno, bad.code], ['failed', 'EBUSY', -16]);
   assert.match(bad.message, /no safe moment within 200 ms/);
-  assert.deepEqual(bad.steps.map((s) => `${s.action}:${s.result}`), ['upload:completed', 'apply:failed', 'unload:completed']);
+  assert.deepEqual(bad.steps!.map((s) => `${s.action}:${s.result}`), ['upload:completed', 'apply:failed', 'unload:completed']);
 });
 
 test('on a terminal: a progress bar on stderr once the run lasts a second, the same lines and counts', (t) => {
@@ -153,17 +151,14 @@ test('on a terminal: a progress bar on stderr once the run lasts a second, the s
 test('--all list --json: every process with payloads, its stack; none other', () => {
   const r = cli.raw(['--all', 'list', '--json']);
   expectCli(r, { status: 0, stderr: '' });
-  const v = JSON.parse(r.stdout) as {
-    summary: Record<string, number>;
-    processes: { pid: number; comm: string; result: string; payloads: { name: string; state: string; base: { path: string } }[] }[];
-  };
+  const v = JSON.parse(r.stdout) as FleetJson;
   // The parked process has a state file (an upload happened) but no payload now.
   assert.deepEqual(v.summary, { listed: survivors.length + 1, skipped: 0, failed: 0 });
   assert.deepEqual(v.processes.map((x) => x.pid), [parked, ...survivors].map((p) => p.pid));
   assert.deepEqual(v.processes[0]!.payloads, []);
   for (const x of v.processes.slice(1)) {
     assert.equal(x.comm, 'fleet');
-    assert.deepEqual(x.payloads.map((p) => `${p.name}:${p.state}:${p.base.path}`), [`fleet_fix:APPLIED:${fx.exe}`]);
+    assert.deepEqual(x.payloads?.map((p) => `${p.name}:${p.state}:${p.base.path}`), [`fleet_fix:APPLIED:${fx.exe}`]);
   }
   // Text: each process's table under a header, then the counts.
   const t = cli.raw(['--all', 'list']);
@@ -178,7 +173,7 @@ test('narrowing: --pid A,B --pid C, --exe, --uid, --base-build-id', () => {
   const dead = deadPid();
   let r = cli.raw(['--pid', `${a!.pid},${unrelated.pid}`, '--pid', String(dead), 'list', '--json']);
   expectCli(r, { status: 0, stderr: '' });
-  let v = JSON.parse(r.stdout) as { summary: Record<string, number>; processes: { pid: number; result: string; detail: string }[] };
+  let v = JSON.parse(r.stdout) as FleetJson;
   assert.deepEqual(v.summary, { listed: 1, skipped: 2, failed: 0 });
   const by = new Map(v.processes.map((x) => [x.pid, x]));
   assert.equal(by.get(a!.pid)!.result, 'listed');
@@ -231,7 +226,7 @@ test('--all revert, twice, then --all unload: every process back to its own code
 
   r = cli.raw(['--all', 'unload', 'fleet_fix', '--json']);
   expectCli(r, { status: 0, stderr: '' });
-  assert.deepEqual((JSON.parse(r.stdout) as { summary: unknown }).summary, { patched: survivors.length, skipped: 1, failed: 0 });
+  assert.deepEqual((JSON.parse(r.stdout) as FleetJson).summary, { patched: survivors.length, skipped: 1, failed: 0 });
   for (const p of survivors) assert.deepEqual(cli.list(p.pid), []);
   assert.equal(await unrelated.ask('v'), '-unstable');
 });
@@ -244,7 +239,7 @@ test('a process whose program file was deleted (an upgrade) is still matched, by
   rmSync(copy);
   let r = cli.raw(['--pid', `${p.pid},${unrelated.pid}`, 'load', fx.fix, '--json']);
   expectCli(r, { status: 0, stderr: '' });
-  const v = JSON.parse(r.stdout) as { summary: Record<string, number>; processes: { pid: number; result: string }[] };
+  const v = JSON.parse(r.stdout) as FleetJson;
   assert.deepEqual(v.summary, { patched: 1, skipped: 1, failed: 0 });
   assert.deepEqual(v.processes.find((x) => x.pid === p.pid)!.result, 'patched');
   assert.equal(await p.ask('v'), 'answer 2');

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { buildAll } from './helpers/toolchain.js';
 import { Cli, freshStateDir, Processes, type CliResult } from './helpers/live.js';
+import type { ActionJson } from '../src/cli/json-types.js';
 
 const files = buildAll();
 const state = freshStateDir('json');
@@ -17,11 +18,9 @@ after(async () => {
   rmSync(state, { recursive: true, force: true });
 });
 
-interface Step { action: string; name: string; ok: boolean; result: string; state: string | null; errno: string | null; code: number; message: string; hooksCalled?: string[] }
-
-function json(r: CliResult): { ok: boolean; steps: Step[] } {
+function json(r: CliResult): ActionJson {
   assert.equal(r.stderr, '', `${r.cmd}: nothing on stderr with --json`);
-  const v = JSON.parse(r.stdout) as { ok: boolean; steps: Step[] };
+  const v = JSON.parse(r.stdout) as ActionJson;
   assert.equal(r.stdout.trim().split('\n').length, 1, 'exactly one line');
   return v;
 }
@@ -64,7 +63,7 @@ test('load/apply/unload/revert --json report each step and keep the exit status'
   assert.equal(r.status, 1);
   r = cli.run(2 ** 22 + 1, 'apply', 'x', '--json');
   assert.equal(r.status, 1);
-  const e = JSON.parse(r.stdout) as { ok: boolean; error: { errno: string } };
+  const e = JSON.parse(r.stdout) as ActionJson;
   assert.equal(e.ok, false);
-  assert.equal(e.error.errno, 'ESRCH');
+  assert.equal(e.error?.errno, 'ESRCH');
 });

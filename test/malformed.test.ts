@@ -22,6 +22,7 @@ import { ImageTarget } from '../src/targets/image/index.js';
 import { EHDR, FUNC, PayloadElf, SHDR, SHDR_SIZE, SHF, SHT, type Editor } from './helpers/elfedit.js';
 import { assertNoStackTrace, cliAsync, cliMany, pool, throwsErrno, type CliResult } from './helpers/engine.js';
 import { buildAll, run, VARIANTS } from './helpers/toolchain.js';
+import type { InspectErrorJson } from '../src/cli/json-types.js';
 
 const MiB2 = 2 * 1024 * 1024;
 
@@ -295,7 +296,7 @@ describe('malformed payloads', () => {
           assert.equal(json.status, 1, '--json exit 1');
           const lines = json.stdout.trim().split('\n');
           assert.equal(lines.length, 1, '--json prints one JSON object');
-          const o = JSON.parse(lines[0]!) as { error?: { errno: string; code: number } };
+          const o = JSON.parse(lines[0]!) as Partial<InspectErrorJson>;
           assert.equal(o.error?.errno, want, '--json error.errno');
           assert.equal(o.error?.code, -ERRNO[want], '--json error.code');
         }

@@ -21,10 +21,9 @@ import { realpathIn } from '../src/libs/rootfs.js';
 import { ImageTarget } from '../src/targets/image/index.js';
 import { HOTSTACK } from './helpers/engine.js';
 import { run } from './helpers/toolchain.js';
+import type { CheckJson, CheckStepJson } from '../src/cli/json-types.js';
 
 interface Result { status: number | null; stdout: string; stderr: string; cmd: string }
-interface Step { action: string; ok: boolean; errno: string | null; message: string; symbols?: { name: string; object: string; ifuncResolver?: boolean }[] }
-interface Report { steps: Step[]; stack: string[] }
 
 let work = '';
 
@@ -44,20 +43,20 @@ function ok(r: Result): Result {
 }
 
 /** `check --json`, parsed, whatever its exit status. */
-function check(args: string[]): Report & { status: number | null } {
+function check(args: string[]): CheckJson & { status: number | null } {
   const r = hotstack(['check', '--json', ...args]);
   assert.ok(!r.stderr.includes('    at '), `${r.cmd} printed a stack trace:\n${r.stderr}`);
-  return { ...(JSON.parse(r.stdout) as Report), status: r.status };
+  return { ...(JSON.parse(r.stdout) as CheckJson), status: r.status };
 }
 
-function uploadStep(rep: Report): Step {
+function uploadStep(rep: CheckJson): CheckStepJson {
   const s = rep.steps.find((x) => x.action === 'upload');
   assert.ok(s, `no upload step in ${JSON.stringify(rep)}`);
   return s;
 }
 
 /** name -> defining object of the upload step, asserting the whole check passed. */
-function resolvedBy(rep: Report & { status: number | null }): Map<string, string> {
+function resolvedBy(rep: CheckJson & { status: number | null }): Map<string, string> {
   assert.equal(rep.status, 0, JSON.stringify(rep.steps));
   return new Map(uploadStep(rep).symbols!.map((x) => [x.name, x.object]));
 }

@@ -21,6 +21,7 @@ import {
   assertNoStackTrace, captureIo, cli, hex, Session, throwsErrno, type CliResult,
 } from './helpers/engine.js';
 import { buildAll, functionBytes, nopSize, readBuildId, symbolInfo, VARIANTS } from './helpers/toolchain.js';
+import type { CheckJson } from '../src/cli/json-types.js';
 
 /** The Intel SDM's recommended NOPs, 1 to 9 bytes ("canonical multi-byte NOP sequences"). */
 const CANONICAL_NOPS = [
@@ -39,15 +40,6 @@ function isNopSequence(b: Buffer): boolean {
 }
 
 /** Parsed `check --json` output: exactly one JSON object on stdout. */
-interface CheckJson {
-  image: { path: string; buildId: string | null };
-  steps: {
-    file: string; name: string; action: string; ok: boolean; errno: string | null; code: number;
-    message: string; hooksRun: boolean; hooksSkipped: string[];
-  }[];
-  stack: string[];
-}
-
 function parseCheckJson(r: CliResult): CheckJson {
   const text = r.stdout.trim();
   assert.ok(text.length > 0, `check --json printed nothing; stderr: ${r.stderr}`);
@@ -129,7 +121,7 @@ for (const v of VARIANTS) {
       const ctx = (): string => `stdout: ${JSON.stringify(c.out())} stderr: ${JSON.stringify(c.err())}`;
 
       it('step 1: fresh target', () => {
-        assert.equal(run('list', () => cmdList(e, false, c.io)), 0);
+        assert.equal(run('list', () => cmdList(e, c.io)), 0);
         assert.equal(c.out(), 'Nothing to list\n', 'step 1: list on a fresh target says "Nothing to list" (actions.md list)');
         assert.equal(run('revert', () => cmdAction(e, 'revert', 'hello', {}, c.io)), 1, `step 1: revert of an unknown name exits 1; ${ctx()}`);
         assert.match(c.err(), /ENOENT/, 'step 1: unknown name is ENOENT (actions.md action)');
@@ -198,7 +190,7 @@ for (const v of VARIANTS) {
         for (const n of ['replace', 'hello', 'bye']) {
           assert.equal(run('unload', () => cmdAction(e, 'unload', n, {}, c.io)), 0, `step 9: unload ${n}; ${ctx()}`);
         }
-        assert.equal(run('list', () => cmdList(e, false, c.io)), 0);
+        assert.equal(run('list', () => cmdList(e, c.io)), 0);
         assert.equal(c.out(), 'Nothing to list\n', 'step 9: list is empty again');
       });
 
@@ -290,7 +282,7 @@ for (const v of VARIANTS) {
       s.load('bye');
       s.upload('expect_fail');
       throwsErrno(() => s.replace('expect_fail'), 'EINVAL', undefined, 'REPLACE expect_fail');
-      assert.equal(cmdList(s.engine, false, c.io), 0);
+      assert.equal(cmdList(s.engine, c.io), 0);
       const lines = c.out().split('\n');
       const baseName = basename(f('base'));
       // Metadata is padded to the widest entry (at least 13, which keeps xen-livepatch's 15-dash rule), then " | " and the base's file name.

@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { FIXTURES_DIR, run, startBase, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, readMemory, runtimeAddress, showResult } from './helpers/live.js';
+import type { ActionJson, AnalyzeJson, CheckJson } from '../src/cli/json-types.js';
 
 const SRC = join(FIXTURES_DIR, 'realprog');
 const hasClang = spawnSync('clang', ['--version']).status === 0;
@@ -108,7 +109,7 @@ for (const cc of ['gcc', 'clang'] as const) {
       run(cc, [...flags, '-Wl,--build-id=sha1', '-o', exe, join(SRC, 'labels.c')]);
       if (cc === 'gcc') {
         assert.ok(sitesReadingAfterCall(exe, 'label').length > 0, 'gcc no longer keeps a register live across call label: the fixture lost its point');
-        const a = JSON.parse(ok(cli.raw(['analyze', '--base', exe, '--json', 'label', 'unit'])).stdout) as { functions: { function: string; reliedRegisters: { name: string }[]; noCallers: boolean }[] };
+        const a = JSON.parse(ok(cli.raw(['analyze', '--base', exe, '--json', 'label', 'unit'])).stdout) as AnalyzeJson;
         for (const f of a.functions) {
           assert.equal(f.noCallers, false, `${f.function} has callers`);
           assert.ok(f.reliedRegisters.length > 0, `${f.function}: analyze found no register reliance:\n${JSON.stringify(f)}`);
@@ -123,7 +124,7 @@ for (const cc of ['gcc', 'clang'] as const) {
       const r = cli.raw(['build', '--cc', cc, '--base', exe, '-o', target, join(SRC, 'fix-scale.c')]);
       assert.equal(r.status, 1, showResult(r));
       assert.match(r.stderr, /EINVAL: .*scale.*(inlined|no caller)/s, showResult(r));
-      const a = JSON.parse(ok(cli.raw(['analyze', '--base', exe, '--json', 'scale'])).stdout) as { functions: { noCallers: boolean; inlinedInto: string[]; hazards: { kind: string }[] }[] };
+      const a = JSON.parse(ok(cli.raw(['analyze', '--base', exe, '--json', 'scale'])).stdout) as AnalyzeJson;
       assert.equal(a.functions[0]!.noCallers, true);
       assert.ok(a.functions[0]!.hazards.some((h) => h.kind === 'inlined'));
       assert.ok(a.functions[0]!.inlinedInto.includes('main'), `inlinedInto: ${JSON.stringify(a.functions[0]!.inlinedInto)}`);
@@ -133,7 +134,7 @@ for (const cc of ['gcc', 'clang'] as const) {
       ok(cli.raw(['build', '--cc', cc, '--base', exe, '--expect', '-o', out('fix-label.livepatch'), join(SRC, 'fix-label.c')]));
       ok(cli.raw(['build', '--cc', cc, '--base', exe, '--expect', '--depends', out('fix-label.livepatch'), '-o', out('fix-unit.livepatch'), join(SRC, 'fix-unit.c')]));
       const r = ok(cli.raw(['check', '--json', '--image', exe, out('fix-label.livepatch'), out('fix-unit.livepatch')]));
-      const report = JSON.parse(r.stdout) as { steps: { name: string; action: string; ok: boolean; veneers: { function: string; registers: string[] }[] }[] };
+      const report = JSON.parse(r.stdout) as CheckJson;
       assert.ok(report.steps.every((s) => s.ok), r.stdout);
       if (cc === 'gcc') {
         const up = report.steps.filter((s) => s.action === 'upload');
@@ -167,9 +168,9 @@ for (const cc of ['gcc', 'clang'] as const) {
       const slow2 = svc.ask('a99', 20_000);
       await new Promise((r) => setTimeout(r, 100));
       const waited = ok(cli.run(svc.pid, 'revert', '--json', '--timeout', '10000', 'fix-label'));
-      const steps = (JSON.parse(waited.stdout) as { steps: { action: string; ok: boolean; tries: number }[] }).steps;
+      const steps = (JSON.parse(waited.stdout) as ActionJson).steps;
       assert.equal(steps[0]!.ok, true, waited.stdout);
-      assert.ok(steps[0]!.tries > 1, `revert waited for the thread: ${waited.stdout}`);
+      assert.ok(steps[0]!.tries! > 1, `revert waited for the thread: ${waited.stdout}`);
       assert.equal(await slow2, model.answer('a99'), 'the request finished in the replacement before the revert');
       model.fixLabel = false;
       await expectAnswers(svc, model, 'after reverting fix-label while a thread was in it');

@@ -17,6 +17,7 @@ import { after, before, describe, test } from 'node:test';
 import { PayloadElf, SHDR } from './helpers/elfedit.js';
 import { Cli, Processes, canSwitchUser, expectCli, freshStateDir, HOTSTACK_BIN, quote, type CliResult } from './helpers/live.js';
 import { buildAll, FIXTURES_DIR, run } from './helpers/toolchain.js';
+import type { ActionJson, CheckJson, InspectJson, KeygenJson } from '../src/cli/json-types.js';
 
 const work = mkdtempSync(join(tmpdir(), 'hotstack-sign-'));
 const stateDir = freshStateDir('sign');
@@ -49,14 +50,10 @@ function refused(r: CliResult, errno = 'EKEYREJECTED', msg?: RegExp, step = ''):
   return r;
 }
 
-interface InspectJson { buildId: string; depends: string; baseBuildId: string; funcs: unknown[]; sections: unknown[]; metadata: string[]; signature: { keyId: string | null; key: string | null; valid: boolean; detached: boolean; reason?: string } | null }
-
 function inspect(file: string, env: Record<string, string> = {}): InspectJson {
   const r = ok(hs(['inspect', '--json', file], env), `inspect ${file}`);
   return JSON.parse(r.stdout) as InspectJson;
 }
-
-interface CheckJson { steps: { file: string; action: string; ok: boolean; errno: string | null; message: string; signature?: InspectJson['signature'] }[]; stack: string[] }
 
 function check(payloads: string[], extra: string[] = [], env: Record<string, string> = {}): { r: CliResult; j: CheckJson } {
   const r = hs(['check', '--image', files.base!, '--json', ...extra, ...payloads], env);
@@ -97,7 +94,7 @@ describe('keygen', () => {
     // umask 000 would make a careless open() create a world-readable private key.
     const r = spawnSync('/bin/sh', ['-c', 'umask 000; exec "$0" "$@"', process.execPath, HOTSTACK_BIN, 'keygen', '--json', '-o', join(work, 'rel')], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
-    const j = JSON.parse(r.stdout) as { privatePath: string; publicPath: string; keyId: string };
+    const j = JSON.parse(r.stdout) as KeygenJson;
     assert.equal(statSync(key('rel')).mode & 0o7777, 0o600, 'private key mode');
     assert.equal(statSync(pub('rel')).mode & 0o7777, 0o644, 'public key mode');
     assert.match(readFileSync(key('rel'), 'utf8'), /^-----BEGIN PRIVATE KEY-----\n/);
@@ -335,7 +332,7 @@ describe('verification (live: load)', () => {
       }, f);
       const j = hs(['--pid', String(b.pid), 'upload', '--json', '--require-signature', 'x', f]);
       assert.equal(j.status, 1);
-      const o = JSON.parse(j.stdout) as { ok: boolean; steps: { errno: string; code: number }[] };
+      const o = JSON.parse(j.stdout) as ActionJson;
       assert.deepEqual([o.ok, o.steps[0]!.errno, o.steps[0]!.code], [false, 'EKEYREJECTED', -129]);
       assert.deepEqual(readdirSync(stateDir), [], 'the process was never opened (no state written)');
     }

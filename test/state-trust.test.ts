@@ -22,6 +22,7 @@ import { buildExtraPayload } from './helpers/extra.js';
 import { loadObjects, unreadBase, unreadForTotal } from '../src/targets/process/objects.js';
 import { isHotstackError } from '../src/errors.js';
 import { buildStress } from './helpers/stress.js';
+import type { ListEntryJson } from '../src/cli/json-types.js';
 
 let files: Record<string, string> = {};
 const procs = new Processes();
@@ -603,7 +604,7 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
     writeFileSync(path, '{"key": truncated');
     const r = cli.run(b.pid, 'list', '--json');
     expectCli(r, { status: 0, stderr: new RegExp(`^hotstack: state file ${path} is corrupt \\(.*\\): recovered the state from the copy kept in process ${b.pid}`) }, 'list');
-    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    assert.deepEqual((JSON.parse(r.stdout) as ListEntryJson[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
     expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0, stdout: 'Reverting hello... completed\n' }, 'revert');
     assert.equal(await b.ask('v'), '-unstable');
     assert.doesNotThrow(() => JSON.parse(readFileSync(path, 'utf8')), 'the file was rewritten');
@@ -630,7 +631,7 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
     const host = new Cli(state);
     const l = host.run(hostPid, 'list', '--json');
     expectCli(l, { status: 0, stderr: /found in the process itself/ }, 'host list');
-    assert.deepEqual((JSON.parse(l.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
+    assert.deepEqual((JSON.parse(l.stdout) as ListEntryJson[]).map((p) => `${p.name}:${p.state}`), ['hello:APPLIED']);
     expectCli(host.run(hostPid, 'load', files['hello']!), { status: 1, stderr: /EEXIST/ }, 'host load again');
     assert.equal(await b.ask('h'), '101', 'the load hook ran once');
     r = inside('list');
@@ -640,6 +641,6 @@ describe('the state lives in the process too (2.3, 2.9)', () => {
     assert.equal(await b.ask('v'), '-unstable');
     r = inside('list', '--json');
     assert.equal(r.status, 0, r.stderr);
-    assert.deepEqual((JSON.parse(r.stdout) as { name: string; state: string }[]).map((p) => `${p.name}:${p.state}`), ['hello:CHECKED']);
+    assert.deepEqual((JSON.parse(r.stdout) as ListEntryJson[]).map((p) => `${p.name}:${p.state}`), ['hello:CHECKED']);
   });
 });

@@ -11,12 +11,8 @@ import { findDebugFile, MAX_DEBUG_FILE_SIZE } from '../elf/debugfile.js';
 import { readBoundedFile } from '../payload/file.js';
 import { fail, HotstackError, toHotstackError } from '../errors.js';
 import { errorLine, exitCodeFor } from './format.js';
-import type { Io } from './lifecycle.js';
-
-const defaultIo: Io = {
-  out: (s) => process.stdout.write(s),
-  err: (s) => process.stderr.write(s),
-};
+import type { AnalyzeErrorJson } from './json-types.js';
+import { reporterFor, stdio, type Io } from './report.js';
 
 const HELP = `
 With FUNCTION names (NAME, or FILE#NAME for a static whose name is not
@@ -101,11 +97,6 @@ export async function runAnalyze(o: AnalyzeOptions): Promise<AnalyzeResult> {
   return { base, functions: hazardous, analyzed: names.length };
 }
 
-/** JSON with bigints as "0x..." strings. */
-export function analyzeJson(r: AnalyzeResult): string {
-  return JSON.stringify(r, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v));
-}
-
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 const SHOWN_SITES = 6;
 
@@ -150,7 +141,7 @@ export function printAnalyze(r: AnalyzeResult, asked: boolean, io: Io): void {
 }
 
 /** Register `hotstack analyze`. */
-export function registerAnalyze(program: Command, setExit: (n: number) => void, io: Io = defaultIo): void {
+export function registerAnalyze(program: Command, setExit: (n: number) => void, io: Io = stdio): void {
   program
     .command('analyze')
     .description('what the compiler assumed about functions of a base: callers, relied-on registers, clones, hazards')
@@ -160,18 +151,18 @@ export function registerAnalyze(program: Command, setExit: (n: number) => void, 
     .argument('[functions...]', 'functions to report on (default: every function with a hazard)')
     .addHelpText('after', HELP)
     .action(async (functions: string[], o: { base: string; debugFile?: string; json?: boolean }) => {
+      const rep = reporterFor(o.json, io);
       let r: AnalyzeResult;
       try {
         r = await runAnalyze({ base: o.base, functions, debugFile: o.debugFile });
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ base: { path: o.base, buildId: null }, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-        else io.err(`hotstack: ${errorLine(err)}\n`);
+        rep.failure(err, { base: { path: o.base, buildId: null } } satisfies Omit<AnalyzeErrorJson, 'error'>, `hotstack: ${errorLine(err)}\n`);
         setExit(exitCodeFor(err));
         return;
       }
-      if (o.json) io.out(analyzeJson(r) + '\n');
-      else printAnalyze(r, functions.length > 0, io);
+      // The JSON form holds addresses as "0x..." strings (report.ts toJson).
+      rep.result(r, (v, out) => printAnalyze(v, functions.length > 0, out));
       setExit(0);
     });
 }

@@ -8,13 +8,10 @@ import { payloadCflags, shellQuote } from '../builder/tools.js';
 import { toHotstackError } from '../errors.js';
 import { runSourceBuild, type SourceCliOptions } from './diff.js';
 import { errorLine, exitCodeFor } from './format.js';
-import { safetyText, type Io } from './lifecycle.js';
+import type { BuildJson, BuildSignatureJson, CflagsJson, OutputErrorJson } from './json-types.js';
+import { safetyText } from './lifecycle.js';
+import { reporterFor, stdio, type Io } from './report.js';
 import { buildSigner } from './trust.js';
-
-const defaultIo: Io = {
-  out: (s) => process.stdout.write(s),
-  err: (s) => process.stderr.write(s),
-};
 
 const BUILD_HELP = `
 Each SRC is compiled with \`hotstack cflags\` plus CFLAGS, the objects are
@@ -94,8 +91,18 @@ export function printBuild(r: BuildReport, io: Io): void {
   io.out(safetyText(r.hazards, r.veneers));
 }
 
+/** The report with the key that signed the payload (`build --sign`); unchanged when unsigned. */
+export function withSigner<T extends object>(r: T, signer: ReturnType<typeof buildSigner> | undefined): T & { signature?: BuildSignatureJson } {
+  return signer ? { ...r, signature: { key: signer.key.name, keyId: signer.key.keyId } } : r;
+}
+
+/** The line after a signed build's report. */
+export function printSigned(r: { signature?: BuildSignatureJson }, io: Io): void {
+  if (r.signature) io.out(`  signed    key ${r.signature.key} (${r.signature.keyId})\n`);
+}
+
 /** Register `build` and `cflags` on the program. */
-export function registerBuild(program: Command, setExit: (n: number) => void, io: Io = defaultIo): void {
+export function registerBuild(program: Command, setExit: (n: number) => void, io: Io = stdio): void {
   const build = program
     .command('build')
     .description('compile C replacement functions into a payload that stacks on the base or on --depends')
@@ -128,6 +135,7 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
       const sources = args.slice(0, args.length - nflags);
       const cflags = args.slice(args.length - nflags);
       if (o.source !== undefined || o.patch !== undefined) return setExit(runSourceBuild(o, sources, cflags, io));
+      const rep = reporterFor(o.json, io);
       try {
         // The key is read first: a bad key fails before anything is compiled.
         const signer = o.sign !== undefined ? buildSigner(o.sign) : undefined;
@@ -135,16 +143,16 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
           base: o.base, depends: o.depends, name: o.name, meta: o.meta, expect: o.expect, cc: o.cc,
           out: o.output, sources, cflags, debugFile: o.debugFile, libPaths: o.libPath, sysroot: o.sysroot, finish: signer?.sign,
         });
-        const r = signer ? { ...built, signature: { key: signer.key.name, keyId: signer.key.keyId } } : built;
-        if (r.compilerOutput.trim() && !o.json) io.err(r.compilerOutput);
-        if (o.json) io.out(JSON.stringify(r) + '\n');
-        else printBuild(r, io);
-        if (signer && !o.json) io.out(`  signed    key ${signer.key.name} (${signer.key.keyId})\n`);
+        rep.result(withSigner(built, signer) satisfies BuildJson, (r, out) => {
+          // JSON carries the compiler's warnings in compilerOutput.
+          if (r.compilerOutput.trim()) out.err(r.compilerOutput);
+          printBuild(r, out);
+          printSigned(r, out);
+        });
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ output: o.output, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-        else io.err(`hotstack build: ${errorLine(err)}\n`);
+        rep.failure(err, { output: o.output } satisfies Omit<OutputErrorJson, 'error'>, `hotstack build: ${errorLine(err)}\n`);
         setExit(exitCodeFor(err));
       }
     });
@@ -157,11 +165,12 @@ export function registerBuild(program: Command, setExit: (n: number) => void, io
     .addHelpText('after', CFLAGS_HELP)
     .action((o: { json?: boolean }) => {
       try {
-        const flags = payloadCflags();
-        io.out(o.json ? JSON.stringify(flags) + '\n' : flags.map(shellQuote).join(' ') + '\n');
+        const flags: CflagsJson = payloadCflags();
+        reporterFor(o.json, io).result(flags, (f, out) => out.out(f.map(shellQuote).join(' ') + '\n'));
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);
+        // Not a JSON object even with --json: cflags fails only when hotstack itself is broken.
         io.err(`hotstack cflags: ${errorLine(err)}\n`);
         setExit(exitCodeFor(err));
       }

@@ -4,7 +4,8 @@
  */
 import { basename } from 'node:path';
 import { errnoOf } from './format.js';
-import { safetyText, type Io } from './lifecycle.js';
+import { safetyText } from './lifecycle.js';
+import type { Io } from './report.js';
 import type { CheckReport, CheckStep } from '../check/dry-run.js';
 
 export { runCheck, type CheckOptions, type CheckReport, type CheckStep } from '../check/dry-run.js';

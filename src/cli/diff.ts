@@ -6,9 +6,10 @@ import { diffPayload, type DiffReport } from '../diff/diff.js';
 import { buildFromSource } from '../diff/source.js';
 import { buildSigner } from './trust.js';
 import { fail, toHotstackError } from '../errors.js';
-import { printBuild } from './build.js';
+import { printBuild, printSigned, withSigner } from './build.js';
 import { errorLine, exitCodeFor } from './format.js';
-import type { Io } from './lifecycle.js';
+import type { DiffJson, OutputErrorJson } from './json-types.js';
+import { reporterFor, type Io } from './report.js';
 
 const DIFF_HELP = `
 Each ORIG.o / PATCHED.o pair is one C file compiled twice, before and after
@@ -82,18 +83,17 @@ export function registerDiff(program: Command, setExit: (n: number) => void, io:
     .argument('<objects...>', 'ORIG.o PATCHED.o pairs')
     .addHelpText('after', DIFF_HELP)
     .action((objects: string[], o: DiffCliOptions) => {
+      const rep = reporterFor(o.json, io);
       try {
         const r = diffPayload({
           base: o.base, depends: o.depends, name: o.name, meta: o.meta, expect: o.expect, out: o.output,
           pairs: pairObjects(objects), lineMacros: o.lineMacro, debugFile: o.debugFile, libPaths: o.libPath, sysroot: o.sysroot,
         });
-        if (o.json) io.out(JSON.stringify(r) + '\n');
-        else printDiff(r, io);
+        rep.result(r, printDiff);
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ output: o.output, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-        else io.err(`hotstack diff: ${errorLine(err)}\n`);
+        rep.failure(err, { output: o.output } satisfies Omit<OutputErrorJson, 'error'>, `hotstack diff: ${errorLine(err)}\n`);
         setExit(exitCodeFor(err));
       }
     });
@@ -106,6 +106,7 @@ export interface SourceCliOptions {
 
 /** `hotstack build --source DIR --patch FILE...`: returns the exit status. */
 export function runSourceBuild(o: DiffCliOptions & SourceCliOptions & { cc?: string; sign?: string }, sources: string[], cflags: string[], io: Io): number {
+  const rep = reporterFor(o.json, io);
   try {
     if (sources.length) fail('EINVAL', `give either C sources (${sources[0]}...) or --source DIR --patch FILE, not both`);
     if (o.source === undefined) fail('EINVAL', '--patch needs --source DIR: the source tree the patch applies to');
@@ -115,14 +116,15 @@ export function runSourceBuild(o: DiffCliOptions & SourceCliOptions & { cc?: str
       cc: o.cc, cflags, cflagsFromDwarf: o.cflagsFromDwarf, cumulative: o.cumulative, lineMacros: o.lineMacro,
       debugFile: o.debugFile, libPaths: o.libPath, sysroot: o.sysroot, finish: signer?.sign,
     });
-    if (o.json) io.out(JSON.stringify(signer ? { ...r, signature: { key: signer.key.name, keyId: signer.key.keyId } } : r) + '\n');
-    else printDiff(r, io);
-    if (signer && !o.json) io.out(`  signed    key ${signer.key.name} (${signer.key.keyId})\n`);
+    const signed: DiffJson = withSigner(r, signer);
+    rep.result(signed, (v, out) => {
+      printDiff(v, out);
+      printSigned(v, out);
+    });
     return 0;
   } catch (e) {
     const err = toHotstackError(e);
-    if (o.json) io.out(JSON.stringify({ output: o.output, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-    else io.err(`hotstack build: ${errorLine(err)}\n`);
+    rep.failure(err, { output: o.output } satisfies Omit<OutputErrorJson, 'error'>, `hotstack build: ${errorLine(err)}\n`);
     return exitCodeFor(err);
   }
 }

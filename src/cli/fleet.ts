@@ -11,7 +11,8 @@ import { discover, type FleetFilter, type FleetProcess } from '../targets/proces
 import { defaultJobs, FleetPool } from '../fleet/pool.js';
 import type { FleetAction, FleetActionName, ProcessOutcome } from '../fleet/task.js';
 import { errorLine, exitCodeFor, listTable } from './format.js';
-import type { Io } from './lifecycle.js';
+import type { FleetErrorJson, FleetJson, FleetProcessJson, ListEntryJson } from './json-types.js';
+import { reporterFor, type Io } from './report.js';
 import { loadPayloadFile, type TrustCliOptions } from './trust.js';
 import type { PayloadRecord } from '../core/state.js';
 
@@ -129,9 +130,8 @@ function listText(o: ProcessOutcome): string {
 }
 
 /** listTable reads these fields of a record; list --json entries carry them. */
-function asRecord(j: Record<string, unknown>): PayloadRecord {
-  const base = j.base as { path: string };
-  return { name: j.name, state: j.state, rc: j.rc, metadata: j.metadata, basePath: base.path } as unknown as PayloadRecord;
+function asRecord(j: ListEntryJson): PayloadRecord {
+  return { name: j.name, state: j.state, rc: j.rc, metadata: j.metadata, basePath: j.base.path } as PayloadRecord;
 }
 
 /** Exit status of a fleet run: 0 when none failed, 2 when every failure is worth retrying (EBUSY, EAGAIN), else 1. */
@@ -153,6 +153,7 @@ function unselectedOutcome(u: { pid: number; comm: string | null; gone: boolean;
  * object `{"ok","action","name","summary":{...},"processes":[...]}`.
  */
 export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrIsTty: boolean): Promise<number> {
+  const rep = reporterFor(c.json, io);
   let prep: ReturnType<typeof prepare>;
   let procs: FleetProcess[];
   let pre: ProcessOutcome[];
@@ -166,18 +167,17 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   } catch (e) {
     pool?.close();
     const err = toHotstackError(e);
-    if (c.json) io.out(JSON.stringify({ ok: false, action: c.action, name: c.name, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-    else io.err(`hotstack: ${errorLine(err)}\n`);
+    rep.failure(err, { ok: false, action: c.action, name: c.name } satisfies Omit<FleetErrorJson, 'error'>, `hotstack: ${errorLine(err)}\n`);
     return exitCodeFor(err);
   }
   const total = procs.length + pre.length;
-  const progress = new Progress(total, io, !c.json && stderrIsTty);
+  const progress = new Progress(total, io, !rep.json && stderrIsTty);
   const show = (x: ProcessOutcome): void => {
     progress.tick();
-    if (c.json) return;
+    // Text only (the JSON reporter drops these): the JSON object holds every process at the end.
     progress.clear();
-    for (const n of x.notices) io.err(`hotstack: process ${x.pid}: ${n}\n`);
-    io.out(x.result === 'listed' ? listText(x) : outcomeLine(x));
+    for (const n of x.notices) rep.err(`hotstack: process ${x.pid}: ${n}\n`);
+    rep.out(x.result === 'listed' ? listText(x) : outcomeLine(x));
   };
   pre.forEach(show);
   const acted = await pool.run(procs, show);
@@ -187,16 +187,15 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   const done = PAST[c.action];
   const summary = { [done]: count(done), skipped: count('skipped'), failed: count('failed') };
   const status = fleetExit(all);
-  if (c.json) {
-    const processes = all.map((x) => ({
-      pid: x.pid, comm: x.comm, result: x.result, detail: x.detail, errno: x.errno, code: x.code, message: x.message, ms: Math.round(x.ms * 100) / 100,
-      ...(x.payloads ? { payloads: x.payloads } : { steps: x.steps }), ...(x.notices.length ? { notices: x.notices } : {}),
-    }));
-    io.out(JSON.stringify({ ok: status === 0, action: c.action, name: c.name, summary, processes }) + '\n');
-  } else {
-    if (!total) io.err(`hotstack: no process selected: ${whyNone(prep.filter)}\n`);
-    io.out(`${done} ${summary[done]}, skipped ${summary.skipped}, failed ${summary.failed}\n`);
-  }
+  const processes = all.map((x): FleetProcessJson => ({
+    pid: x.pid, comm: x.comm, result: x.result, detail: x.detail, errno: x.errno, code: x.code, message: x.message, ms: Math.round(x.ms * 100) / 100,
+    ...(x.payloads ? { payloads: x.payloads } : { steps: x.steps }), ...(x.notices.length ? { notices: x.notices } : {}),
+  }));
+  const result: FleetJson = { ok: status === 0, action: c.action, name: c.name, summary, processes };
+  rep.result(result, (_v, out) => {
+    if (!total) out.err(`hotstack: no process selected: ${whyNone(prep.filter)}\n`);
+    out.out(`${done} ${summary[done]}, skipped ${summary.skipped}, failed ${summary.failed}\n`);
+  });
   return status;
 }
 

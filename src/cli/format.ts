@@ -1,6 +1,7 @@
 /** Output formatting shared by the commands: errors, exit codes, the list table. */
 import { ERRNO, errnoName, HotstackError, knownErrno, STRERROR } from '../errors.js';
 import type { PayloadRecord } from '../core/state.js';
+import type { ListEntryJson } from './json-types.js';
 import { basename } from 'node:path';
 
 /** Exit status for an error: 2 when worth retrying (EAGAIN, EBUSY), else 1. */
@@ -45,7 +46,7 @@ export function listTable(list: PayloadRecord[]): string {
 }
 
 /** list --json entry. */
-export function listJson(p: PayloadRecord): Record<string, unknown> {
+export function listJson(p: PayloadRecord): ListEntryJson {
   return {
     name: p.name,
     state: p.state,

@@ -1,18 +1,22 @@
 /** `hotstack inspect FILE`: what a payload holds, statically. */
 import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
-import { readPayloadFile, type Io } from './lifecycle.js';
+import { readPayloadFile } from './lifecycle.js';
+import type { SignatureJson } from './json-types.js';
+import type { Io } from './report.js';
 import { inspectSignature, signatureJson } from './trust.js';
 import { signatureText, type SignatureInfo } from '../trust/signature.js';
 
 /** What inspect reports: the payload, and its signature (null: unsigned; never enforced here). */
-export type InspectReport = InspectedPayload & { signature: Record<string, unknown> | null };
+export type InspectReport = InspectedPayload & { signature: SignatureJson | null };
 
+/** Read and decode FILE, and check its signature against the keyring. */
 export function runInspect(file: string, keyring?: string): InspectReport {
   const bytes = readPayloadFile(file);
   const p = inspectPayload(bytes);
   return { ...p, signature: signatureJson(inspectSignature(file, bytes, keyring)) };
 }
 
+/** Human rendering: one line per fact, the functions and sections indented. */
 export function printInspect(file: string, p: InspectReport, io: Io): void {
   io.out(`${file}\n`);
   io.out(`  build-id:       ${p.buildId}\n`);

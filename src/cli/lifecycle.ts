@@ -9,49 +9,17 @@ import type { ActionCmd, Engine } from '../core/engine.js';
 import type { PayloadStateName } from '../core/state.js';
 import { errorLine, exitCodeFor, listJson, listTable, nameFromFile, veneersOf } from './format.js';
 import type { Hazard } from '../analysis/types.js';
+import type { SignatureJson, VeneerJson } from './json-types.js';
+import { failedStep, type Reporter } from './report.js';
 import { recordedSignature, signatureJson, signatureLine, type LoadedPayload } from './trust.js';
-
-export interface Io {
-  out(s: string): void;
-  err(s: string): void;
-  /** When set (--json), steps are collected here instead of printed. */
-  steps?: JsonStep[];
-}
-
-/** One step of a command, as `--json` reports it. */
-export interface JsonStep {
-  action: string;
-  name: string;
-  ok: boolean;
-  /** What happened: "completed", "no action needed", "wrong state", or the error. */
-  result: string;
-  state: PayloadStateName | null;
-  errno: string | null;
-  code: number;
-  message: string;
-  hooksCalled?: string[];
-  hooksSkipped?: string[];
-  /** apply, revert, replace, unload: consistency checks it took to find a safe moment (each retry is a short stop of its own). */
-  tries?: number;
-  /** Compiler hazards of the patched functions (upload, apply). */
-  hazards?: Hazard[];
-  /** Functions entered through a preserving veneer (upload). */
-  veneers?: { function: string; registers: string[] }[];
-  /** upload: the file's signature (trust.ts signatureJson), null when unsigned. */
-  signature?: Record<string, unknown> | null;
-}
-
-function step(io: Io, s: Omit<JsonStep, 'errno' | 'code' | 'message'> & Partial<JsonStep>): void {
-  const { action, name, ok, result, state, errno = null, code = 0, message = '', ...hooks } = s;
-  io.steps!.push({ action, name, ok, result, state, errno, code, message, ...hooks });
-}
 
 /** Read a payload file (bounded, regular files only: src/payload/file.ts); unreadable files are typed errors. */
 export { readPayloadFile } from '../payload/file.js';
 
-export function cmdList(engine: Engine, json: boolean, io: Io): number {
+/** `list`: xen-livepatch's table, or (--json) the array of list entries. */
+export function cmdList(engine: Engine, rep: Reporter): number {
   const list = engine.list();
-  io.out(json ? JSON.stringify(list.map(listJson)) + '\n' : listTable(list));
+  rep.result(list.map(listJson), (_json, io) => io.out(listTable(list)));
   return 0;
 }
 
@@ -61,39 +29,31 @@ interface Outcome {
   hooksSkipped?: string[];
   tries?: number;
   hazards?: Hazard[];
-  veneers?: { function: string; registers: string[] }[];
-  signature?: Record<string, unknown> | null;
+  veneers?: VeneerJson[];
+  signature?: SignatureJson | null;
 }
 
 /**
  * `<what>... completed` or `failed` plus `Error N: ERRNO: why`, as
  * xen-livepatch prints; with --json, one step instead.
  */
-function attempt(io: Io, what: string, action: string, name: string, engine: Engine, fn: () => Outcome | void): number {
-  if (!io.steps) io.out(`${what}... `);
+function attempt(rep: Reporter, what: string, action: string, name: string, engine: Engine, fn: () => Outcome | void): number {
+  rep.out(`${what}... `);
   try {
     const o = fn() ?? {};
     const extra = { hooksCalled: o.hooksCalled, hooksSkipped: o.hooksSkipped, tries: o.tries, hazards: o.hazards, veneers: o.veneers, signature: o.signature };
-    if (io.steps) step(io, { action, name, ok: true, result: 'completed', state: engine.find(name)?.state ?? null, ...extra });
-    else {
-      io.out('completed\n');
-      if (o.text) io.out(o.text);
-    }
+    rep.step({ action, name, ok: true, result: 'completed', state: engine.find(name)?.state ?? null, ...extra }, { out: `completed\n${o.text ?? ''}` });
     return 0;
   } catch (e) {
     const err = toHotstackError(e);
-    if (io.steps) step(io, { action, name, ok: false, result: 'failed', state: engine.find(name)?.state ?? null, errno: err.errno, code: err.code, message: err.message });
-    else {
-      io.out('failed\n');
-      io.err(errorLine(err) + '\n');
-    }
+    rep.step(failedStep(action, name, engine.find(name)?.state ?? null, err), { out: 'failed\n', err: errorLine(err) + '\n' });
     return exitCodeFor(err);
   }
 }
 
 /** `pre`: the file already read and its signature checked (trust.ts preloadForLive); else read here. */
-export function cmdUpload(engine: Engine, name: string, file: string, io: Io, pre?: LoadedPayload): number {
-  return attempt(io, `Uploading ${file}`, 'upload', name, engine, () => {
+export function cmdUpload(engine: Engine, name: string, file: string, rep: Reporter, pre?: LoadedPayload): number {
+  return attempt(rep, `Uploading ${file}`, 'upload', name, engine, () => {
     const p = engine.upload(name, pre ? pre.bytes : readPayloadFile(file), { signature: recordedSignature(pre) });
     const hazards = p.hazards ?? [];
     const veneers = veneersOf(p);
@@ -103,7 +63,7 @@ export function cmdUpload(engine: Engine, name: string, file: string, io: Io, pr
 }
 
 /** Indented notes after `completed`: functions entered through veneers, then hazards. */
-export function safetyText(hazards: Hazard[], veneers: { function: string; registers: string[] }[]): string {
+export function safetyText(hazards: Hazard[], veneers: VeneerJson[]): string {
   let out = '';
   for (const v of veneers) out += `  veneer: ${v.function}: callers keep ${v.registers.join(', ')} across calls to it; the replacement is entered through a veneer that preserves them\n`;
   // A register hazard with a veneer is defused: the veneer line says so.
@@ -132,31 +92,30 @@ export interface ActionCliOptions {
   timeoutMs?: number;
 }
 
-export function cmdAction(engine: Engine, action: string, name: string, opts: ActionCliOptions, io: Io): number {
+/** apply, revert, unload, replace of a loaded payload, checking its state first as xen-livepatch does. */
+export function cmdAction(engine: Engine, action: string, name: string, opts: ActionCliOptions, rep: Reporter): number {
   const def = ACTIONS[action]!;
   const p = engine.find(name);
   if (!p) {
     const e = new HotstackError('ENOENT', `no payload named ${name} is loaded`);
-    if (io.steps) step(io, { action, name, ok: false, result: 'failed', state: null, errno: e.errno, code: e.code, message: e.message });
-    else io.err(`${name}: failed to get status: ${errorLine(e)}\n`);
+    rep.step(failedStep(action, name, null, e), { err: `${name}: failed to get status: ${errorLine(e)}\n` });
     return 1;
   }
   if (p.state !== def.allow) {
     if (def.expected === p.state) {
-      if (io.steps) step(io, { action, name, ok: true, result: 'no action needed', state: p.state });
-      else io.out('No action needed.\n');
+      rep.step({ action, name, ok: true, result: 'no action needed', state: p.state }, { out: 'No action needed.\n' });
       return 0;
     }
     const message = `${name} is ${p.state}; ${action} needs ${def.allow}`;
-    if (io.steps) step(io, { action, name, ok: false, result: 'wrong state', state: p.state, errno: 'EINVAL', code: -22, message });
-    else io.err(`${name} is in the wrong state.\nCurrent state: ${p.state}\nExpected state: ${def.allow}\n`);
+    rep.step({ action, name, ok: false, result: 'wrong state', state: p.state, errno: 'EINVAL', code: -22, message }, { err: `${name} is in the wrong state.\nCurrent state: ${p.state}\nExpected state: ${def.allow}\n` });
     return 1;
   }
-  return attempt(io, `${def.verb} ${name}`, action, name, engine, () => {
+  return attempt(rep, `${def.verb} ${name}`, action, name, engine, () => {
     const o = engine.action(name, def.cmd, { nodeps: opts.nodeps, timeoutMs: opts.timeoutMs });
     // Patching a function nothing calls changes nothing: say so every time it is applied.
     const inlined = def.cmd === 'APPLY' || def.cmd === 'REPLACE' ? (engine.find(name)?.hazards ?? []).filter((h) => h.kind === 'inlined') : [];
-    if (!io.steps) for (const h of inlined) io.err(`hotstack: warning: ${h.function}: ${h.detail}\n`);
+    // JSON carries them in the step's hazards.
+    for (const h of inlined) rep.err(`hotstack: warning: ${h.function}: ${h.detail}\n`);
     const notes = [
       ...(o.hooksSkipped.length ? [`hooks not run: ${o.hooksSkipped.join(', ')}`] : []),
       ...(o.tries > 1 ? [`a safe moment after ${o.tries} consistency checks`] : []),
@@ -166,19 +125,18 @@ export function cmdAction(engine: Engine, action: string, name: string, opts: Ac
 }
 
 /** load: upload under the file's base name, apply; unload again if the apply fails. */
-export function cmdLoad(engine: Engine, file: string, opts: ActionCliOptions, io: Io, pre?: LoadedPayload): number {
+export function cmdLoad(engine: Engine, file: string, opts: ActionCliOptions, rep: Reporter, pre?: LoadedPayload): number {
   const name = nameFromFile(file);
-  const rc = cmdUpload(engine, name, file, io, pre);
+  const rc = cmdUpload(engine, name, file, rep, pre);
   if (rc) return rc;
-  const arc = cmdAction(engine, 'apply', name, opts, io);
+  const arc = cmdAction(engine, 'apply', name, opts, rep);
   if (arc) {
     try {
       engine.action(name, 'UNLOAD', { timeoutMs: opts.timeoutMs });
-      if (io.steps) step(io, { action: 'unload', name, ok: true, result: 'completed', state: null });
+      rep.step({ action: 'unload', name, ok: true, result: 'completed', state: null });
     } catch (e) {
       const err = toHotstackError(e);
-      if (io.steps) step(io, { action: 'unload', name, ok: false, result: 'failed', state: engine.find(name)?.state ?? null, errno: err.errno, code: err.code, message: err.message });
-      else io.err(`also failed to unload ${name} again: ${errorLine(err)}\n`);
+      rep.step(failedStep('unload', name, engine.find(name)?.state ?? null, err), { err: `also failed to unload ${name} again: ${errorLine(err)}\n` });
     }
   }
   return arc;

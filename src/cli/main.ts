@@ -13,7 +13,9 @@ import { registerDiff } from './diff.js';
 import { checkExit, printCheck, runCheck } from './check.js';
 import { errorLine, exitCodeFor, nameFromFile } from './format.js';
 import { printInspect, runInspect } from './inspect.js';
-import { cmdAction, cmdList, cmdLoad, cmdUpload, type Io } from './lifecycle.js';
+import type { ActionJson, CheckErrorJson, InspectErrorJson, InspectJson } from './json-types.js';
+import { cmdAction, cmdList, cmdLoad, cmdUpload } from './lifecycle.js';
+import { reporterFor, stdio as io, type Reporter } from './report.js';
 import { checkSingleProcess, isFleet, parseBuildIdArg, runFleet, type FleetCommand, type FleetOptions } from './fleet.js';
 import { loadPayloadFile, preloadForLive, registerTrust, requireSignatureOption } from './trust.js';
 
@@ -26,11 +28,6 @@ function packageVersion(): string {
     return 'unknown';
   }
 }
-
-const io: Io = {
-  out: (s) => process.stdout.write(s),
-  err: (s) => process.stderr.write(s),
-};
 
 function parseIntArg(what: string, min: number, max = Number.MAX_SAFE_INTEGER, unit = '') {
   return (v: string): number => {
@@ -59,18 +56,19 @@ async function withLive(pidOpt: number | undefined, fn: (e: Engine) => number): 
  * Run an action command; with --json, print one object
  * `{"ok":BOOL,"steps":[...]}` instead of xen-livepatch's lines (same exit status).
  */
-async function actionCommand(pidOpt: number | undefined, json: boolean | undefined, fn: (e: Engine, io: Io) => number): Promise<number> {
-  if (!json) return withLive(pidOpt, (e) => fn(e, io));
-  const jio: Io = { ...io, steps: [] };
+async function actionCommand(pidOpt: number | undefined, rep: Reporter, fn: (e: Engine, rep: Reporter) => number): Promise<number> {
   try {
-    const status = await withLive(pidOpt, (e) => fn(e, jio));
-    io.out(JSON.stringify({ ok: status === 0, steps: jio.steps }) + '\n');
-    return status;
+    return rep.end(await withLive(pidOpt, (e) => fn(e, rep)));
   } catch (e) {
     const err = toHotstackError(e);
-    io.out(JSON.stringify({ ok: false, steps: jio.steps, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
+    rep.failure(err, { ok: false, steps: rep.steps } satisfies ActionJson, uncaughtText(e, err));
     return exitCodeFor(err);
   }
+}
+
+/** What an error that ends the command prints: its errno line, and with HOTSTACK_DEBUG its stack. */
+function uncaughtText(e: unknown, err: HotstackError): string {
+  return `hotstack: ${errorLine(err)}\n${process.env.HOTSTACK_DEBUG && e instanceof Error ? `${e.stack}\n` : ''}`;
 }
 
 /** How `check` (and `build`) resolve symbols of other libraries offline. */
@@ -167,15 +165,15 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .argument('<file>', 'payload file')
     .option('--json', 'machine-readable output')
     .action((file: string, o: { json?: boolean }) => {
+      const rep = reporterFor(o.json, io);
       try {
-        const r = runInspect(file, keyring());
-        if (o.json) io.out(JSON.stringify({ file, ...r }) + '\n');
-        else printInspect(file, r, io);
+        const r: InspectJson = { file, ...runInspect(file, keyring()) };
+        rep.result(r, (v, out) => printInspect(file, v, out));
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ file, error: { errno: err.errno, code: err.code, message: err.message, offset: err.offset ?? null } }) + '\n');
-        else io.err(`${file}: invalid payload: ${errorLine(err)}${err.offset !== undefined && err.offset >= 0 ? ` (at file offset 0x${err.offset.toString(16)})` : ''}\n`);
+        const at = err.offset !== undefined && err.offset >= 0 ? ` (at file offset 0x${err.offset.toString(16)})` : '';
+        rep.failure(err, { file } satisfies Omit<InspectErrorJson, 'error'>, `${file}: invalid payload: ${errorLine(err)}${at}\n`, { offset: err.offset ?? null });
         setExit(1);
       }
     });
@@ -194,7 +192,8 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .argument('<files...>', 'payloads, bottom of the stack first')
     .addHelpText('after', LIBRARIES_HELP)
     .action((files: string[], o: { image: string; debugFile?: string; libPath?: string[]; sysroot?: string; nodeps?: boolean; replace?: string; json?: boolean; requireSignature?: boolean }) => {
-      const progress = !o.json && process.stderr.isTTY && files.length > 20
+      const rep = reporterFor(o.json, io);
+      const progress = !rep.json && process.stderr.isTTY && files.length > 20
         ? (d: number, t: number) => process.stderr.write(`\r${d}/${t} payloads${d === t ? '\n' : ''}`)
         : undefined;
       let r;
@@ -203,13 +202,11 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
           load: (f) => loadPayloadFile(f, { requireSignature: o.requireSignature, keyring: keyring() }) });
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ image: { path: o.image, buildId: null }, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-        else io.err(`hotstack: ${errorLine(err)}\n`);
+        rep.failure(err, { image: { path: o.image, buildId: null } } satisfies Omit<CheckErrorJson, 'error'>, `hotstack: ${errorLine(err)}\n`);
         setExit(1);
         return;
       }
-      if (o.json) io.out(JSON.stringify(r) + '\n');
-      else printCheck(r, io);
+      rep.result(r, printCheck);
       setExit(checkExit(r));
     });
 
@@ -217,7 +214,7 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .command('list')
     .description('list loaded payloads: the applied stack bottom to top, then checked ones')
     .option('--json', 'one JSON array')
-    .action(async (o: { json?: boolean }) => setExit(await fleet({ action: 'list', name: '', json: o.json }) ?? await withLive(pid(), (e) => cmdList(e, !!o.json, io))));
+    .action(async (o: { json?: boolean }) => setExit(await fleet({ action: 'list', name: '', json: o.json }) ?? await withLive(pid(), (e) => cmdList(e, reporterFor(o.json, io)))));
 
   program
     .command('upload')
@@ -230,8 +227,9 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
       const f = await fleet({ action: 'upload', name, file, json: o.json, trust: { requireSignature: o.requireSignature } });
       if (f !== undefined) return setExit(f);
       // The file is read and its signature checked before the process is opened or locked.
-      const pre = preloadForLive(file, name, { requireSignature: o.requireSignature, keyring: keyring() }, o.json, io);
-      setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), o.json, (e, out) => cmdUpload(e, name, file, out, pre)));
+      const rep = reporterFor(o.json, io);
+      const pre = preloadForLive(file, name, { requireSignature: o.requireSignature, keyring: keyring() }, rep);
+      setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), rep, (e, r) => cmdUpload(e, name, file, r, pre)));
     });
 
   for (const [action, help] of [
@@ -245,7 +243,7 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     c.option('--json', 'print one JSON object instead of the xen-livepatch lines');
     c.action(async (name: string, o: { timeout: number; nodeps?: boolean; json?: boolean }) =>
       setExit(await fleet({ action, name, nodeps: o.nodeps, timeoutMs: o.timeout, json: o.json })
-        ?? await actionCommand(pid(), o.json, (e, out) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, out))),
+        ?? await actionCommand(pid(), reporterFor(o.json, io), (e, r) => cmdAction(e, action, name, { nodeps: o.nodeps, timeoutMs: o.timeout }, r))),
     );
   }
 
@@ -260,8 +258,9 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
     .action(async (file: string, o: { timeout: number; nodeps?: boolean; json?: boolean; requireSignature?: boolean }) => {
       const f = await fleet({ action: 'load', name: nameFromFile(file), file, nodeps: o.nodeps, timeoutMs: o.timeout, json: o.json, trust: { requireSignature: o.requireSignature } });
       if (f !== undefined) return setExit(f);
-      const pre = preloadForLive(file, nameFromFile(file), { requireSignature: o.requireSignature, keyring: keyring() }, o.json, io);
-      setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), o.json, (e, out) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, out, pre)));
+      const rep = reporterFor(o.json, io);
+      const pre = preloadForLive(file, nameFromFile(file), { requireSignature: o.requireSignature, keyring: keyring() }, rep);
+      setExit(typeof pre === 'number' ? pre : await actionCommand(pid(), rep, (e, r) => cmdLoad(e, file, { nodeps: o.nodeps, timeoutMs: o.timeout }, r, pre)));
     });
 
   registerBuild(program, setExit);
@@ -285,8 +284,7 @@ export async function main(argv: string[]): Promise<number> {
       return e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help' ? 0 : 1;
     }
     const err = toHotstackError(e);
-    io.err(`hotstack: ${errorLine(err)}\n`);
-    if (process.env.HOTSTACK_DEBUG && e instanceof Error) io.err(`${e.stack}\n`);
+    io.err(uncaughtText(e, err));
     return exitCodeFor(err);
   }
 }

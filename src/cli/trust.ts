@@ -12,10 +12,11 @@ import { inspectPayload, type InspectedPayload } from '../payload/inspect.js';
 import { generateKey, keyringDir, loadKeyring, readPrivateKey, type Keyring, type PrivateKeyInfo } from '../trust/keys.js';
 import { readPolicy, type Policy } from '../trust/policy.js';
 import {
-  assertNoEmbedded, requireValid, signatureJson, signDetached, signEmbedded, signatureText, verifySignature, type LoadedPayload, type SignatureInfo,
+  assertNoEmbedded, requireValid, signatureJson as signatureRecord, signDetached, signEmbedded, signatureText, verifySignature, type LoadedPayload, type SignatureInfo,
 } from '../trust/signature.js';
 import { errorLine, exitCodeFor } from './format.js';
-import type { Io } from './lifecycle.js';
+import type { KeygenErrorJson, KeygenJson, SignatureJson, SignErrorJson, SignJson } from './json-types.js';
+import { failedStep, reporterFor, type Io, type Reporter } from './report.js';
 
 export type { SignatureInfo };
 
@@ -87,26 +88,24 @@ export function recordedSignature(p: LoadedPayload | undefined): RecordedSignatu
   return s && s.keyId ? { keyId: s.keyId, key: s.key, valid: s.valid } : undefined;
 }
 
-export { signatureJson };
+/** A signature as --json prints it (inspect, upload and check steps); null when unsigned. */
+export function signatureJson(s: SignatureInfo | null): SignatureJson | null {
+  return signatureRecord(s) as SignatureJson | null;
+}
 
 /**
  * For the live commands: read and check FILE before the process is opened
- * or locked. On failure, prints what `upload` prints for a failed upload
- * (or the --json object) and returns the exit status.
+ * or locked. On failure, reports what `upload` reports for a failed upload
+ * and returns the exit status.
  */
-export function preloadForLive(file: string, name: string, opts: TrustCliOptions, json: boolean | undefined, io: Io): LoadedPayload | number {
+export function preloadForLive(file: string, name: string, opts: TrustCliOptions, rep: Reporter): LoadedPayload | number {
   try {
     return loadPayloadFile(file, opts);
   } catch (e) {
     const err = toHotstackError(e);
-    if (json) {
-      const step = { action: 'upload', name, ok: false, result: 'failed', state: null, errno: err.errno, code: err.code, message: err.message };
-      io.out(JSON.stringify({ ok: false, steps: [step] }) + '\n');
-    } else {
-      io.out(`Uploading ${file}... failed\n`);
-      io.err(errorLine(err) + '\n');
-    }
-    return exitCodeFor(err);
+    rep.out(`Uploading ${file}... `);
+    rep.step(failedStep('upload', name, null, err), { out: 'failed\n', err: errorLine(err) + '\n' });
+    return rep.end(exitCodeFor(err));
   }
 }
 
@@ -246,15 +245,14 @@ export function registerTrust(program: Command, setExit: (n: number) => void, io
     .option('--json', 'print one JSON object')
     .addHelpText('after', KEYGEN_HELP)
     .action((o: { output: string; json?: boolean }) => {
+      const rep = reporterFor(o.json, io);
       try {
-        const k = generateKey(o.output);
-        if (o.json) io.out(JSON.stringify(k) + '\n');
-        else io.out(`Private key ${k.privatePath} (keep it secret)\nPublic key  ${k.publicPath} (key id ${k.keyId}): copy it into the keyring\n`);
+        const k: KeygenJson = generateKey(o.output);
+        rep.result(k, (v, out) => out.out(`Private key ${v.privatePath} (keep it secret)\nPublic key  ${v.publicPath} (key id ${v.keyId}): copy it into the keyring\n`));
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-        else io.err(`hotstack keygen: ${errorLine(err)}\n`);
+        rep.failure(err, {} satisfies Omit<KeygenErrorJson, 'error'>, `hotstack keygen: ${errorLine(err)}\n`);
         setExit(exitCodeFor(err));
       }
     });
@@ -269,16 +267,15 @@ export function registerTrust(program: Command, setExit: (n: number) => void, io
     .argument('<payload>', 'the payload to sign')
     .addHelpText('after', SIGN_HELP)
     .action((payload: string, o: { key: string; output?: string; detached?: boolean; json?: boolean }) => {
+      const rep = reporterFor(o.json, io);
       try {
-        const r = signFile(payload, o.key, o.output, !!o.detached);
-        if (o.json) io.out(JSON.stringify(r) + '\n');
-        else if (r.detached) io.out(`Signed ${payload}: detached signature ${r.output}, key ${r.key} (${r.keyId})\n`);
-        else io.out(`Signed ${payload} -> ${r.output}: key ${r.key} (${r.keyId}), build-id ${r.buildId} (unchanged)\n`);
+        rep.result(signFile(payload, o.key, o.output, !!o.detached) satisfies SignJson, (r, out) => out.out(r.detached
+          ? `Signed ${payload}: detached signature ${r.output}, key ${r.key} (${r.keyId})\n`
+          : `Signed ${payload} -> ${r.output}: key ${r.key} (${r.keyId}), build-id ${r.buildId} (unchanged)\n`));
         setExit(0);
       } catch (e) {
         const err = toHotstackError(e);
-        if (o.json) io.out(JSON.stringify({ payload, error: { errno: err.errno, code: err.code, message: err.message } }) + '\n');
-        else io.err(`hotstack sign: ${errorLine(err)}\n`);
+        rep.failure(err, { payload } satisfies Omit<SignErrorJson, 'error'>, `hotstack sign: ${errorLine(err)}\n`);
         setExit(exitCodeFor(err));
       }
     });

@@ -8,7 +8,9 @@
 import { HotstackError, toHotstackError } from '../errors.js';
 import type { Engine } from '../core/engine.js';
 import { listJson } from '../cli/format.js';
-import { cmdAction, cmdLoad, cmdUpload, type Io, type JsonStep } from '../cli/lifecycle.js';
+import type { JsonStep, ListEntryJson } from '../cli/json-types.js';
+import { cmdAction, cmdLoad, cmdUpload } from '../cli/lifecycle.js';
+import { jsonReporter, type Reporter } from '../cli/report.js';
 import type { LoadedPayload } from '../cli/trust.js';
 import { openProcessEngine } from '../targets/process/session.js';
 import { processStartTime, threadSchedState } from '../targets/process/procfs.js';
@@ -46,7 +48,7 @@ export interface ProcessOutcome {
   /** Repairs done on open (a journal a killed hotstack left). */
   notices: string[];
   /** list: the payloads, as `list --json` prints them. */
-  payloads?: Record<string, unknown>[];
+  payloads?: ListEntryJson[];
   /** Wall time spent on this process, ms. */
   ms: number;
 }
@@ -65,29 +67,27 @@ function startTime(pid: number): bigint | null {
   }
 }
 
-const quiet: Pick<Io, 'out' | 'err'> = { out: () => {}, err: () => {} };
-
 /** Result of running the command in an open engine: the status and, for skips, why. */
 interface Ran {
   rc: number;
   skip?: string;
-  payloads?: Record<string, unknown>[];
+  payloads?: ListEntryJson[];
 }
 
-function runIn(engine: Engine, a: FleetAction, io: Io): Ran {
+function runIn(engine: Engine, a: FleetAction, rep: Reporter): Ran {
   if (a.action === 'list') return { rc: 0, payloads: engine.list().map(listJson) };
   if (a.action === 'upload' || a.action === 'load') {
     // The same payload (by build-id) already here, under any name: do only what is left.
     const there = engine.list().find((p) => p.buildId === a.buildId);
     if (there?.state === 'APPLIED') return { rc: 0, skip: `${there.name} is already applied` };
     if (there && a.action === 'upload') return { rc: 0, skip: `${there.name} is already loaded (${there.state})` };
-    if (there) return { rc: cmdAction(engine, 'apply', there.name, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, io) };
+    if (there) return { rc: cmdAction(engine, 'apply', there.name, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep) };
     const file = a.payload!.file;
-    return { rc: a.action === 'upload' ? cmdUpload(engine, a.name, file, io, a.payload) : cmdLoad(engine, file, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, io, a.payload) };
+    return { rc: a.action === 'upload' ? cmdUpload(engine, a.name, file, rep, a.payload) : cmdLoad(engine, file, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep, a.payload) };
   }
   if (!engine.find(a.name)) return { rc: 0, skip: `no payload named ${a.name} is loaded in it` };
-  const rc = cmdAction(engine, a.action, a.name, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, io);
-  const last = io.steps![io.steps!.length - 1];
+  const rc = cmdAction(engine, a.action, a.name, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep);
+  const last = rep.steps[rep.steps.length - 1];
   if (rc === 0 && last?.result === 'no action needed') return { rc, skip: `${a.name} is already ${last.state}` };
   return { rc };
 }
@@ -95,8 +95,9 @@ function runIn(engine: Engine, a: FleetAction, io: Io): Ran {
 /** Run `a` on process `pid`; never throws. */
 export function runOnProcess(pid: number, comm: string, a: FleetAction): ProcessOutcome {
   const t0 = performance.now();
-  const io: Io = { ...quiet, steps: [] };
-  const base = { pid, comm, steps: io.steps!, notices: [] as string[] };
+  // The steps are collected, not printed: the fleet prints one line (or object) per process.
+  const rep = jsonReporter({ out: () => {}, err: () => {} });
+  const base = { pid, comm, steps: rep.steps, notices: [] as string[] };
   const done = (o: Omit<ProcessOutcome, keyof typeof base | 'ms'>): ProcessOutcome => ({ ...base, ...o, ms: performance.now() - t0 });
   const started = startTime(pid);
   if (started === null) return done({ result: 'skipped', detail: 'exited', errno: null, code: 0, message: '' });
@@ -104,7 +105,7 @@ export function runOnProcess(pid: number, comm: string, a: FleetAction): Process
   try {
     ran = openProcessEngine(pid, (engine) => {
       base.notices = engine.notices;
-      return runIn(engine, a, io);
+      return runIn(engine, a, rep);
     });
   } catch (e) {
     const err = toHotstackError(e);
@@ -115,11 +116,11 @@ export function runOnProcess(pid: number, comm: string, a: FleetAction): Process
   if (ran.payloads) return done({ result: 'listed', detail: `${ran.payloads.length} payload${ran.payloads.length === 1 ? '' : 's'}`, errno: null, code: 0, message: '', payloads: ran.payloads });
   if (ran.skip) return done({ result: 'skipped', detail: ran.skip, errno: null, code: 0, message: '' });
   if (ran.rc === 0) {
-    const summary = io.steps!.map((s) => `${s.action} ${s.name}`).join(', ');
+    const summary = rep.steps.map((s) => `${s.action} ${s.name}`).join(', ');
     return done({ result: 'patched', detail: `${summary}: completed`, errno: null, code: 0, message: '' });
   }
-  const bad = io.steps!.find((s) => !s.ok);
+  const bad = rep.steps.find((s) => !s.ok);
   if (startTime(pid) !== started) return done({ result: 'skipped', detail: 'exited', errno: null, code: 0, message: '' });
-  const err = bad?.errno ? new HotstackError(bad.errno as HotstackError['errno'], bad.message) : new HotstackError('EIO', 'failed');
+  const err = bad?.errno ? new HotstackError(bad.errno, bad.message) : new HotstackError('EIO', 'failed');
   return done({ result: 'failed', detail: `${bad ? `${bad.action} ${bad.name}: ` : ''}${err.errno}: ${err.message}`, errno: err.errno, code: err.code, message: err.message });
 }

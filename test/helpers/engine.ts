@@ -14,6 +14,7 @@ import { Engine, type ActionOptions, type ActionOutcome } from '../../src/core/e
 import type { PayloadRecord } from '../../src/core/state.js';
 import { ERRNO, HotstackError, type ErrnoName } from '../../src/errors.js';
 import { ImageTarget } from '../../src/targets/image/index.js';
+import { textReporter, type Reporter } from '../../src/cli/report.js';
 import { functionBytes, symbolInfo } from './toolchain.js';
 
 export const ROOT = REPO_ROOT;
@@ -274,12 +275,12 @@ export function assertNoStackTrace(r: CliResult, what: string): void {
   assert.doesNotMatch(all, /internal error/i, `${what}: output reports an internal error:\n${all}`);
 }
 
-/** Captures what the lifecycle commands (src/cli/lifecycle.ts) print. */
-export function captureIo(): { io: { out(s: string): void; err(s: string): void }; out: () => string; err: () => string; reset(): void } {
+/** Captures what the lifecycle commands (src/cli/lifecycle.ts) print as text. */
+export function captureIo(): { io: Reporter; out: () => string; err: () => string; reset(): void } {
   let o = '';
   let e = '';
   return {
-    io: { out: (s) => { o += s; }, err: (s) => { e += s; } },
+    io: textReporter({ out: (s) => { o += s; }, err: (s) => { e += s; } }),
     out: () => o,
     err: () => e,
     reset: () => { o = ''; e = ''; },

@@ -18,6 +18,7 @@ import { HOTSTACK_BIN as REPO_HOTSTACK_BIN, REPO_ROOT } from './repo.js';
 import {
   FIXTURES_DIR, buildBase, buildPayload, codeSizes, run, startBase, symbolInfo, type BaseProcess,
 } from './toolchain.js';
+import type { ListEntryJson } from '../../src/cli/json-types.js';
 
 // ---------------------------------------------------------------------------
 // Locations
@@ -96,13 +97,13 @@ export class Cli {
   }
 
   /** `list --json` parsed; fails the test with the output when it is not a JSON array. */
-  list(pid: number): ListEntry[] {
+  list(pid: number): ListEntryJson[] {
     const r = this.run(pid, 'list', '--json');
     expectCli(r, { status: 0, stderr: '' });
     try {
       const v = JSON.parse(r.stdout) as unknown;
       assert.ok(Array.isArray(v), 'not an array');
-      return v as ListEntry[];
+      return v as ListEntryJson[];
     } catch (e) {
       assert.fail(`${r.cmd}: stdout is not a JSON array (${(e as Error).message}):\n${r.stdout}`);
     }
@@ -112,17 +113,6 @@ export class Cli {
   states(pid: number): string[] {
     return this.list(pid).map((p) => `${p.name}:${p.state}`);
   }
-}
-
-export interface ListEntry {
-  name: string;
-  state: 'CHECKED' | 'APPLIED';
-  rc: number;
-  errno: string | null;
-  buildId: string;
-  depends: string;
-  base: { path: string; buildId: string };
-  metadata: string[];
 }
 
 /** Shows a CLI result in full: what ran, the exit status, both streams. */

@@ -23,6 +23,7 @@ import { HOTSTACK_BIN, REPO_ROOT } from './repo.js';
 import {
   FIXTURES_DIR, buildPayload, codeSizes, run, startBase, symbolInfo, functionBytes, type BaseProcess,
 } from './toolchain.js';
+import type { ListEntryJson } from '../../src/cli/json-types.js';
 
 // ---------------------------------------------------------------------------
 // Locations
@@ -273,24 +274,13 @@ export function show(r: CliResult): string {
   return `${r.cmd} -> ${r.signal ?? `exit ${r.code}`} after ${r.ms.toFixed(0)} ms; stdout ${JSON.stringify(r.stdout)}; stderr ${JSON.stringify(r.stderr)}`;
 }
 
-/** One entry of `list --json`. */
-export interface ListEntry {
-  name: string;
-  state: 'CHECKED' | 'APPLIED';
-  rc: number;
-  errno: string | null;
-  buildId: string;
-  depends: string;
-  metadata: string[];
-}
-
 /** `hotstack --pid PID list --json`: the entries, and stderr (repair notices). */
-export async function listJson(pid: number, opts: CliOptions = {}): Promise<{ list: ListEntry[]; stderr: string; result: CliResult }> {
+export async function listJson(pid: number, opts: CliOptions = {}): Promise<{ list: ListEntryJson[]; stderr: string; result: CliResult }> {
   const r = await cli(['--pid', String(pid), 'list', '--json'], opts);
   if (r.code !== 0) throw new Error(`list failed: ${show(r)}`);
-  let list: ListEntry[];
+  let list: ListEntryJson[];
   try {
-    list = JSON.parse(r.stdout) as ListEntry[];
+    list = JSON.parse(r.stdout) as ListEntryJson[];
   } catch {
     throw new Error(`list --json printed no JSON: ${show(r)}`);
   }
