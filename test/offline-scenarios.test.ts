@@ -15,6 +15,7 @@ import { basename } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { cmdAction, cmdList, cmdLoad, cmdUpload } from '../src/cli/lifecycle.js';
 import { HotstackError } from '../src/errors.js';
+import { Engine } from '../src/core/engine.js';
 import { buildBaseWithoutBuildId, buildExtraPayload, cBytes } from './helpers/extra.js';
 import { FUNC, PayloadElf, SHF } from './helpers/elfedit.js';
 import {
@@ -320,6 +321,25 @@ for (const v of VARIANTS) {
       s.unload('hello');
       assert.deepEqual(s.names(), []);
       throwsErrno(() => s.engine.get('hello'), 'ENOENT', undefined, 'get after unload');
+    });
+
+    it('the bytes planned from are checked again inside the stop: changed meanwhile, EAGAIN and nothing changes', () => {
+      const s = session();
+      s.upload('hello');
+      // Another writer between the plan (read while the threads run) and the stop.
+      const site = s.site('extra_version');
+      const tampered = Buffer.from(s.read(site, 5));
+      tampered[0] ^= 0xff;
+      const quiesce = s.target.quiesce.bind(s.target);
+      s.target.quiesce = (busy, timeoutMs, fn) => {
+        s.target.write(site, tampered);
+        return quiesce(busy, timeoutMs, fn);
+      };
+      throwsErrno(() => s.apply('hello'), 'EAGAIN', /code at 0x[0-9a-f]+ changed while hotstack prepared the apply of hello/);
+      s.target.quiesce = quiesce;
+      assert.deepEqual(s.engine.get('hello').state, 'CHECKED');
+      assert.deepEqual(s.read(site, 5), tampered, 'nothing written over the other writer');
+      assert.deepEqual(new Engine(s.target).notices, [], 'no journal left to repair');
     });
 
     it('stacks LIFO: the upper payload saves the lower one\'s jump and puts it back on revert', () => {

@@ -9,7 +9,7 @@
  * memory, so no payload is ever left half-applied.
  */
 import { fail, HotstackError, knownErrno } from '../errors.js';
-import { fromHex } from '../elf/bytes.js';
+import { bytesEqual, fromHex } from '../elf/bytes.js';
 import { encodeHookArg, HOOK_ARG_SIZE } from './hookarg.js';
 import {
   commitWrites, Overlay, patchRanges, planApply, planRevert, toJournal, type PlannedWrite,
@@ -164,21 +164,23 @@ export class Engine {
     for (const f of p.funcs) rules.checkExpectation(f, (a, l) => this.target.read(a, l));
     this.preHook('preapply', p, 'vetoed the apply');
     try {
-      this.scheduled(p, [p], () =>
+      this.scheduled(p, [p], () => {
+        const writes = p.hooks.apply !== undefined ? [] : planApply(p, this.overlay());
+        this.journalAhead('apply', p, writes);
         this.quiesced(patchRanges(p, false), timeout, (q) => {
-          const writes = p.hooks.apply !== undefined ? [] : planApply(p, new Overlay((a, l) => this.target.read(a, l)));
+          this.checkUnchanged(writes);
           if (p.hooks.apply !== undefined) {
             this.actionHook(q, 'apply', p.hooks.apply, p);
           } else {
             for (const fn of p.hooks.load) this.hook(q, 'load', fn, p);
           }
-          this.performWrites('apply', p, writes);
+          this.writeAll(writes);
           p.state = 'APPLIED';
           this.stack(p.baseBuildId).push(p.name);
           commitWrites(writes);
-          this.commit();
-        }),
-      );
+          this.commitAfterStop();
+        });
+      });
     } finally {
       this.postHook('postapply', p);
     }
@@ -189,24 +191,26 @@ export class Engine {
     rules.checkIsTop(p, this.top(p.baseBuildId));
     this.preHook('prerevert', p, 'vetoed the revert');
     try {
-      this.scheduled(p, [p], () =>
+      this.scheduled(p, [p], () => {
+        const writes = planRevert(p, this.overlay());
+        if (p.hooks.revert === undefined) this.journalAhead('revert', p, writes);
         this.quiesced(patchRanges(p, true), timeout, (q) => {
-          this.revertInWindow(q, p, planRevert(p, new Overlay((a, l) => this.target.read(a, l))), true);
-          this.commit();
-        }),
-      );
+          this.checkUnchanged(writes);
+          this.revertInWindow(q, p, writes);
+          this.commitAfterStop();
+        });
+      });
     } finally {
       this.postHook('postrevert', p);
     }
   }
 
-  /** Revert one payload inside the window: restore (or revert hook), then unload hooks. */
-  private revertInWindow(q: Quiesced, p: PayloadRecord, writes: PlannedWrite[], journal: boolean): void {
+  /** Revert one payload inside the window (its writes journaled before): restore (or revert hook), then unload hooks. */
+  private revertInWindow(q: Quiesced, p: PayloadRecord, writes: PlannedWrite[]): void {
     if (p.hooks.revert !== undefined) {
       this.actionHook(q, 'revert', p.hooks.revert, p);
     } else {
-      if (journal) this.performWrites('revert', p, writes);
-      else this.writeAll(writes);
+      this.writeAll(writes);
       for (const fn of p.hooks.unload) this.hook(q, 'unload', fn, p);
     }
     commitWrites(writes);
@@ -225,24 +229,25 @@ export class Engine {
       fail('EOPNOTSUPP', `REPLACE is refused: ${vetoing.map((x) => x.name).join(', ')} ${vetoing.length > 1 ? 'have' : 'has'} pre/post (vetoing) hooks`);
     }
     const busy: AddrRange[] = [...patchRanges(p, false), ...applied.flatMap((o) => patchRanges(o, true))];
-    this.scheduled(p, [p, ...applied], () =>
+    this.scheduled(p, [p, ...applied], () => {
+      // Simulate first: reverts top-down, then the expectations, then the new patch.
+      const mem = this.overlay();
+      const reverts = applied.map((o) => ({ o, writes: planRevert(o, mem) }));
+      try {
+        for (const f of p.funcs) rules.checkExpectation(f, (a, l) => mem.read(a, l));
+      } catch (e) {
+        if (!(e instanceof HotstackError) || !applied.length) throw e;
+        throw new HotstackError(e.errno, `${p.name}: once ${applied.map((o) => o.name).join(', ')} would be reverted, ${e.message}; nothing was changed`);
+      }
+      const writes = p.hooks.apply !== undefined ? [] : planApply(p, mem);
+      const all = [...reverts.flatMap((r) => r.writes), ...writes];
+      this.journal('replace', p, all);
       this.quiesced(busy, timeout, (q) => {
-        // Simulate first: reverts top-down, then the expectations, then the new patch.
-        const mem = new Overlay((a, l) => this.target.read(a, l));
-        const reverts = applied.map((o) => ({ o, writes: planRevert(o, mem) }));
-        try {
-          for (const f of p.funcs) rules.checkExpectation(f, (a, l) => mem.read(a, l));
-        } catch (e) {
-          if (!(e instanceof HotstackError) || !applied.length) throw e;
-          throw new HotstackError(e.errno, `${p.name}: once ${applied.map((o) => o.name).join(', ')} would be reverted, ${e.message}; nothing was changed`);
-        }
-        const writes = p.hooks.apply !== undefined ? [] : planApply(p, mem);
-        const all = [...reverts.flatMap((r) => r.writes), ...writes];
-        this.journal('replace', p, all);
+        this.checkUnchanged(all);
         const reverted: PayloadRecord[] = [];
         try {
           for (const r of reverts) {
-            this.revertInWindow(q, r.o, r.writes, false);
+            this.revertInWindow(q, r.o, r.writes);
             reverted.push(r.o);
           }
           if (p.hooks.apply !== undefined) this.actionHook(q, 'apply', p.hooks.apply, p);
@@ -255,9 +260,9 @@ export class Engine {
         commitWrites(writes);
         p.state = 'APPLIED';
         this.stack(p.baseBuildId).push(p.name);
-        this.commit();
-      }),
-    );
+        this.commitAfterStop();
+      });
+    });
   }
 
   /**
@@ -330,10 +335,36 @@ export class Engine {
     this.save();
   }
 
-  private performWrites(action: string, p: PayloadRecord, writes: PlannedWrite[]): void {
-    if (!writes.length) return;
-    this.journal(action, p, writes);
-    this.writeAll(writes);
+  /**
+   * Journal an action's writes before its stop, planned from memory read
+   * while the threads ran: the stop then holds only the writes (and the
+   * check that the bytes are still those read). A tool killed between the
+   * journal and the writes leaves a journal whose writes never reached
+   * memory, which the repair sees and drops.
+   */
+  private journalAhead(action: string, p: PayloadRecord, writes: PlannedWrite[]): void {
+    if (writes.length) this.journal(action, p, writes);
+  }
+
+  /**
+   * The bytes planned from, read while the threads ran, are still in memory
+   * (only hotstack writes patch sites, under its lock): else the undo
+   * buffers would be wrong, so nothing is changed (EAGAIN).
+   */
+  private checkUnchanged(writes: PlannedWrite[]): void {
+    const seen = new Set<bigint>();
+    for (const w of writes) {
+      // A later write to the same place was planned over an earlier one (REPLACE): only the first reads memory.
+      if (seen.has(w.addr)) continue;
+      seen.add(w.addr);
+      if (!bytesEqual(this.target.read(w.addr, w.before.length), w.before)) {
+        fail('EAGAIN', `the code at 0x${w.addr.toString(16)} changed while hotstack prepared the ${w.kind} of ${w.payload.name} (is another tool writing the process?); nothing was changed, try again`);
+      }
+    }
+  }
+
+  private overlay(): Overlay {
+    return new Overlay((a, l) => this.target.read(a, l));
   }
 
   private writeAll(writes: PlannedWrite[]): void {
@@ -351,9 +382,14 @@ export class Engine {
     });
   }
 
-    private commit(): void {
+  /**
+   * The action is done: no journal. Saved by `scheduled` once the threads
+   * run again, not inside the stop; a tool killed before that save leaves
+   * the journal, and the repair undoes the action, which was never
+   * reported done.
+   */
+  private commitAfterStop(): void {
     this.state.pending = null;
-    this.save();
   }
 
   /** Undo, last first, every journaled write that reached memory. */

@@ -38,7 +38,8 @@ export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: Map
   const lo = busy.map((r) => Number(r.start));
   const hi = busy.map((r) => Number(r.end));
   for (const t of proc.threads) {
-    const regs = proc.refreshRegs(t.tid);
+    // The registers read when the thread stopped: remote operations restore them exactly.
+    const regs = t.regs ?? proc.refreshRegs(t.tid);
     const pc = arch.process.pc(regs);
     for (const r of busy) {
       if (pc >= r.start && pc < r.end) return { thread: t.label, range: r, how: `is executing ${r.label} (rip ${hex(pc)})` };

@@ -21,8 +21,8 @@ export type ThreadState = 'running' | 'stopped' | 'gone' | 'detached';
 /** One thread of a stopped process. */
 export class StoppedThread {
   readonly tid: number;
-  /** /proc/PID/task/TID/comm at attach time. */
-  readonly name: string;
+  private readonly pid: number;
+  private comm: string | undefined;
   state: ThreadState = 'running';
   /** Registers at the latest stop (remote operations restore them exactly, so they stay valid). */
   regs: pt.Regs | null = null;
@@ -31,9 +31,14 @@ export class StoppedThread {
   /** Signals to deliver when the thread runs again. */
   readonly owed: OwedSignal[] = [];
 
-  constructor(tid: number, name: string) {
+  constructor(tid: number, pid: number) {
     this.tid = tid;
-    this.name = name;
+    this.pid = pid;
+  }
+
+  /** /proc/PID/task/TID/comm, read when first asked: not while stopping the process, where it would lengthen the pause. */
+  get name(): string {
+    return (this.comm ??= readComm(this.pid, this.tid) ?? '?');
   }
 
   /** "1234 (worker)" for messages. */
@@ -295,7 +300,7 @@ export class StoppedProcess {
           if (isErr(e, 'EPERM')) fail('EPERM', pt.notPermitted(this.pid) + tracerHint(this.pid, tid));
           throw e;
         }
-        this.map.set(tid, new StoppedThread(tid, readComm(this.pid, tid) ?? '?'));
+        this.map.set(tid, new StoppedThread(tid, this.pid));
         fresh++;
       }
       for (const t of this.map.values()) {
