@@ -64,17 +64,60 @@ export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: Map
       fresh = undefined;
     }
     if (!stack) continue;
-    const dv = new DataView(stack.buffer, stack.byteOffset, stack.byteLength);
-    for (let o = 0; o + 8 <= stack.length; o += 8) {
-      const w = dv.getUint32(o + 4, true) * 4294967296 + dv.getUint32(o, true);
-      for (let k = 0; k < lo.length; k++) {
-        // A return address follows its call: it may equal the range's end.
-        if (w > lo[k]! && w <= hi[k]!) {
-          const r = busy[k]!;
-          return { thread: t.label, range: r, how: `has a return address into ${r.label} on its stack (at ${hex(rsp + BigInt(o))})` };
-        }
-      }
+    const hit = returnAddressIn(stack, lo, hi);
+    if (hit) {
+      const r = busy[hit.range]!;
+      return { thread: t.label, range: r, how: `has a return address into ${r.label} on its stack (at ${hex(rsp + BigInt(hit.offset))})` };
     }
   }
   return null;
+}
+
+const TWO_32 = 4294967296;
+/** Distinct upper halves searched natively at most; more (a range across many 4 GiB blocks) takes the word loop. */
+const MAX_UPPER_HALVES = 4;
+
+/**
+ * The first 8-byte aligned word of `stack` in (lo[k], hi[k]] for some k
+ * (a return address follows its call, so it may equal a range's end).
+ * Words are found through their upper halves with Buffer.indexOf: this
+ * runs inside the stop, usually before the JIT has warmed up, where a
+ * loop over every word costs more than the rest of the check. Upper half 0
+ * (a non-PIE program below 4 GiB) is as common as a zero word, so it takes
+ * the word loop.
+ */
+export function returnAddressIn(stack: Uint8Array, lo: number[], hi: number[]): { offset: number; range: number } | null {
+  const buf = Buffer.from(stack.buffer, stack.byteOffset, stack.byteLength);
+  const inRange = (o: number): number => {
+    const w = buf.readUInt32LE(o + 4) * TWO_32 + buf.readUInt32LE(o);
+    for (let k = 0; k < lo.length; k++) if (w > lo[k]! && w <= hi[k]!) return k;
+    return -1;
+  };
+  const uppers = new Set<number>();
+  for (let k = 0; k < lo.length; k++) {
+    for (let u = Math.floor((lo[k]! + 1) / TWO_32); u <= Math.floor(hi[k]! / TWO_32) && uppers.size <= MAX_UPPER_HALVES; u++) uppers.add(u);
+  }
+  let first: { offset: number; range: number } | null = null;
+  if (uppers.has(0) || uppers.size > MAX_UPPER_HALVES) {
+    for (let o = 0; o + 8 <= buf.length; o += 8) {
+      const k = inRange(o);
+      if (k >= 0) return { offset: o, range: k };
+    }
+    return null;
+  }
+  const pattern = Buffer.alloc(4);
+  for (const u of uppers) {
+    pattern.writeUInt32LE(u);
+    for (let i = buf.indexOf(pattern, 4); i !== -1; i = buf.indexOf(pattern, i + 1)) {
+      const o = i - 4;
+      if (first && o >= first.offset) break;
+      if (o % 8 !== 0) continue;
+      const k = inRange(o);
+      if (k >= 0) {
+        first = { offset: o, range: k };
+        break;
+      }
+    }
+  }
+  return first;
 }

@@ -51,9 +51,10 @@ export class ProcessTarget implements Target {
    */
   readonly pauses: number[] = [];
   /**
-   * Per stop, where its time went (ms): `stop` (seize, interrupt, wait),
-   * `check` (consistency check: maps and stacks), `work` (what ran while
-   * stopped: writes, journal, state, remote calls), `detach`. For the
+   * Per stop, where its time went (ms): `attach` (listing and seizing the
+   * threads, while they still run), `stop` (interrupt, wait, rescan),
+   * `check` (consistency check: registers and stacks), `work` (what ran
+   * while stopped: writes, hooks, remote calls), `detach`. For the
    * benchmark's breakdown.
    */
   readonly phases: Record<string, number>[] = [];
@@ -166,6 +167,11 @@ export class ProcessTarget implements Target {
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
     const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
+    // Seizing (and listing threads) happens while they run: the pause starts at the first interrupt.
+    if (p.interruptedAt) {
+      this.lap('attach', p.interruptedAt);
+      this.stopStart = p.interruptedAt;
+    }
     this.lap('stop');
     this.current = p;
     try {
@@ -182,9 +188,8 @@ export class ProcessTarget implements Target {
   }
 
   /** Charge the time since the last lap to `name` (phases). */
-  private lap(name: string): void {
+  private lap(name: string, now = performance.now()): void {
     if (!this.phase) return;
-    const now = performance.now();
     this.phase.rec[name] = (this.phase.rec[name] ?? 0) + now - this.phase.last;
     this.phase.last = now;
   }

@@ -109,6 +109,8 @@ export class StoppedProcess {
   private done = false;
   /** Threads whose seize failed with ESRCH, and how often (see stopAll). */
   private readonly unseizable = new Map<number, number>();
+  /** When the first thread was interrupted (performance.now()), 0 before: where the pause begins, for the benchmark's phases. */
+  interruptedAt = 0;
 
   private constructor(pid: number) {
     this.pid = pid;
@@ -233,6 +235,13 @@ export class StoppedProcess {
           this.noteExit(t.tid);
           return true;
         }
+        // Nor from a leader that called pthread_exit while resumed: a zombie whose exit is reported
+        // only with the whole group's (and PTRACE_INTERRUPT does not fail on it). Looked at only
+        // after a fruitless wait: reading /proc for it before every stop would lengthen the pause.
+        if (this.isZombieLeader(t)) {
+          t.state = 'gone';
+          return true;
+        }
         continue;
       }
       switch (st.kind) {
@@ -305,6 +314,7 @@ export class StoppedProcess {
       }
       for (const t of this.map.values()) {
         if (t.state !== 'running') continue;
+        if (!this.interruptedAt) this.interruptedAt = performance.now();
         try {
           pt.interrupt(t.tid);
         } catch (e) {
@@ -313,12 +323,6 @@ export class StoppedProcess {
       }
       for (const t of this.map.values()) {
         if (t.state !== 'running') continue;
-        // A leader that called pthread_exit while resumed is a zombie whose exit is reported only with the
-        // whole group's: nothing to stop there (and PTRACE_INTERRUPT does not fail on it).
-        if (this.isZombieLeader(t)) {
-          t.state = 'gone';
-          continue;
-        }
         if (!this.awaitStop(t, deadline)) {
           if (this.isZombieLeader(t)) {
             t.state = 'gone';
