@@ -202,28 +202,40 @@ export function findFreeGaps(
 }
 
 /** [start_brk, brk) of a process (fields 47 and 48 of /proc/PID/stat), or undefined on kernels that hide them. */
-export function readBrk(pid: number): { start: bigint; end: bigint } | undefined {
+export function readBrk(pid: number, maps?: MapEntry[], start = startBrk(pid)): { start: bigint; end: bigint } | undefined {
   // stat has no current brk (field 48 is arg_start, on the stack), so the
   // end comes from the [heap] mapping.
-  const start = startBrk(pid);
   if (start === undefined || start === 0n) return undefined;
-  const heap = readMaps(pid).find((m) => m.path === '[heap]');
+  const heap = (maps ?? readMaps(pid)).find((m) => m.path === '[heap]');
   return { start, end: heap && heap.end > start ? heap.end : start };
 }
 
-/** findFreeGaps for a live process, with its real stack limit and brk. */
+/** What findFreeGapsFor reads of a process besides its maps: constant for its life (or nearly), so a caller may keep them. */
+export interface ProcessLimits {
+  stackLimit: bigint | undefined;
+  startBrk: bigint | undefined;
+}
+
+/** The stack limit and the start of the heap of a process. */
+export function readLimits(pid: number): ProcessLimits {
+  return { stackLimit: readStackLimit(pid), startBrk: startBrk(pid) };
+}
+
+/** findFreeGaps for a live process, with its real stack limit and brk; one read of its maps. */
 export function findFreeGapsFor(
   pid: number,
   near: { start: bigint; end: bigint },
   size: bigint | number,
   opts: GapOptions = {},
+  limits: ProcessLimits = readLimits(pid),
 ): bigint[] {
-  const stackLimit = opts.stackLimit ?? readStackLimit(pid) ?? 8n * MiB;
+  const stackLimit = opts.stackLimit ?? limits.stackLimit ?? 8n * MiB;
   // An unlimited stack would reserve everything; cap what we keep free at 1 GiB.
   const capped = stackLimit > 1024n * MiB ? 1024n * MiB : stackLimit;
-  return findFreeGaps(readMaps(pid), near, size, {
+  const maps = readMaps(pid);
+  return findFreeGaps(maps, near, size, {
     ...opts,
     stackLimit: capped,
-    brk: opts.brk ?? readBrk(pid),
+    brk: opts.brk ?? readBrk(pid, maps, limits.startBrk),
   });
 }

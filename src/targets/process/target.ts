@@ -10,7 +10,7 @@ import { arch } from '../../arch/index.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, readMaps } from './maps.js';
+import { findFreeGapsFor, readLimits, readMaps, type ProcessLimits } from './maps.js';
 import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
@@ -44,6 +44,8 @@ export class ProcessTarget implements Target {
   private readonly mem: ProcessMemory;
   private objectsCache: ProcessObjects | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
+  /** Stack limit and heap start, read once per command (what keeps room for the stack and the heap). */
+  private limits: ProcessLimits | undefined;
   /**
    * How long each stop lasted (ms), from stopping the first thread to
    * detaching the last: pause time. A quiesce that had to retry counts
@@ -207,7 +209,7 @@ export class ProcessTarget implements Target {
   }
 
   private mapNear(p: StoppedProcess, size: number, prot: number, range: { start: bigint; end: bigint }): bigint {
-    const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH });
+    const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH }, (this.limits ??= readLimits(this.pid)));
     const store = this.fileStore;
     const pages = Number(alignPage(BigInt(size)));
     const perms = `${prot & PROT_READ ? 'r' : '-'}${prot & PROT_WRITE ? 'w' : '-'}${prot & PROT_EXEC ? 'x' : '-'}p`;
