@@ -228,11 +228,11 @@ export function findFreeGapsFor(
   size: bigint | number,
   opts: GapOptions = {},
   limits: ProcessLimits = readLimits(pid),
+  maps: MapEntry[] = readMaps(pid),
 ): bigint[] {
   const stackLimit = opts.stackLimit ?? limits.stackLimit ?? 8n * MiB;
   // An unlimited stack would reserve everything; cap what we keep free at 1 GiB.
   const capped = stackLimit > 1024n * MiB ? 1024n * MiB : stackLimit;
-  const maps = readMaps(pid);
   return findFreeGaps(maps, near, size, {
     ...opts,
     stackLimit: capped,

@@ -10,7 +10,7 @@ import { arch } from '../../arch/index.js';
 import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, readLimits, readMaps, type ProcessLimits } from './maps.js';
+import { findFreeGapsFor, readLimits, readMaps, type MapEntry, type ProcessLimits } from './maps.js';
 import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
@@ -46,6 +46,12 @@ export class ProcessTarget implements Target {
   private readonly ifuncCache = new Map<string, bigint>();
   /** Stack limit and heap start, read once per command (what keeps room for the stack and the heap). */
   private limits: ProcessLimits | undefined;
+  /**
+   * The process's maps during a stop, kept current with the mappings
+   * hotstack makes in it (nothing else maps while its threads are
+   * stopped): allocations in one stop read /proc/PID/maps once.
+   */
+  private stopMaps: MapEntry[] | null = null;
   /**
    * How long each stop lasted (ms), from stopping the first thread to
    * detaching the last: pause time. A quiesce that had to retry counts
@@ -180,6 +186,7 @@ export class ProcessTarget implements Target {
       return fn(p);
     } finally {
       this.current = null;
+      this.stopMaps = null;
       this.lap('work');
       p.detach();
       this.lap('detach');
@@ -208,8 +215,14 @@ export class ProcessTarget implements Target {
     });
   }
 
+  /** The maps to place an allocation in: kept for the stop while the process is stopped (see stopMaps). */
+  private mapsInStop(): MapEntry[] {
+    if (!this.current) return readMaps(this.pid);
+    return (this.stopMaps ??= readMaps(this.pid));
+  }
+
   private mapNear(p: StoppedProcess, size: number, prot: number, range: { start: bigint; end: bigint }): bigint {
-    const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH }, (this.limits ??= readLimits(this.pid)));
+    const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH }, (this.limits ??= readLimits(this.pid)), this.mapsInStop());
     const store = this.fileStore;
     const pages = Number(alignPage(BigInt(size)));
     const perms = `${prot & PROT_READ ? 'r' : '-'}${prot & PROT_WRITE ? 'w' : '-'}${prot & PROT_EXEC ? 'x' : '-'}p`;
@@ -234,8 +247,10 @@ export class ProcessTarget implements Target {
       // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
       if (addr === hint) {
         store.runtime.intent = undefined; // the caller's next save records the mapping itself
+        this.stopMaps?.push({ start: addr, end: addr + BigInt(pages), perms, offset: 0n, dev: '00:00', inode: 0n, path: '' });
         return addr;
       }
+      this.stopMaps = null;
       remoteMunmap(p, p.mainThread.tid, addr, size);
       forget();
     }
@@ -265,6 +280,7 @@ export class ProcessTarget implements Target {
     }
     this.stopped((p) => {
       this.trap(p);
+      this.stopMaps = null;
       remoteMunmap(p, p.mainThread.tid, addr, size);
     });
   }
