@@ -13,6 +13,8 @@ import { readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { buildAll, readBuildId } from './helpers/toolchain.js';
+import { ProcessTarget } from '../src/targets/process/target.js';
+import { Engine } from '../src/core/engine.js';
 import {
   Cli, Processes, buildLiveFixtures, canSwitchUser, deadPid, expectCli, freshStateDir, quote, readableCliCopy, stateDirFor,
   type LiveFixtures,
@@ -105,6 +107,27 @@ describe('payloads calling libc and static functions of the base', () => {
       await p.stop();
     });
   }
+
+  test('an upload stops the process twice: to set hotstack up in it, then for the payload memory and every IFUNC resolver', async () => {
+    const p = await procs.start(files.base!);
+    const env = process.env.HOTSTACK_STATE_DIR;
+    process.env.HOTSTACK_STATE_DIR = stateDir;
+    const t = ProcessTarget.open(p.pid);
+    try {
+      const rec = new Engine(t).upload('libc_calls', readFileSync(live.libcCalls));
+      // strlen is an IFUNC in libc: its resolver ran in the process (the answer below shows which implementation it gave).
+      assert.ok(rec.externals?.some((x) => x.symbol === 'strlen'), JSON.stringify(rec.externals));
+      // The runtime page and the state's copy in the process; then the three regions and the resolver calls.
+      assert.equal(t.pauses.length, 2, `stops: ${t.pauses.length}`);
+    } finally {
+      t.close();
+      if (env === undefined) delete process.env.HOTSTACK_STATE_DIR;
+      else process.env.HOTSTACK_STATE_DIR = env;
+    }
+    expectCli(cli.run(p.pid, 'apply', 'libc_calls'), { status: 0, stdout: 'Applying libc_calls... completed\n', stderr: '' });
+    assert.equal(await p.ask('v'), `libc ${p.pid} 12 1002`, 'answer of the patched extra_version');
+    await p.stop();
+  });
 
   test('helper fixture (base.c#base_helper) applies on a live process: minor answers 1006', async () => {
     const p = await procs.start(files.base!);
