@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync,
+  chmodSync, chownSync, closeSync, copyFileSync, existsSync, openSync, readdirSync, readSync, writeSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.js';
@@ -478,6 +478,27 @@ describe('files the target maps are read within bounds (2.6)', () => {
     const opened = readFileSync(trace, 'utf8');
     assert.match(opened, /map_files\//, 'objects were opened through map_files');
     assert.doesNotMatch(opened, new RegExp(`map_files/${start}-${end}"`), 'the /dev/zero mapping was not opened');
+  });
+});
+
+describe('the state file is a cache of the copy in the process', () => {
+  test('a load writes it only before each mapping and once at the end', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('writes');
+    const trace = join(dir, 'strace.log');
+    const r = spawnSync('strace', ['-f', '-e', 'trace=rename,renameat,renameat2', '-o', trace, process.execPath, HOTSTACK_BIN, '--pid', String(b.pid), 'load', files['hello']!], {
+      encoding: 'utf8', env: { ...process.env, HOTSTACK_STATE_DIR: dir },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const writes = readFileSync(trace, 'utf8').split('\n').filter((l) => /\.json\.tmp", .*\.json"/.test(l)).length;
+    // An intent before each of the five mappings (the runtime page, the state's copy, the payload's
+    // three regions), the runtime page recorded once made, and the final state: every other save
+    // goes to the copy in the process only (eleven file writes before).
+    assert.ok(writes >= 1 && writes <= 7, `${writes} state file writes`);
+    const cli = new Cli(dir);
+    assert.deepEqual(cli.states(b.pid), ['hello:APPLIED']);
+    const file = readdirSync(dir).find((n) => n.endsWith('.json'))!;
+    assert.match(readFileSync(join(dir, file), 'utf8'), /APPLIED/, 'the file holds the final state');
   });
 });
 

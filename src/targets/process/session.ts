@@ -9,7 +9,9 @@ import { ProcessTarget } from './target.js';
 export function openProcessEngine<T>(pid: number, fn: (e: Engine) => T): T {
   const target = ProcessTarget.open(pid);
   try {
-    return fn(new Engine(target));
+    const r = fn(new Engine(target));
+    target.flushState();
+    return r;
   } finally {
     target.close();
   }

@@ -71,12 +71,15 @@ export class ProcessTarget implements Target {
   /** The stopped process while an operation holds it (re-entrant). */
   private current: StoppedProcess | null = null;
   private readonly keeper: StateKeeper;
+  /** The state file's saves are held (see flushState). */
+  private holding = true;
 
   private constructor(pid: number, lock: ProcessLock) {
     this.pid = pid;
     this.lock = lock;
     this.description = `process ${pid} (${lock.identity.comm})`;
     this.fileStore = new ProcessStore(lock.identity);
+    this.fileStore.hold();
     this.mem = new ProcessMemory(pid);
     this.keeper = new StateKeeper(this.fileStore, {
       pid,
@@ -110,8 +113,29 @@ export class ProcessTarget implements Target {
       this.current?.detach();
     } finally {
       this.current = null;
+      this.flushHeld(false);
       this.mem.close();
       this.lock.release();
+    }
+  }
+
+  /**
+   * Write the state file now with the last state saved (it is held from
+   * open: the copy in the process is written at every save, the file is
+   * its cache). Commands call this once done, so that a failing write is
+   * theirs to report; close() does it too, quietly, for anyone who did not.
+   */
+  flushState(): void {
+    this.flushHeld(true);
+  }
+
+  private flushHeld(report: boolean): void {
+    if (!this.holding) return;
+    this.holding = false;
+    try {
+      this.fileStore.release();
+    } catch (e) {
+      if (report) throw e;
     }
   }
 
