@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { buildAll, readBuildId } from './helpers/toolchain.js';
 import { ProcessTarget } from '../src/targets/process/target.js';
 import { Engine } from '../src/core/engine.js';
+import { buildStress } from './helpers/stress.js';
 import {
   Cli, Processes, buildLiveFixtures, canSwitchUser, deadPid, expectCli, freshStateDir, quote, readableCliCopy, stateDirFor,
   type LiveFixtures,
@@ -263,5 +264,37 @@ describe('where the state lives', () => {
     assert.ok(readdirSync(stateDir).some((n) => new RegExp(`^${quote(`${a.pid}-${start}`)}\\b`).test(n)), `state of ${a.pid} keyed by start time ${start}: ${readdirSync(stateDir).join(', ')}`);
     await a.stop();
     await b.stop();
+  });
+});
+
+describe('what each stop holds', () => {
+  test('memory is mapped with one thread held while the others run on; an action stops them all', async () => {
+    const fx = buildStress(join(buildDir, 'stress'));
+    const p = await procs.start(fx.base);
+    assert.equal(await p.ask('U 2'), 'ok 2', 'two more threads');
+    const tids = readdirSync(`/proc/${p.pid}/task`).map(Number);
+    assert.ok(tids.length >= 3, `threads: ${tids.join(' ')}`);
+    const tracers = (): number[] => tids.map((tid) => Number(/^TracerPid:\s*(\d+)/m.exec(readFileSync(`/proc/${p.pid}/task/${tid}/status`, 'utf8'))![1]));
+    const env = process.env.HOTSTACK_STATE_DIR;
+    process.env.HOTSTACK_STATE_DIR = stateDir;
+    const t = ProcessTarget.open(p.pid);
+    try {
+      const near = t.bases()[0]!;
+      let whileMapping: number[] = [];
+      const addr = t.allocate(4096, 'rw', near);
+      t.batch(() => {
+        whileMapping = tracers();
+        t.free(addr, 4096);
+      });
+      assert.deepEqual(whileMapping.sort(), [...Array(tids.length - 1).fill(0), process.pid], 'one thread held (traced by us), the others untraced');
+      const whileActing = t.quiesce([], 1000, () => tracers());
+      assert.deepEqual(whileActing, tids.map(() => process.pid), 'every thread held for an action');
+    } finally {
+      t.close();
+      if (env === undefined) delete process.env.HOTSTACK_STATE_DIR;
+      else process.env.HOTSTACK_STATE_DIR = env;
+    }
+    assert.deepEqual(tracers(), tids.map(() => 0), 'nothing held afterwards');
+    await p.stop();
   });
 });

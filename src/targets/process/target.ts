@@ -90,7 +90,7 @@ export class ProcessTarget implements Target {
           this.trap(p);
           const base = this.objects()[0];
           return this.mapNear(p, size, PROT_READ, base ? base.range : { start: 0n, end: 0n });
-        }),
+        }, 'one'),
       free: (addr: bigint, size: number) => this.free(addr, size),
     });
     this.store = this.keeper;
@@ -173,10 +173,11 @@ export class ProcessTarget implements Target {
   private resolveIfunc(name: string, resolver: bigint): bigint {
     const hit = this.ifuncCache.get(name);
     if (hit !== undefined) return hit;
+    // A resolver reads CPU features: it runs on one held thread while the others go on.
     const impl = this.stopped((p) => {
       const trap = this.trap(p);
       return BigInt.asUintN(64, remoteCall(p, p.mainThread.tid, resolver, [], trap, HOOK_TIMEOUT_MS).value);
-    });
+    }, 'one');
     this.ifuncCache.set(name, impl);
     return impl;
   }
@@ -189,16 +190,24 @@ export class ProcessTarget implements Target {
     this.mem.write(addr, data);
   }
 
-  /** Run `fn` with every thread stopped; re-entrant, detaches on the way out. */
-  private stopped<T>(fn: (p: StoppedProcess) => T): T {
-    if (this.current) return fn(this.current);
-    return this.fileStore.deferSaves(() => this.stopOnce(fn));
+  /**
+   * Run `fn` with the process stopped: every thread (`all`), or only the
+   * thread remote operations run on (`one`), for work on memory no thread
+   * can reach yet, while the others run on. Re-entrant (all threads held
+   * serve an operation needing one); detaches on the way out.
+   */
+  private stopped<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all' = 'all'): T {
+    if (this.current) {
+      if (scope === 'all' && this.current.partial) fail('EIO', `internal: an operation needing every thread of process ${this.pid} stopped ran while only one was`);
+      return fn(this.current);
+    }
+    return this.fileStore.deferSaves(() => this.stopOnce(fn, scope));
   }
 
-  private stopOnce<T>(fn: (p: StoppedProcess) => T): T {
+  private stopOnce<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all'): T {
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
-    const p = StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
+    const p = scope === 'one' ? StoppedProcess.stopOne(this.pid, STOP_TIMEOUT_MS) : StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
     // Seizing (and listing threads) happens while they run: the pause starts at the first interrupt.
     if (p.interruptedAt) {
       this.lap('attach', p.interruptedAt);
@@ -228,15 +237,16 @@ export class ProcessTarget implements Target {
   }
 
   batch<T>(fn: () => T): T {
-    return this.stopped(() => fn());
+    return this.stopped(() => fn(), 'one');
   }
 
   allocate(size: number, perm: Perm, near: BaseObject): bigint {
     const range = (near as ProcessObject).range ?? { start: 0n, end: 0n };
+    // Memory no thread can reach until a jump is written: only the thread that maps it is held.
     return this.stopped((p) => {
       this.trap(p); // the runtime page first: every later remote operation then runs from a self-restoring stub
       return this.mapNear(p, size, PROT[perm], range);
-    });
+    }, 'one');
   }
 
   /** The maps to place an allocation in: kept for the stop while the process is stopped (see stopMaps). */
@@ -302,11 +312,12 @@ export class ProcessTarget implements Target {
     if (!coveredByAnonymous(maps, addr, end) && !unmapped(maps, addr, end)) {
       fail('EPERM', `refusing to unmap 0x${addr.toString(16)} (+${size}) in process ${this.pid}: it is not memory hotstack mapped (a private anonymous mapping)`);
     }
+    // Unmapping code threads may run is done inside the consistency-checked stop (unload); here, one thread is enough.
     this.stopped((p) => {
       this.trap(p);
       this.stopMaps = null;
       remoteMunmap(p, p.mainThread.tid, addr, size);
-    });
+    }, 'one');
   }
 
   /**
@@ -359,15 +370,9 @@ export class ProcessTarget implements Target {
    */
   callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult {
     return this.stopped((p) => {
-      const tid = p.mainThread.tid;
       this.trap(p);
-      p.resume(tid);
-      try {
-        return this.call(p, kind, fn, arg);
-      } finally {
-        p.restop(STOP_TIMEOUT_MS);
-      }
-    });
+      return this.call(p, kind, fn, arg);
+    }, 'one');
   }
 
   quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {

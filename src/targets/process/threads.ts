@@ -111,6 +111,8 @@ export class StoppedProcess {
   private readonly unseizable = new Map<number, number>();
   /** When the first thread was interrupted (performance.now()), 0 before: where the pause begins, for the benchmark's phases. */
   interruptedAt = 0;
+  /** Only one thread is held (stopOne): the others run on. */
+  private single = false;
 
   private constructor(pid: number) {
     this.pid = pid;
@@ -133,6 +135,30 @@ export class StoppedProcess {
       throw e;
     }
     return p;
+  }
+
+  /**
+   * Attach to and stop one thread of `pid` (the leader, or another when it
+   * has exited), leaving the others running: enough for remote operations
+   * on memory no thread can reach yet (mapping a payload's memory, running
+   * IFUNC resolvers). Errors as for stop(). restop() stops that thread again.
+   */
+  static stopOne(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
+    checkProcessId(pid);
+    const p = new StoppedProcess(pid);
+    p.single = true;
+    try {
+      p.stopAll(timeoutMs);
+    } catch (e) {
+      p.detach();
+      throw e;
+    }
+    return p;
+  }
+
+  /** True when only one thread is held (stopOne): the others may be anywhere. */
+  get partial(): boolean {
+    return this.single;
   }
 
   /** Threads currently stopped under our control (ascending tid). */
@@ -291,8 +317,11 @@ export class StoppedProcess {
     for (;;) {
       if (this.exited) fail('ESRCH', `process ${this.pid} exited`);
       let fresh = 0;
-      for (const tid of listTids(this.pid)) {
+      const listed = listTids(this.pid);
+      // One thread only: the leader first (the usual mainThread), else any other.
+      for (const tid of this.single ? [this.pid, ...listed.filter((t) => t !== this.pid)] : listed) {
         if (this.map.has(tid)) continue;
+        if (this.single && [...this.map.values()].some((t) => t.state !== 'gone')) break;
         try {
           pt.seize(tid);
         } catch (e) {
@@ -337,7 +366,8 @@ export class StoppedProcess {
         }
       }
       if (this.exited) fail('ESRCH', `process ${this.pid} exited`);
-      if (fresh === 0) break;
+      // One thread held is the goal of stopOne (no rescan: the others are not held anyway).
+      if (fresh === 0 || (this.single && this.threads.length > 0)) break;
     }
     if (this.threads.length === 0) fail('ESRCH', `process ${this.pid} exited`);
   }
