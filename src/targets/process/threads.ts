@@ -126,15 +126,7 @@ export class StoppedProcess {
    * not allowed, ETIMEDOUT when a thread would not stop (uninterruptible sleep).
    */
   static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
-    checkProcessId(pid);
-    const p = new StoppedProcess(pid);
-    try {
-      p.stopAll(timeoutMs);
-    } catch (e) {
-      p.detach();
-      throw e;
-    }
-    return p;
+    return StoppedProcess.attach(pid, timeoutMs, false);
   }
 
   /**
@@ -144,9 +136,13 @@ export class StoppedProcess {
    * IFUNC resolvers). Errors as for stop(). restop() stops that thread again.
    */
   static stopOne(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
+    return StoppedProcess.attach(pid, timeoutMs, true);
+  }
+
+  private static attach(pid: number, timeoutMs: number, single: boolean): StoppedProcess {
     checkProcessId(pid);
     const p = new StoppedProcess(pid);
-    p.single = true;
+    p.single = single;
     try {
       p.stopAll(timeoutMs);
     } catch (e) {
