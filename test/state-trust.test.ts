@@ -19,7 +19,7 @@ import { buildAll, functionBytes, type BaseProcess } from './helpers/toolchain.j
 import { Cli, HOTSTACK_BIN, Processes, expectCli, freshStateDir, readMemory, runtimeAddress, type CliResult } from './helpers/live.js';
 import { lockProcess, processStartTime } from '../src/targets/process/index.js';
 import { buildExtraPayload } from './helpers/extra.js';
-import { loadObjects, unreadBase, unreadForTotal } from '../src/targets/process/objects.js';
+import { cachedFileBytes, fileCache, loadObjects, unreadBase, unreadForTotal } from '../src/targets/process/objects.js';
 import { isHotstackError } from '../src/errors.js';
 import { buildStress } from './helpers/stress.js';
 import type { ListEntryJson } from '../src/cli/json-types.js';
@@ -429,6 +429,23 @@ describe('files the target maps are read within bounds (2.6)', () => {
     assert.throws(() => unreadBase(libc, b.pid), (e: unknown) => isHotstackError(e) && e.errno === 'EFBIG' &&
       /^the payload's base .*libc\.so.* was not read: .* more than hotstack reads in one action \(2147483648 bytes\)/.test(e.message));
     assert.match(unreadForTotal(capped), /mapped file\(s\) were not read, past the 2147483648 bytes hotstack reads in one action: .*libc\.so/);
+  });
+
+  test('the parsed files kept across actions stay within their byte bound, and evicted ones are read again', async () => {
+    const b = await procs.start(files['base']!);
+    const libcSize = statSync(loadObjects(b.pid).objects.find((o) => /\/libc\.so/.test(o.path))!.path).size;
+    const saved = fileCache.maxBytes;
+    try {
+      // Room for libc alone: each load evicts what the previous one kept, and still reads every object.
+      fileCache.maxBytes = libcSize;
+      for (let i = 0; i < 3; i++) {
+        const loaded = loadObjects(b.pid);
+        assert.ok(loaded.objects.some((o) => /\/libc\.so/.test(o.path)) && loaded.objects.length >= 3, `round ${i}: every object read`);
+        assert.ok(cachedFileBytes() <= fileCache.maxBytes, `round ${i}: ${cachedFileBytes()} bytes kept, bound ${fileCache.maxBytes}`);
+      }
+    } finally {
+      fileCache.maxBytes = saved;
+    }
   });
 
   test('a huge mapped ELF file is not read whole: EFBIG naming it, at once', async () => {

@@ -25,6 +25,8 @@ const PAGE_MASK = ~0xfffn;
  */
 interface FileData {
   elf: ElfFile;
+  /** Bytes of the file held (what the cache's byte bound counts). */
+  size: number;
   index?: SymbolIndex;
   dynamic?: SymbolIndex;
   debug?: ElfFile;
@@ -39,6 +41,30 @@ interface FileData {
  */
 const files = new Map<string, FileData>();
 const MAX_CACHED_FILES = 64;
+/** Bytes of files the cache holds at most across actions (a fleet worker lives for many); `maxBytes` lowered only by tests. */
+export const fileCache = { maxBytes: 1024 * 1024 * 1024 };
+let cachedBytes = 0;
+
+/** Keep `data` for the next process mapping the same file, within the bounds. */
+function remember(key: string, data: FileData): void {
+  files.set(key, data);
+  cachedBytes += data.size;
+  trimCache();
+}
+
+/** Evict the oldest entries until the cache is within both bounds. */
+function trimCache(): void {
+  for (const [k, old] of files) {
+    if (files.size <= MAX_CACHED_FILES && cachedBytes <= fileCache.maxBytes) break;
+    files.delete(k);
+    cachedBytes -= old.size;
+  }
+}
+
+/** Bytes the file cache holds now (for tests of its bound). */
+export function cachedFileBytes(): number {
+  return cachedBytes;
+}
 
 /** An ELF object mapped in the process. */
 export class ProcessObject implements BaseObject {
@@ -172,9 +198,8 @@ function fileData(m: MappedObject, budget: { left: number }): FileData | Oversiz
     if (hit) return hit;
     const all = readExactly(fd, size, 0);
     if (!all) return null;
-    const data: FileData = { elf: ElfFile.parse(new Uint8Array(all.buffer, all.byteOffset, all.length), m.path) };
-    if (files.size >= MAX_CACHED_FILES) files.delete(files.keys().next().value!);
-    files.set(key, data);
+    const data: FileData = { elf: ElfFile.parse(new Uint8Array(all.buffer, all.byteOffset, all.length), m.path), size };
+    remember(key, data);
     return data;
   } catch {
     return null;
@@ -192,6 +217,7 @@ function fileData(m: MappedObject, budget: { left: number }): FileData | Oversiz
 export function loadObjects(pid: number, maxBytes = MAX_OBJECT_BYTES_PER_ACTION): ProcessObjects {
   const out: ProcessObjects = { objects: [], oversized: [] };
   const budget = { left: maxBytes };
+  trimCache();
   for (const m of readObjects(pid)) {
     const f = fileData(m, budget);
     if (!f) continue; // not a usable ELF object
