@@ -104,8 +104,9 @@ export class Engine {
     rules.checkUniqueName(name, this.find(name));
     const seq = this.state.nextSeq;
     this.state.pending = { action: 'upload', payload: name, writes: [], regions: [] };
+    // Saved with its first region (onAlloc), not before: until then there is nothing to repair, and a
+    // live target then makes its state's copy in the same stop as the payload's memory.
     const persist = this.target.kind === 'process';
-    if (persist) this.save();
     try {
       const rec = upload(
         {

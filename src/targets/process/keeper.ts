@@ -135,7 +135,10 @@ export class StateKeeper implements StateStore {
     ].some((r) => r.addr < end && i.addr < r.addr + BigInt(r.size));
     const ours = !recorded && i.size > 0 && i.size <= MAX_INTENT && i.addr % BigInt(RUNTIME_PAGE_SIZE) === 0n
       && coveredByAnonymous(maps, i.addr, end, i.perms) && this.host.mem.read(i.addr, i.size).every((b) => b === 0);
-    if (ours) this.host.free(i.addr, i.size);
+    if (ours) {
+      this.host.free(i.addr, i.size);
+      this.notices.push(`repaired an interrupted upload: freed the ${i.size} bytes at 0x${i.addr.toString(16)} a killed hotstack had mapped but not yet recorded`);
+    }
     this.file.runtime.intent = undefined;
     this.file.saveRuntime();
   }
