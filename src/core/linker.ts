@@ -75,6 +75,9 @@ interface Layout {
   reserveOffset: number;
 }
 
+/** Bytes per jump veneer of a far call: the arch's veneer, 16-byte aligned. */
+const VENEER_SLOT = Math.ceil(arch.veneerLen / 16) * 16;
+
 function layout(c: Payload, reserveRw: number): Layout {
   const sizes: Record<Perm, number> = { rx: 0, r: 0, rw: 0 };
   const offset: number[] = [];
@@ -101,7 +104,7 @@ function layout(c: Payload, reserveRw: number): Layout {
   const gotOffset = alignUp(sizes.r, GOT_ENTRY);
   if (gotSlots.size) sizes.r = gotOffset + gotSlots.size * GOT_ENTRY;
   const veneerOffset = alignUp(sizes.rx, 16);
-  if (veneerSlots.size) sizes.rx = veneerOffset + veneerSlots.size * 16;
+  if (veneerSlots.size) sizes.rx = veneerOffset + veneerSlots.size * VENEER_SLOT;
   return { sizes, offset, gotOffset, gotSlots, veneerOffset, veneerSlots, reserveOffset };
 }
 
@@ -272,7 +275,7 @@ function relocate(
       if (kind === 'gotpc32') {
         value = regs.r!.addr + BigInt(lay.gotOffset + lay.gotSlots.get(r.sym)! * GOT_ENTRY) + r.addend;
       } else if (kind === 'plt32' && !arch.branchReaches(BigInt.asIntN(64, value - P)) && lay.veneerSlots.has(r.sym)) {
-        const vo = lay.veneerOffset + lay.veneerSlots.get(r.sym)! * 16;
+        const vo = lay.veneerOffset + lay.veneerSlots.get(r.sym)! * VENEER_SLOT;
         regs.rx!.bytes.set(arch.encodeVeneer(symbolValue[r.sym]!), vo);
         value = regs.rx!.addr + BigInt(vo) + r.addend;
       }
