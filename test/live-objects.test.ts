@@ -152,6 +152,9 @@ describe('.livepatch.xen_depends that matches no object of the process', () => {
       stderr: new RegExp(`^Error 22: EINVAL: .*${readBuildId(live.libgreet)}`),
     });
     expectCli(cli.run(p.pid, 'list'), { status: 0, stdout: 'Nothing to list\n', stderr: '' });
+    // Refused before anything was mapped: no state, no copy of it, no runtime page in the process.
+    assert.doesNotMatch(readFileSync(`/proc/${p.pid}/maps`, 'utf8'), /^\S+ r-xp 00000000 00:00 0 +$/m, 'no anonymous code page of hotstack');
+    assert.ok(!readdirSync(stateDir).some((n) => n.startsWith(`${p.pid}-`)), 'no state file');
     assert.equal(await p.ask('v'), '-unstable');
     await p.stop();
   });

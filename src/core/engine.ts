@@ -107,6 +107,8 @@ export class Engine {
     // Saved with its first region (onAlloc), not before: until then there is nothing to repair, and a
     // live target then makes its state's copy in the same stop as the payload's memory.
     const persist = this.target.kind === 'process';
+    // Whether the state changed: an upload refused before it mapped anything leaves the target untouched.
+    let changed = !persist;
     try {
       const rec = upload(
         {
@@ -115,6 +117,7 @@ export class Engine {
           payloadWithBuildId: (hex) => this.byBuildId.get(hex),
           onAlloc: (r) => {
             this.state.pending!.regions.push(r);
+            changed = true;
             if (persist) this.save();
           },
           seq,
@@ -126,10 +129,11 @@ export class Engine {
       this.state.payloads.push(rec);
       this.state.nextSeq = seq + 1;
       this.index(rec);
+      changed = true;
       return rec;
     } finally {
       this.state.pending = null;
-      this.save();
+      if (changed) this.save();
     }
   }
 
