@@ -9,7 +9,7 @@ import type { ActionCmd, Engine } from '../core/engine.js';
 import type { PayloadStateName } from '../core/state.js';
 import { errorLine, exitCodeFor, listJson, listTable, nameFromFile, veneersOf } from './format.js';
 import type { Hazard } from '../analysis/types.js';
-import type { SignatureJson, VeneerJson } from './json-types.js';
+import type { JsonStep, VeneerJson } from './json-types.js';
 import { failedStep, type Reporter } from './report.js';
 import { recordedSignature, signatureJson, signatureLine, type LoadedPayload } from './trust.js';
 
@@ -23,15 +23,8 @@ export function cmdList(engine: Engine, rep: Reporter): number {
   return 0;
 }
 
-interface Outcome {
-  text?: string;
-  hooksCalled?: string[];
-  hooksSkipped?: string[];
-  tries?: number;
-  hazards?: Hazard[];
-  veneers?: VeneerJson[];
-  signature?: SignatureJson | null;
-}
+/** What a command adds to its step: the optional fields of the JSON step, and text for the terminal. */
+type Outcome = Pick<JsonStep, 'hooksCalled' | 'hooksSkipped' | 'tries' | 'hazards' | 'veneers' | 'signature'> & { text?: string };
 
 /**
  * `<what>... completed` or `failed` plus `Error N: ERRNO: why`, as

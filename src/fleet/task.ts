@@ -8,7 +8,7 @@
 import { HotstackError, toHotstackError } from '../errors.js';
 import type { Engine } from '../core/engine.js';
 import { listJson } from '../cli/format.js';
-import type { JsonStep, ListEntryJson } from '../cli/json-types.js';
+import type { FleetProcessJson, JsonStep, ListEntryJson } from '../cli/json-types.js';
 import { cmdAction, cmdLoad, cmdUpload } from '../cli/lifecycle.js';
 import { jsonReporter, type Reporter } from '../cli/report.js';
 import type { LoadedPayload } from '../cli/trust.js';
@@ -33,25 +33,11 @@ export interface FleetAction {
 
 export type FleetResult = 'patched' | 'skipped' | 'failed' | 'listed';
 
-/** What happened in one process. */
-export interface ProcessOutcome {
-  pid: number;
-  comm: string;
-  result: FleetResult;
-  /** One line: what was done, or why not. */
-  detail: string;
-  errno: string | null;
-  code: number;
-  message: string;
-  /** The steps, as the single-process --json prints them. */
+/** What happened in one process: the JSON a fleet run prints for it, with its steps and notices always there. */
+export type ProcessOutcome = Omit<FleetProcessJson, 'steps' | 'notices' | 'nodeps' | 'timeoutMs'> & {
   steps: JsonStep[];
-  /** Repairs done on open (a journal a killed hotstack left). */
   notices: string[];
-  /** list: the payloads, as `list --json` prints them. */
-  payloads?: ListEntryJson[];
-  /** Wall time spent on this process, ms. */
-  ms: number;
-}
+};
 
 /**
  * Start time of `pid`, or null when it does not exist or has exited and

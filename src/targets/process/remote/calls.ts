@@ -6,7 +6,7 @@ import { fail } from '../../../errors.js';
 import { arch } from '../../../arch/index.js';
 import * as pt from '../ptrace.js';
 import type { StoppedProcess } from '../threads.js';
-import { dieAt, drive, exitAware, hex, isCrashSignal, owe, parkAfterSyscallStop, siginfoOrNull, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
+import { dieAt, drive, exitAware, hex, isCrashSignal, owe, registerArgs, parkAfterSyscallStop, siginfoOrNull, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
 import { placeStub } from './runtime.js';
 
 /** Result of a remote function call. */
@@ -18,7 +18,6 @@ export interface CallResult {
 }
 
 const abi = arch.process;
-const toU64 = (v: number | bigint): bigint => BigInt.asUintN(64, BigInt(v));
 
 /** EFAULT for a hook that crashed: the signal, where, and the faulting address. */
 function hookCrashed(proc: StoppedProcess, tid: number, fn: bigint, signal: number, pc: bigint): never {
@@ -50,7 +49,7 @@ export function remoteCall(
   timeoutMs: number,
 ): CallResult {
   return exitAware(proc, () => {
-    if (args.length > 6) fail('EINVAL', `remote calls take at most 6 register arguments, got ${args.length}`);
+    const values = registerArgs(args, 'remote calls take');
     proc.thread(tid);
     const saved = pt.getRegs(tid);
     const stub = abi.callStub(fn, saved);
@@ -75,7 +74,7 @@ export function remoteCall(
       pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
       const sp = abi.callFrame(saved, false);
       const marker = at + BigInt(stub.endOffset);
-      regs = abi.callRegs(saved, at, sp, args.map(toU64));
+      regs = abi.callRegs(saved, at, sp, values);
       op = {
         ...base,
         resume: 'syscall',
@@ -98,7 +97,7 @@ export function remoteCall(
     } else {
       const sp = abi.callFrame(saved, true);
       proc.memory.writeU64(sp, trapAddr);
-      regs = abi.callRegs(saved, fn, sp, args.map(toU64));
+      regs = abi.callRegs(saved, fn, sp, values);
       const trapped = trapAddr + 1n;
       op = {
         ...base,

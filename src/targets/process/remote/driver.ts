@@ -17,6 +17,12 @@ export const SYSCALL_TRAP = pt.SIG.SIGTRAP | 0x80;
 
 export const hex = (a: bigint): string => '0x' + a.toString(16);
 
+/** Register arguments as 64-bit values; EINVAL past six (`what` says which operation refused them). */
+export function registerArgs(args: (number | bigint)[], what: string): bigint[] {
+  if (args.length > 6) fail('EINVAL', `${what} at most 6 register arguments, got ${args.length}`);
+  return args.map((v) => BigInt.asUintN(64, BigInt(v)));
+}
+
 /**
  * Test hook: HOTSTACK_TEST_DIE_AT=<stage> makes this process SIGKILL itself
  * there (tests of a killed hotstack); only with HOTSTACK_TEST_MODE=1 too.

@@ -6,7 +6,7 @@ import { errnoName, fail, ERRNO, knownErrno } from '../../../errors.js';
 import { arch } from '../../../arch/index.js';
 import * as pt from '../ptrace.js';
 import type { StoppedProcess } from '../threads.js';
-import { dieAt, drive, exitAware, hex, owe, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
+import { dieAt, drive, exitAware, hex, owe, registerArgs, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
 import { findSyscallInsn, placeStub } from './runtime.js';
 
 export const PROT_READ = 1;
@@ -23,7 +23,6 @@ export interface SyscallResult {
 }
 
 const abi = arch.process;
-const toU64 = (v: number | bigint): bigint => BigInt.asUintN(64, BigInt(v));
 
 function unexpected(nr: number | bigint, pid: number, st: { kind: string; signal?: number }, pc: bigint): never {
   const how = st.kind === 'signal' ? pt.signalName(st.signal!) : st.kind;
@@ -38,12 +37,12 @@ function unexpected(nr: number | bigint, pid: number, st: { kind: string; signal
  */
 export function remoteSyscall(proc: StoppedProcess, tid: number, nr: number | bigint, args: (number | bigint)[] = []): SyscallResult {
   return exitAware(proc, () => {
-    if (args.length > 6) fail('EINVAL', `a system call takes at most 6 arguments, got ${args.length}`);
+    const values = registerArgs(args, 'a system call takes');
     proc.thread(tid); // must be one of ours and stopped
     const saved = pt.getRegs(tid);
     const stubAt = placeStub(proc, abi.syscallStub(saved));
     const at = stubAt ?? findSyscallInsn(proc);
-    const regs = abi.syscallRegs(saved, at, BigInt(nr), args.map(toU64));
+    const regs = abi.syscallRegs(saved, at, BigInt(nr), values);
     const after = at + BigInt(abi.syscallInsn.length);
     const base = { what: `remote system call ${nr}`, timeoutMs: SYSCALL_TIMEOUT_MS, timeoutMessage: `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms` };
     let op: Operation<bigint>;
