@@ -284,7 +284,7 @@ describe('what each stop holds', () => {
     try {
       const near = t.bases()[0]!;
       let whileMapping: number[] = [];
-      const addr = t.allocate(4096, 'rw', near);
+      const [addr] = t.allocate([{ size: 4096, perm: 'rw' }], near) as [bigint];
       t.batch(() => {
         whileMapping = tracers();
         t.free(addr, 4096);

@@ -27,6 +27,7 @@ import {
   readMemory,
   remoteMmap,
   remoteSyscall,
+  remoteSyscalls,
   remoteCall,
   PROT_READ,
   PROT_EXEC,
@@ -66,6 +67,20 @@ for (let i = 0; i < a.count; i++) {
         if (op === 'syscall') {
           const r = R.remoteSyscall(p, tid, a.getpid);
           if (r.value !== BigInt(a.pid)) throw new Error('getpid returned ' + r.value);
+        } else if (op === 'batch') {
+          const rs = R.remoteSyscalls(p, tid, [
+            { nr: BigInt(a.getpid), args: [], expect: BigInt(a.pid) },
+            { nr: BigInt(a.gettid), args: [], expect: BigInt(tid) },
+            { nr: BigInt(a.getpid), args: [], expect: BigInt(a.pid) },
+          ]);
+          if (rs.length !== 3 || rs[1].value !== BigInt(tid)) throw new Error('batch returned ' + rs.map((r) => r.value).join(','));
+        } else if (op === 'skip') {
+          // close(-1) fails: the exit_group after it must never run, with hotstack alive or not.
+          const rs = R.remoteSyscalls(p, tid, [
+            { nr: BigInt(a.close), args: [-1n], expect: 0n },
+            { nr: BigInt(a.exitGroup), args: [7n], expect: 0n },
+          ]);
+          if (rs.length !== 1 || rs[0].errno !== 9) throw new Error('skip batch returned ' + rs.map((r) => r.value).join(','));
         } else if (op === 'call') {
           const r = R.remoteCall(p, tid, BigInt(a.add), [7, 5], page, 2000);
           if (r.value !== 7005n) throw new Error('add_hook returned ' + r.value);
@@ -225,6 +240,9 @@ async function runDriver(
     ops: opts.ops ?? 1,
     slowMs: opts.slowMs ?? 200,
     getpid: SYS.getpid,
+    gettid: SYS.gettid,
+    close: SYS.close,
+    exitGroup: 231, // x86-64
   };
   const env = { ...process.env };
   delete env.HOTSTACK_TEST_DIE_AT;
@@ -287,6 +305,7 @@ function regsOf(pid: number, thread: string): Regs {
 }
 
 const SYSCALL_STAGES = ['stub-setregs', 'stub-syscall-entry', 'stub-syscall-exit', 'stub-interrupted'];
+const BATCH_STAGES = ['stub-setregs', 'batch-syscall-entry', 'batch-syscall-exit', 'stub-interrupted'];
 const CALL_STAGES = ['call-setregs', 'call-hook-syscall', 'call-marker', 'stub-interrupted'];
 const THREADS = ['target', 'napper', 'pauser'];
 
@@ -308,6 +327,11 @@ test('stubs while hotstack lives: results, exact registers, restarts', async () 
       const before = { ...th.regs! };
       assert.equal(remoteSyscall(p, th.tid, SYS.gettid).value, BigInt(th.tid));
       assert.deepEqual(remoteSyscall(p, th.tid, SYS.close, [-1]), { value: -9n, errno: 9 });
+      const gp = { nr: BigInt(SYS.getpid), args: [], expect: BigInt(t.pid) };
+      assert.deepEqual(remoteSyscalls(p, th.tid, [gp, { nr: BigInt(SYS.gettid), args: [], expect: BigInt(th.tid) }, gp]).map((r) => r.value), [BigInt(t.pid), BigInt(th.tid), BigInt(t.pid)]);
+      // A surprise ends the batch: the exit_group after the failed close never runs.
+      assert.deepEqual(remoteSyscalls(p, th.tid, [{ nr: BigInt(SYS.close), args: [-1n], expect: 0n }, { nr: 231n, args: [7n], expect: 0n }]), [{ value: -9n, errno: 9 }]);
+      assert.equal(remoteSyscalls(p, th.tid, [gp, { nr: BigInt(SYS.getpid), args: [], expect: 0n }, gp]).length, 2, 'stops after the second');
       assert.equal(remoteCall(p, th.tid, t.addr('add_hook'), [3, 4], t.page, 2000).value, 3004n);
       if (th.name !== 'napper') assert.equal(remoteCall(p, th.tid, t.addr('slow_hook'), [5], t.page, 2000).value, 77n);
       assert.deepEqual(p.refreshRegs(th.tid), before, `registers of ${th.name}`);
@@ -328,7 +352,7 @@ test('a hotstack killed at each stage of a remote system call or call leaves the
   let hooks = 0;
   let adds = 0;
   for (const thread of THREADS) {
-    for (const [kind, stages] of [['syscall', SYSCALL_STAGES], ['call', CALL_STAGES], ['slow', CALL_STAGES]] as const) {
+    for (const [kind, stages] of [['syscall', SYSCALL_STAGES], ['batch', BATCH_STAGES], ['skip', BATCH_STAGES], ['call', CALL_STAGES], ['slow', CALL_STAGES]] as const) {
       for (const stage of stages) {
         if (kind === 'call' && stage === 'call-hook-syscall') continue; // add_hook makes no system call
         const what = `${kind} on ${thread}, killed at ${stage}`;
@@ -365,7 +389,7 @@ test('a hotstack killed at random instants of remote operations leaves the targe
   for (let i = 0; i < iterations; i++) {
     const thread = THREADS[i % THREADS.length]!;
     const slow = i % 4 === 3 && thread !== 'napper';
-    const kinds = slow ? ['syscall', 'slow'] : ['syscall', 'call'];
+    const kinds = slow ? ['syscall', 'slow'] : ['syscall', 'batch', 'call'];
     const killAfterMs = slow ? Math.random() * 60 : Math.random() * 3;
     const what = `iteration ${i}: ${kinds.join('+')} on ${thread}, killed after ${killAfterMs.toFixed(2)} ms`;
     const run = await runDriver(t, { thread, kinds, killAfterMs, count: 1000, ops: 1000, slowMs: 20 });

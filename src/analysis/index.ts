@@ -24,6 +24,8 @@ import type { CallerSite, FunctionReport, Hazard, ReliedRegister } from './types
 export type { CallerSite, FunctionReport, Hazard, ReliedRegister } from './types.js';
 
 const cache = new WeakMap<ElfFile, BaseAnalysis>();
+/** Reports kept per base (they are small; a base has at most this many asked about). */
+const MAX_REPORTS = 4096;
 
 export class BaseAnalysis {
   readonly elf: ElfFile;
@@ -76,6 +78,16 @@ export class BaseAnalysis {
 
   /** Report on the function symbol `name` (global name, or FILE#NAME / unique local name, as SymbolIndex.lookup resolves it); undefined if no such function. */
   report(name: string): FunctionReport | undefined {
+    // A fleet asks the same base about the same functions once per process.
+    if (this.reports.has(name)) return this.reports.get(name);
+    const r = this.computeReport(name);
+    if (this.reports.size < MAX_REPORTS) this.reports.set(name, r);
+    return r;
+  }
+
+  private readonly reports = new Map<string, FunctionReport | undefined>();
+
+  private computeReport(name: string): FunctionReport | undefined {
     const f = this.resolve(name);
     if (!f) return undefined;
     const code = this.code;

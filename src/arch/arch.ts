@@ -62,6 +62,20 @@ export interface Stub {
   endOffset: number;
 }
 
+/** One system call of a batch stub: its number, arguments, and the result that lets the batch go on. */
+export interface BatchCall {
+  nr: bigint;
+  args: bigint[];
+  /** The batch stops after this call unless it returns exactly this. */
+  expect: bigint;
+}
+
+/** A stub running several system calls: `ends[i]` is the offset after call i's system call instruction. */
+export interface BatchStub {
+  bytes: Uint8Array;
+  ends: number[];
+}
+
 /**
  * The Linux user-space ABI of the instruction set, for a target that drives
  * a process through ptrace: register layout, system calls, calls, and the
@@ -93,6 +107,14 @@ export interface ProcessAbi<R> {
   selfRestoredRegs(saved: R): R;
   /** A stub that runs one system call (set up by syscallRegs), then restores `saved` and jumps back. */
   syscallStub(saved: R): Stub;
+  /**
+   * A stub that runs `calls` in order, their arguments as immediates,
+   * skipping the rest once one returns other than its `expect`, then
+   * restores `saved` and jumps back. Entered with `batchRegs`.
+   */
+  batchStub(calls: BatchCall[], saved: R): BatchStub;
+  /** Registers that enter a batch stub at `at` (no restart of an interrupted call). */
+  batchRegs(saved: R, at: bigint): R;
   /** A stub that calls `fn` (set up by callRegs), stops at a getpid marker, then restores `saved` and jumps back. */
   callStub(fn: bigint, saved: R): Stub;
   /** Whether a syscall-entry stop is the call stub's end marker (frame `sp`), and the call's return value there. */

@@ -7,7 +7,7 @@ import type { Arch } from './arch.js';
 import { x86_64 } from './x86_64/index.js';
 import type { Regs } from './x86_64/regs.js';
 
-export type { Arch, KeptRegister, PatchArch, ProcessAbi, RelocKind, Stub } from './arch.js';
+export type { Arch, BatchCall, BatchStub, KeptRegister, PatchArch, ProcessAbi, RelocKind, Stub } from './arch.js';
 export type { Regs, RegName } from './x86_64/regs.js';
 
 /** The instruction set of the processes and images hotstack patches. */

@@ -115,8 +115,8 @@ export class Engine {
           target: this.target,
           exportedSymbol: (n) => this.exportsIndex.get(n),
           payloadWithBuildId: (hex) => this.byBuildId.get(hex),
-          onAlloc: (r) => {
-            this.state.pending!.regions.push(r);
+          onAlloc: (rs) => {
+            this.state.pending!.regions.push(...rs);
             changed = true;
             if (persist) this.save();
           },

@@ -109,30 +109,22 @@ function layout(c: Payload, reserveRw: number): Layout {
 }
 
 /**
- * Allocate the regions in the target near `base`. On failure, frees what
- * was allocated and rethrows. `onAlloc` lets the engine journal each
- * allocation before anything else can fail.
+ * Allocate the regions in the target near `base` (the target maps all or
+ * none). `onAlloc` lets the engine journal the allocations before anything
+ * else can fail.
  */
-function allocate(target: Target, base: BaseObject, sizes: Record<Perm, number>, onAlloc: (r: LinkedRegion) => void): Record<Perm, LinkedRegion | undefined> {
+function allocate(target: Target, base: BaseObject, sizes: Record<Perm, number>, onAlloc: (r: LinkedRegion[]) => void): Record<Perm, LinkedRegion | undefined> {
   const total = sizes.rx + sizes.r + sizes.rw;
   if (total > MAX_PAYLOAD_MEMORY) {
     fail('ENOMEM', `the payload needs ${total} bytes of memory once laid out; at most ${MAX_PAYLOAD_MEMORY} (64 MiB) is supported`);
   }
   const out: Record<Perm, LinkedRegion | undefined> = { rx: undefined, r: undefined, rw: undefined };
-  const all = (): void => {
-    for (const perm of ['rx', 'r', 'rw'] as Perm[]) {
-      const size = sizes[perm];
-      if (!size) continue;
-      const rounded = alignUp(size, PAGE);
-      const addr = target.allocate(rounded, perm, base);
-      const region = { perm, addr, size: rounded, bytes: new Uint8Array(rounded) };
-      out[perm] = region;
-      onAlloc(region);
-    }
-  };
-  // One stop for the three mappings (a live target stops per operation otherwise); link() holds it on for resolving.
-  if (target.batch) target.batch(all);
-  else all();
+  const perms = (['rx', 'r', 'rw'] as Perm[]).filter((perm) => sizes[perm]);
+  // One call for the three: a live target maps them together, in one stop.
+  const reqs = perms.map((perm) => ({ perm, size: alignUp(sizes[perm], PAGE) }));
+  const addrs = reqs.length ? target.allocate(reqs, base) : [];
+  const regions = reqs.map((r, i) => (out[r.perm] = { perm: r.perm, addr: addrs[i]!, size: r.size, bytes: new Uint8Array(r.size) }));
+  if (regions.length) onAlloc(regions);
   return out;
 }
 
@@ -140,7 +132,8 @@ export interface LinkContext {
   target: Target;
   base: BaseObject;
   exports: ExportLookup;
-  onAlloc: (r: LinkedRegion) => void;
+  /** The regions just allocated (one call for all). */
+  onAlloc: (r: LinkedRegion[]) => void;
   /** Extra bytes to reserve at the end of the data region (the hook argument). */
   reserveRw: number;
 }

@@ -83,6 +83,12 @@ export interface Quiesced {
   callHook(kind: HookKind, fn: bigint, arg: bigint): HookResult;
 }
 
+/** One region to allocate: its size (whole pages) and final permission. */
+export interface AllocRequest {
+  size: number;
+  perm: Perm;
+}
+
 export interface Target {
   /** 'image' (offline) or 'process' (live). */
   readonly kind: 'image' | 'process';
@@ -109,12 +115,14 @@ export interface Target {
   read(addr: bigint, len: number): Uint8Array;
   write(addr: bigint, data: Uint8Array): void;
   /**
-   * Reserve `size` bytes with final permission `perm`, within +-2 GiB of
-   * `near` so rel32 jumps and PC-relative relocations reach. Contents are
-   * zero; the engine fills them with write() (which works on read-only
-   * memory for a tracer).
+   * Reserve memory for each of `reqs` (sizes in whole pages) with its final
+   * permission, within +-2 GiB of `near` so rel32 jumps and PC-relative
+   * relocations reach; one call for all of an upload's regions, so a live
+   * target maps them together. Contents are zero; the engine fills them
+   * with write() (which works on read-only memory for a tracer). Returns
+   * the addresses in the order of `reqs`.
    */
-  allocate(size: number, perm: Perm, near: BaseObject): bigint;
+  allocate(reqs: AllocRequest[], near: BaseObject): bigint[];
   /**
    * Run `fn`, whose target operations (allocations) need the target
    * stopped, under one stop instead of one each. Optional: targets that

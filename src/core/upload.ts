@@ -25,8 +25,8 @@ export interface UploadContext {
   exportedSymbol(name: string): bigint | undefined;
   /** Loaded payload with this build-id (hex), if any. */
   payloadWithBuildId(hex: string): PayloadRecord | undefined;
-  /** Journal each allocation so a killed tool can free it later. */
-  onAlloc(r: RegionRecord): void;
+  /** Journal allocations (one call per allocation batch) so a killed tool can free them later. */
+  onAlloc(r: RegionRecord[]): void;
   seq: number;
 }
 
@@ -59,9 +59,9 @@ export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): Pay
       base,
       exports: (n) => ctx.exportedSymbol(n),
       reserveRw: wantHookArg ? HOOK_ARG_SIZE : 0,
-      onAlloc: (r) => {
-        allocated.push(r);
-        ctx.onAlloc({ addr: r.addr, size: r.size, perm: r.perm });
+      onAlloc: (rs) => {
+        allocated.push(...rs);
+        ctx.onAlloc(rs.map((r) => ({ addr: r.addr, size: r.size, perm: r.perm })));
       },
     });
     const rec = checkedRecord(ctx, p, linked, base, name);
@@ -69,7 +69,7 @@ export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): Pay
     rec.hazards = plan.hazards;
     const veneers = placeVeneers(ctx.target, base, plan.veneers, (r) => {
       allocated.push(r);
-      ctx.onAlloc({ addr: r.addr, size: r.size, perm: r.perm });
+      ctx.onAlloc([{ addr: r.addr, size: r.size, perm: r.perm }]);
     });
     if (veneers) rec.regions.push({ addr: veneers.addr, size: veneers.size, perm: veneers.perm });
     for (const r of [...linked.regions, ...(veneers ? [veneers] : [])]) ctx.target.write(r.addr, r.bytes);
@@ -232,7 +232,7 @@ function placeVeneers(target: Target, base: BaseObject, needs: VeneerNeed[], onA
     size = alignUp(size + len, VENEER_ALIGN);
   }
   const rounded = alignUp(size, PAGE);
-  const addr = target.allocate(rounded, 'rx', base);
+  const [addr] = target.allocate([{ size: rounded, perm: 'rx' }], base) as [bigint];
   const region: LinkedRegion = { perm: 'rx', addr, size: rounded, bytes: new Uint8Array(rounded) };
   onAlloc(region);
   needs.forEach((n, i) => {

@@ -10,7 +10,7 @@
  * hotstack is killed at any instant, the kernel detaches the thread, which
  * finishes the operation and restores itself.
  */
-import type { ProcessAbi, Stub } from '../arch.js';
+import type { BatchCall, BatchStub, ProcessAbi, Stub } from '../arch.js';
 import { INT3 } from './insn.js';
 import { REG_NAMES, type Regs } from './regs.js';
 
@@ -54,6 +54,25 @@ class Asm {
   movabs(reg: keyof typeof ENC, v: bigint): this {
     const n = ENC[reg];
     return this.u8(n >= 8 ? 0x49 : 0x48, 0xb8 + (n & 7)).u64(v);
+  }
+  /** The shortest move of `v` into `reg`: zero-extended imm32, sign-extended imm32, or movabs. */
+  mov(reg: keyof typeof ENC, v: bigint): this {
+    const n = ENC[reg];
+    const x = BigInt.asUintN(64, v);
+    if (x <= 0xffffffffn) {
+      if (n >= 8) this.u8(0x41);
+      this.u8(0xb8 + (n & 7));
+      for (let i = 0n; i < 4n; i++) this.bytes.push(Number((x >> (8n * i)) & 0xffn));
+      return this;
+    }
+    const s = BigInt.asIntN(64, v);
+    if (s >= -0x80000000n && s < 0) {
+      this.u8(n >= 8 ? 0x49 : 0x48, 0xc7, 0xc0 + (n & 7));
+      const y = BigInt.asUintN(32, s);
+      for (let i = 0n; i < 4n; i++) this.bytes.push(Number((y >> (8n * i)) & 0xffn));
+      return this;
+    }
+    return this.movabs(reg, v);
   }
   syscall(): this {
     return this.u8(0x0f, 0x05);
@@ -145,6 +164,36 @@ export const x86_64Process: ProcessAbi<Regs> = {
   syscallStub(saved) {
     const a = new Asm().syscall();
     return stub(a, a.length, saved);
+  },
+
+  batchStub(calls: BatchCall[], saved: Regs): BatchStub {
+    const a = new Asm();
+    const ends: number[] = [];
+    const skips: number[] = [];
+    for (const c of calls) {
+      const v = six(c.args);
+      a.mov('rax', c.nr);
+      (['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const).forEach((r, i) => {
+        if (i < c.args.length) a.mov(r, v[i]!);
+      });
+      a.syscall();
+      ends.push(a.length);
+      // rcx is the system call's to clobber: compare through it, and skip the rest on a surprise.
+      a.mov('rcx', c.expect).u8(0x48, 0x39, 0xc8); // cmp %rcx, %rax
+      a.u8(0x0f, 0x85, 0, 0, 0, 0); // jne restore
+      skips.push(a.length);
+    }
+    const restoreAt = a.length;
+    for (const end of skips) {
+      const rel = restoreAt - end;
+      for (let i = 0; i < 4; i++) a.bytes[end - 4 + i] = (rel >> (8 * i)) & 0xff;
+    }
+    emitRestore(a, saved);
+    return { bytes: Uint8Array.from(a.bytes), ends };
+  },
+
+  batchRegs(saved, at) {
+    return { ...saved, rip: at, orig_rax: u64(-1n), eflags: saved.eflags & ~EFLAGS_TF };
   },
 
   callStub(fn, saved) {

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { fail, HotstackError, toHotstackError } from '../../errors.js';
 import { ElfFile, findBuildId, SymbolIndex, bytesEqual, ET_EXEC, ET_DYN, SHT_NOTE, parseNotes, type Section } from '../../elf/index.js';
-import type { BaseObject, BaseSymbol, ExternalSymbol, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
+import type { AllocRequest, BaseObject, BaseSymbol, ExternalSymbol, HookResult, Quiesced, StateStore, Target } from '../../core/target.js';
 import type { EngineState } from '../../core/state.js';
 import { ImageMemory } from './memory.js';
 import { LibraryClosure, type LibraryOptions, type LoadedLibrary } from '../../libs/closure.js';
@@ -174,12 +174,14 @@ export class ImageTarget implements Target {
     this.mem.write(addr, data);
   }
 
-  allocate(size: number, _perm: Perm): bigint {
-    const addr = this.next;
-    const rounded = ((BigInt(size) + PAGE - 1n) / PAGE) * PAGE;
-    this.mem.map(addr, Number(rounded));
-    this.next = addr + rounded;
-    return addr;
+  allocate(reqs: AllocRequest[]): bigint[] {
+    return reqs.map(({ size }) => {
+      const addr = this.next;
+      const rounded = ((BigInt(size) + PAGE - 1n) / PAGE) * PAGE;
+      this.mem.map(addr, Number(rounded));
+      this.next = addr + rounded;
+      return addr;
+    });
   }
 
   free(addr: bigint, size: number): void {

@@ -35,6 +35,7 @@ export {
   MAP_ANONYMOUS,
   MAP_FIXED_NOREPLACE,
   remoteSyscall,
+  remoteSyscalls,
   remoteMmap,
   remoteMunmap,
   remoteMprotect,

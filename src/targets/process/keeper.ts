@@ -8,21 +8,27 @@
 import { fail, HotstackError } from '../../errors.js';
 import type { EngineState } from '../../core/state.js';
 import type { StateStore } from '../../core/target.js';
-import { readMaps, type MapEntry } from './maps.js';
+import type { MapEntry } from './maps.js';
 import type { ProcessMemory } from './memory.js';
 import { findMirrors, fits, initMirror, mirrorSizeFor, writeMirror, type Mirror } from './mirror.js';
 import type { ProcessObject } from './objects.js';
-import { RUNTIME_PAGE_SIZE } from './remote/runtime.js';
-import type { ProcessStore } from './store.js';
+import { RUNTIME_PAGE_SIZE, runtimePageValid } from './remote/runtime.js';
+import type { MappingIntent, ProcessStore } from './store.js';
 import { coveredByAnonymous, StateValidator } from './validate.js';
 
 /** Largest mapping intent repaired (a payload's memory is at most 64 MiB). */
 const MAX_INTENT = 128 * 1024 * 1024;
+/** Most intents looked at (one allocation makes at most a handful). */
+const MAX_INTENTS = 16;
+/** Room for one more payload's records in a copy made with an allocation. */
+const MIRROR_HEADROOM = 64 * 1024;
 
 /** What the keeper needs of the process target. */
 export interface StateHost {
   pid: number;
   mem: ProcessMemory;
+  /** The process's maps (as read when the command opened it, while it runs). */
+  maps(): MapEntry[];
   objects(): ProcessObject[];
   /** Map `size` bytes of private anonymous read-only memory in the process. */
   mapReadOnly(size: number): bigint;
@@ -52,7 +58,7 @@ export class StateKeeper implements StateStore {
    */
   load(): EngineState | null {
     const { pid, mem } = this.host;
-    const maps = readMaps(pid);
+    const maps = this.host.maps();
     const mirrors = findMirrors(maps, mem);
     const best = mirrors.find((m) => m.text !== null);
     let s: EngineState | null = null;
@@ -118,28 +124,56 @@ export class StateKeeper implements StateStore {
   }
 
   /**
-   * A mapping a killed tool made but never recorded (its intent is still in
-   * the file): unmap it, but only while it is what that mmap made (private
-   * anonymous, those permissions, all zeros: hotstack writes into a mapping
-   * only once it is recorded) and no recorded memory overlaps it.
+   * Size of the copy to make along with the next allocation (one mapping
+   * for both), 0 when there is one: room for the state as it is now plus
+   * a payload's records, so the save that records the allocation needs no
+   * mapping of its own.
+   */
+  mirrorWanted(): number {
+    return this.mirror ? 0 : mirrorSizeFor(Buffer.byteLength(this.file.mirrorText(), 'utf8') + MIRROR_HEADROOM);
+  }
+
+  /** Take the fresh (all zero) mapping at `addr` as the copy of the state (see mirrorWanted). */
+  adoptMirror(addr: bigint, size: number): void {
+    if (this.mirror) this.staleMirrors.push(this.mirror);
+    this.mirror = initMirror(this.host.mem, addr, size);
+  }
+
+  /**
+   * Mappings a killed tool made but never recorded (their intents are
+   * still in the file): unmap each, but only while it is what that mmap
+   * made (private anonymous, those permissions, all zeros: hotstack writes
+   * into a mapping only once it is recorded) and no recorded memory
+   * overlaps it. A runtime page counts as recorded only once it holds its
+   * trap (it is recorded together with the intent, before it exists).
    */
   private repairIntent(s: EngineState, maps: MapEntry[]): void {
-    const i = this.file.runtime.intent;
-    if (!i) return;
-    const end = i.addr + BigInt(i.size);
+    const intents = this.file.runtime.intents;
+    if (!intents?.length) return;
     const trap = this.file.runtime.trap;
-    const recorded = [
+    const trapValid = trap !== undefined && runtimePageValid(maps, this.host.mem, trap);
+    const records = [
       ...s.payloads.flatMap((p) => p.regions), ...(s.pending?.regions ?? []),
-      ...(trap !== undefined ? [{ addr: trap, size: RUNTIME_PAGE_SIZE }] : []),
+      ...(trapValid ? [{ addr: trap, size: RUNTIME_PAGE_SIZE }] : []),
       ...(this.mirror ? [this.mirror] : []),
-    ].some((r) => r.addr < end && i.addr < r.addr + BigInt(r.size));
-    const ours = !recorded && i.size > 0 && i.size <= MAX_INTENT && i.addr % BigInt(RUNTIME_PAGE_SIZE) === 0n
-      && coveredByAnonymous(maps, i.addr, end, i.perms) && this.host.mem.read(i.addr, i.size).every((b) => b === 0);
-    if (ours) {
+    ];
+    const freed: MappingIntent[] = [];
+    for (const i of intents.slice(0, MAX_INTENTS)) {
+      const end = i.addr + BigInt(i.size);
+      const recorded = records.some((r) => r.addr < end && i.addr < r.addr + BigInt(r.size));
+      const ours = !recorded && i.size > 0 && i.size <= MAX_INTENT && i.addr % BigInt(RUNTIME_PAGE_SIZE) === 0n
+        && coveredByAnonymous(maps, i.addr, end, i.perms) && this.host.mem.read(i.addr, i.size).every((b) => b === 0);
+      if (!ours) continue;
       this.host.free(i.addr, i.size);
-      this.notices.push(`repaired an interrupted upload: freed the ${i.size} bytes at 0x${i.addr.toString(16)} a killed hotstack had mapped but not yet recorded`);
+      freed.push(i);
     }
-    this.file.runtime.intent = undefined;
+    if (freed.length) {
+      const bytes = freed.reduce((n, i) => n + i.size, 0);
+      const pieces = freed.length > 1 ? ` (${freed.length} mappings)` : '';
+      this.notices.push(`repaired an interrupted upload: freed the ${bytes} bytes at 0x${freed[0]!.addr.toString(16)}${pieces} a killed hotstack had mapped but not yet recorded`);
+    }
+    if (!trapValid && trap !== undefined && freed.length) this.file.runtime.trap = undefined;
+    this.file.runtime.intents = undefined;
     this.file.saveRuntime();
   }
 }

@@ -100,9 +100,20 @@ export function groupObjects(pid: number, entries: MapEntry[], base = `/proc/${p
 }
 
 /** Mapped files of a live process. */
-export function readObjects(pid: number): MappedObject[] {
+export function readObjects(pid: number, snap: MapsSnapshot = readMapsSnapshot(pid)): MappedObject[] {
+  return groupObjects(pid, snap.entries, snap.base);
+}
+
+/** A process's maps and the /proc directory they came from (see readMapsText). */
+export interface MapsSnapshot {
+  entries: MapEntry[];
+  base: string;
+}
+
+/** Read the maps once for several users (the objects and the state, when a command opens a process). */
+export function readMapsSnapshot(pid: number): MapsSnapshot {
   const { text, base } = readMapsText(pid);
-  return groupObjects(pid, parseMaps(text), base);
+  return { entries: parseMaps(text), base };
 }
 
 // ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf
 import { fromHex } from '../../elf/bytes.js';
 import { readExactly, readFileBuildId } from './buildid.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
-import { readObjects, type MappedObject } from './maps.js';
+import { readObjects, type MappedObject, type MapsSnapshot } from './maps.js';
 import { baseSymbols } from '../../elf/debugfile.js';
 import { BaseAnalysis, type FunctionReport } from '../../analysis/index.js';
 
@@ -214,11 +214,11 @@ function fileData(m: MappedObject, budget: { left: number }): FileData | Oversiz
  * them in all. Unreadable or malformed objects are skipped: they cannot be
  * patched, and must not stop work on others.
  */
-export function loadObjects(pid: number, maxBytes = MAX_OBJECT_BYTES_PER_ACTION): ProcessObjects {
+export function loadObjects(pid: number, maxBytes = MAX_OBJECT_BYTES_PER_ACTION, snap?: MapsSnapshot): ProcessObjects {
   const out: ProcessObjects = { objects: [], oversized: [] };
   const budget = { left: maxBytes };
   trimCache();
-  for (const m of readObjects(pid)) {
+  for (const m of readObjects(pid, snap)) {
     const f = fileData(m, budget);
     if (!f) continue; // not a usable ELF object
     if (!('elf' in f)) {

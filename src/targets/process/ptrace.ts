@@ -27,6 +27,7 @@ const c_ptrace = libc.func('long ptrace(int request, int pid, ...)');
 const c_waitpid = libc.func('int waitpid(int pid, void *status, int options)');
 const c_flock = libc.func('int flock(int fd, int operation)');
 const c_tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
+const c_sched_yield = libc.func('int sched_yield(void)');
 const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
 
 // ---------------------------------------------------------------------------
@@ -305,7 +306,7 @@ const SPIN_MS = 0.25;
 /**
  * Wait until `tid` reports a state change, polling (no blocking waitpid, so
  * a timeout is possible). Returns null when nothing happened within
- * `timeoutMs`. Polls without sleeping for the first SPIN_MS (a sleep costs
+ * `timeoutMs`. Polls without sleeping (yielding the CPU) for the first SPIN_MS (a sleep costs
  * at least 50-100 us of timer slack, and the target is stopped meanwhile),
  * then sleeps 50 us doubling up to 2 ms, so a long wait stays cheap.
  */
@@ -319,7 +320,11 @@ export function waitFor(tid: number, timeoutMs: number): WaitStatus | null {
     const now = performance.now();
     const left = deadline - now;
     if (left <= 0) return null;
-    if (now - start < SPIN_MS) continue;
+    if (now - start < SPIN_MS) {
+      // Spinning, let the traced thread have this CPU if it waits for one (a fleet keeps both busy).
+      c_sched_yield();
+      continue;
+    }
     sleepMs(Math.min(delay, left));
     delay = Math.min(delay * 2, 2);
   }

@@ -38,11 +38,18 @@ export interface MappingIntent {
   perms: string;
 }
 
-/** What is kept besides the engine state: the process's runtime page, a mapping in progress. */
+/** What is kept besides the engine state: the process's runtime page, mappings in progress. */
 export interface RuntimeState {
   /** Address of an int3 in an executable page of ours (return trap of remote calls). */
   trap?: bigint;
-  intent?: MappingIntent;
+  /** The parts of one mapping in progress (one per purpose and permission). */
+  intents?: MappingIntent[];
+}
+
+interface IntentShape {
+  addr: string;
+  size: number;
+  perms: string;
 }
 
 interface FileShape {
@@ -50,7 +57,14 @@ interface FileShape {
   /** Save counter, shared with the copy in the process (mirror.ts); absent in older files. */
   seq?: string;
   engine: string;
-  runtime: { trap?: string; intent?: { addr: string; size: number; perms: string } };
+  /** `intent`: the single mapping in progress earlier versions wrote. */
+  runtime: { trap?: string; intents?: IntentShape[]; intent?: IntentShape };
+}
+
+/** An intent as read from a file (untrusted: repair checks it against the process before acting). */
+function intentOf(i: IntentShape): MappingIntent {
+  if (typeof i !== 'object' || i === null || !/^\d{1,20}$/.test(String(i.addr))) throw new Error('malformed mapping intent');
+  return { addr: BigInt(i.addr), size: Number(i.size), perms: String(i.perms) };
 }
 
 export class ProcessStore implements StateStore {
@@ -105,11 +119,11 @@ export class ProcessStore implements StateStore {
   private parse(text: string, checkKey: boolean): EngineState | null {
     const f = JSON.parse(text) as FileShape;
     if (checkKey && f.key !== this.key) return null;
-    const i = f.runtime?.intent;
+    const shapes = f.runtime?.intents ?? (f.runtime?.intent ? [f.runtime.intent] : undefined);
     const s = deserializeState(f.engine);
     this.runtime = {
       trap: f.runtime?.trap ? BigInt(f.runtime.trap) : undefined,
-      intent: i ? { addr: BigInt(i.addr), size: Number(i.size), perms: String(i.perms) } : this.runtime.intent,
+      intents: Array.isArray(shapes) ? shapes.map(intentOf) : this.runtime.intents,
     };
     this.engineText = f.engine;
     this.seq = f.seq !== undefined && /^\d+$/.test(f.seq) ? BigInt(f.seq) : 0n;
@@ -122,14 +136,14 @@ export class ProcessStore implements StateStore {
   }
 
   private text(withIntent: boolean, engine = this.engineText): string {
-    const { trap, intent } = this.runtime;
+    const { trap, intents } = this.runtime;
     const f: FileShape = {
       key: this.key,
       seq: this.seq.toString(),
       engine,
       runtime: {
         trap: trap !== undefined ? trap.toString() : undefined,
-        intent: withIntent && intent ? { addr: intent.addr.toString(), size: intent.size, perms: intent.perms } : undefined,
+        intents: withIntent && intents?.length ? intents.map((i) => ({ addr: i.addr.toString(), size: i.size, perms: i.perms })) : undefined,
       },
     };
     return JSON.stringify(f);

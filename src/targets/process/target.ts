@@ -4,25 +4,29 @@
  * sees a thread or a register.
  */
 import { accessSync, constants } from 'node:fs';
-import { fail, HotstackError } from '../../errors.js';
+import { ERRNO, fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
 import { arch } from '../../arch/index.js';
-import type { AddrRange, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
+import type { AddrRange, AllocRequest, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
-import { findFreeGapsFor, readLimits, readMaps, type MapEntry, type ProcessLimits } from './maps.js';
+import { findFreeGapsFor, readLimits, readMaps, readMapsSnapshot, type MapEntry, type MapsSnapshot, type ProcessLimits } from './maps.js';
 import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
-import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap } from './remote/syscalls.js';
+import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
 import { remoteCall } from './remote/calls.js';
-import { RUNTIME_PAGE_SIZE, runtimePageOf, useRuntimePage } from './remote/runtime.js';
+import { RUNTIME_PAGE_SIZE, runtimePageOf, runtimePageValid, useRuntimePage } from './remote/runtime.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
 import { coveredByAnonymous, unmapped } from './validate.js';
 import { StateKeeper } from './keeper.js';
 
 const PROT: Record<Perm, number> = { rx: PROT_READ | PROT_EXEC, r: PROT_READ, rw: PROT_READ | PROT_WRITE };
+/** /proc/PID/maps permissions of each. */
+const PERMS: Record<Perm, string> = { rx: 'r-xp', r: 'r--p', rw: 'rw-p' };
+/** Code first in a span (the runtime page leads it), data last. */
+const PERM_ORDER: Record<Perm, number> = { rx: 0, r: 1, rw: 2 };
 /** How long a hook may run before it is taken to be stuck (e.g. on a lock a stopped thread holds). */
 const HOOK_TIMEOUT_MS = Number(process.env.HOTSTACK_HOOK_TIMEOUT_MS) || 5000;
 /** How long stopping every thread may take. */
@@ -52,6 +56,8 @@ export class ProcessTarget implements Target {
    * stopped): allocations in one stop read /proc/PID/maps once.
    */
   private stopMaps: MapEntry[] | null = null;
+  /** See openSnapshot. */
+  private snapshot: MapsSnapshot | null = null;
   /**
    * How long each stop lasted (ms), from stopping the first thread to
    * detaching the last: pause time. A quiesce that had to retry counts
@@ -84,12 +90,12 @@ export class ProcessTarget implements Target {
     this.keeper = new StateKeeper(this.fileStore, {
       pid,
       mem: this.mem,
+      maps: () => this.openSnapshot().entries,
       objects: () => this.objects(),
       mapReadOnly: (size: number) =>
         this.stopped((p) => {
           this.trap(p);
-          const base = this.objects()[0];
-          return this.mapNear(p, size, PROT_READ, base ? base.range : { start: 0n, end: 0n });
+          return this.mapSpan(p, [{ size, perm: 'r' }], this.homeRange(), false)[0]!;
         }, 'one'),
       free: (addr: bigint, size: number) => this.free(addr, size),
     });
@@ -140,7 +146,15 @@ export class ProcessTarget implements Target {
   }
 
   private objects(): ProcessObject[] {
-    return (this.objectsCache ??= loadObjects(this.pid)).objects;
+    return (this.objectsCache ??= loadObjects(this.pid, undefined, this.openSnapshot())).objects;
+  }
+
+  /**
+   * The maps read once for what a command needs of them before its first
+   * stop (its state and its objects); a stop makes them stale (we map).
+   */
+  private openSnapshot(): MapsSnapshot {
+    return (this.snapshot ??= readMapsSnapshot(this.pid));
   }
 
   findBase(buildId: Uint8Array): BaseObject | undefined {
@@ -205,9 +219,10 @@ export class ProcessTarget implements Target {
   }
 
   private stopOnce<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all'): T {
+    this.snapshot = null;
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
-    const p = scope === 'one' ? StoppedProcess.stopOne(this.pid, STOP_TIMEOUT_MS) : StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS);
+    const p = scope === 'one' ? StoppedProcess.stopOne(this.pid, STOP_TIMEOUT_MS, this.mem) : StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS, this.mem);
     // Seizing (and listing threads) happens while they run: the pause starts at the first interrupt.
     if (p.interruptedAt) {
       this.lap('attach', p.interruptedAt);
@@ -240,13 +255,30 @@ export class ProcessTarget implements Target {
     return this.stopped(() => fn(), 'one');
   }
 
-  allocate(size: number, perm: Perm, near: BaseObject): bigint {
+  allocate(reqs: AllocRequest[], near: BaseObject): bigint[] {
     const range = (near as ProcessObject).range ?? { start: 0n, end: 0n };
     // Memory no thread can reach until a jump is written: only the thread that maps it is held.
     return this.stopped((p) => {
-      this.trap(p); // the runtime page first: every later remote operation then runs from a self-restoring stub
-      return this.mapNear(p, size, PROT[perm], range);
+      // A process's first upload also needs the runtime page and the state's
+      // copy: all are one span, mapped by one mmap and an mprotect per
+      // further permission (two target wake-ups each, instead of three per mmap).
+      const page = this.knownRuntimePage(p);
+      const mirror = this.keeper.mirrorWanted();
+      const parts: AllocRequest[] = [
+        ...(page === undefined ? [{ size: RUNTIME_PAGE_SIZE, perm: 'rx' as const }] : []),
+        ...reqs.map((r) => ({ size: Number(alignPage(BigInt(r.size))), perm: r.perm })),
+        ...(mirror ? [{ size: mirror, perm: 'r' as const }] : []),
+      ];
+      const addrs = this.mapSpan(p, parts, range, page === undefined);
+      if (mirror) this.keeper.adoptMirror(addrs[addrs.length - 1]!, mirror);
+      return addrs.slice(page === undefined ? 1 : 0, (page === undefined ? 1 : 0) + reqs.length);
     }, 'one');
+  }
+
+  /** Where the runtime page and the state's copy go: near the executable (any address will do). */
+  private homeRange(): { start: bigint; end: bigint } {
+    const base = this.objects()[0];
+    return base ? base.range : { start: 0n, end: 0n };
   }
 
   /** The maps to place an allocation in: kept for the stop while the process is stopped (see stopMaps). */
@@ -255,40 +287,111 @@ export class ProcessTarget implements Target {
     return (this.stopMaps ??= readMaps(this.pid));
   }
 
-  private mapNear(p: StoppedProcess, size: number, prot: number, range: { start: bigint; end: bigint }): bigint {
-    const hints = findFreeGapsFor(this.pid, range, size, { reach: REACH }, (this.limits ??= readLimits(this.pid)), this.mapsInStop());
+  /**
+   * Map `parts` as one span within reach of `range`, parts of one
+   * permission next to each other: one mmap of the whole, then an mprotect
+   * per further permission, in one stub run. `makesPage`: parts[0] is the
+   * runtime page to make (that mmap borrows a system call instruction of
+   * the target; the mprotects then run from the new page). Every part is
+   * announced in the state file before the mmap (a killed tool's leftovers
+   * are freed by the next command, see StateKeeper.repairIntent). Returns
+   * each part's address; maps all or nothing.
+   */
+  private mapSpan(p: StoppedProcess, parts: AllocRequest[], range: { start: bigint; end: bigint }, makesPage: boolean): bigint[] {
+    const order = parts.map((_, i) => i).sort((a, b) => PERM_ORDER[parts[a]!.perm] - PERM_ORDER[parts[b]!.perm] || a - b);
+    const offsets: number[] = [];
+    const segments: { off: number; size: number; perm: Perm }[] = [];
+    let total = 0;
+    for (const i of order) {
+      const { size, perm } = parts[i]!;
+      offsets[i] = total;
+      const last = segments[segments.length - 1];
+      if (last && last.perm === perm) last.size += size;
+      else segments.push({ off: total, size, perm });
+      total += size;
+    }
+    const hints = findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid)), this.mapsInStop());
     const store = this.fileStore;
-    const pages = Number(alignPage(BigInt(size)));
-    const perms = `${prot & PROT_READ ? 'r' : '-'}${prot & PROT_WRITE ? 'w' : '-'}${prot & PROT_EXEC ? 'x' : '-'}p`;
+    const oldTrap = store.runtime.trap;
+    let pageMade = false;
     const forget = (): void => {
-      store.runtime.intent = undefined;
+      store.runtime.intents = undefined;
+      if (!pageMade) store.runtime.trap = oldTrap;
       store.saveRuntime();
     };
     for (const hint of hints.slice(0, 32)) {
-      let addr: bigint;
-      // Intent first: a tool killed after the mmap but before the caller records
-      // the mapping leaves it in the file, and the next command frees it.
-      store.runtime.intent = { addr: hint, size: pages, perms };
+      // Intents first (with the runtime page about to be made): a tool killed after the
+      // mmap but before the caller records the mapping leaves them in the file.
+      store.runtime.intents = order.map((i) => ({ addr: hint + BigInt(offsets[i]!), size: parts[i]!.size, perms: PERMS[parts[i]!.perm] }));
+      if (makesPage) store.runtime.trap = hint;
       store.saveRuntime();
+      let placed: boolean;
       try {
-        addr = remoteMmap(p, p.mainThread.tid, hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
+        placed = this.mapSegments(p, hint, total, segments, makesPage, () => (pageMade = true));
       } catch (e) {
         forget();
-        if (e instanceof HotstackError && e.errno === 'EEXIST') continue;
-        if (e instanceof HotstackError && (e.errno === 'EPERM' || e.errno === 'EACCES')) throw this.explainMmapRefusal(e, prot);
+        if (e instanceof HotstackError && (e.errno === 'EPERM' || e.errno === 'EACCES')) throw this.explainMmapRefusal(e, PROT[segments[0]!.perm]);
         throw e;
       }
-      // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
-      if (addr === hint) {
-        store.runtime.intent = undefined; // the caller's next save records the mapping itself
-        this.stopMaps?.push({ start: addr, end: addr + BigInt(pages), perms, offset: 0n, dev: '00:00', inode: 0n, path: '' });
-        return addr;
+      if (!placed) {
+        forget();
+        continue;
       }
-      this.stopMaps = null;
-      remoteMunmap(p, p.mainThread.tid, addr, size);
-      forget();
+      store.runtime.intents = undefined; // the caller's next save records the mappings themselves
+      for (const g of segments) {
+        const start = hint + BigInt(g.off);
+        this.stopMaps?.push({ start, end: start + BigInt(g.size), perms: PERMS[g.perm], offset: 0n, dev: '00:00', inode: 0n, path: '' });
+      }
+      return parts.map((_, i) => hint + BigInt(offsets[i]!));
     }
-    return fail('ENOMEM', `no free address space for ${size} bytes within +-2 GiB of ${this.pid}'s object at 0x${range.start.toString(16)}`);
+    return fail('ENOMEM', `no free address space for ${total} bytes within +-2 GiB of ${this.pid}'s object at 0x${range.start.toString(16)}`);
+  }
+
+  /**
+   * The system calls of mapSpan at `hint`: false when the hint was taken
+   * meanwhile (the caller tries the next). On a failed mprotect the span
+   * is unmapped again (but a runtime page made on the way is kept: it is
+   * recorded and in use) and the error thrown.
+   */
+  private mapSegments(p: StoppedProcess, hint: bigint, total: number, segments: { off: number; size: number; perm: Perm }[], makesPage: boolean, onPage: () => void): boolean {
+    const tid = p.mainThread.tid;
+    const sys = arch.process.sys;
+    const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
+    const prot0 = PROT[segments[0]!.perm];
+    const mmap = { nr: BigInt(sys.mmap), args: [hint, BigInt(total), BigInt(prot0), BigInt(flags), -1n, 0n], expect: hint };
+    const protects = segments.slice(1).map((g) => ({ nr: BigInt(sys.mprotect), args: [hint + BigInt(g.off), BigInt(g.size), BigInt(PROT[g.perm])], expect: 0n }));
+    let results: SyscallResult[];
+    if (makesPage) {
+      const r = remoteSyscall(p, tid, sys.mmap, mmap.args);
+      results = [r];
+      if (!r.errno && BigInt.asUintN(64, r.value) === hint) {
+        this.mem.write(hint, new Uint8Array(16).fill(arch.process.trapByte));
+        useRuntimePage(p, hint);
+        onPage();
+        results.push(...remoteSyscalls(p, tid, protects));
+      }
+    } else {
+      results = remoteSyscalls(p, tid, [mmap, ...protects]);
+    }
+    const m = results[0]!;
+    if (m.errno === ERRNO.EEXIST) return false;
+    if (m.errno) mmapFailure(this.pid, hint, total, prot0, flags, m.errno);
+    const got = BigInt.asUintN(64, m.value);
+    if (got !== hint) {
+      // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
+      this.stopMaps = null;
+      remoteMunmap(p, tid, got, total);
+      return false;
+    }
+    const failed = results.findIndex((r, i) => i > 0 && r.errno);
+    if (failed > 0 || results.length < 1 + protects.length) {
+      this.stopMaps = null;
+      const keep = makesPage ? RUNTIME_PAGE_SIZE : 0;
+      if (total > keep) remoteMunmap(p, tid, hint + BigInt(keep), total - keep);
+      const g = segments[Math.max(failed, 1)]!;
+      mprotectFailure(this.pid, hint + BigInt(g.off), g.size, PROT[g.perm], results[failed]?.errno ?? ERRNO.EIO);
+    }
+    return true;
   }
 
   private explainMmapRefusal(e: HotstackError, prot: number): HotstackError {
@@ -329,29 +432,17 @@ export class ProcessTarget implements Target {
    * registered with `p` so that every later operation uses stubs.
    */
   private trap(p: StoppedProcess): bigint {
+    return this.knownRuntimePage(p) ?? this.mapSpan(p, [{ size: RUNTIME_PAGE_SIZE, perm: 'rx' }], this.homeRange(), true)[0]!;
+  }
+
+  /** The runtime page of this stop, or the one the state file names once checked (then registered with `p`). */
+  private knownRuntimePage(p: StoppedProcess): bigint | undefined {
     const known = runtimePageOf(p);
     if (known !== undefined) return known;
     const t = this.fileStore.runtime.trap;
-    if (t !== undefined) {
-      try {
-        const m = readMaps(this.pid).find((x) => x.start <= t && t < x.end);
-        // Only a private anonymous page of ours: the state file could name libc's code.
-        const ok = m && t % BigInt(RUNTIME_PAGE_SIZE) === 0n && coveredByAnonymous([m], t, t + BigInt(RUNTIME_PAGE_SIZE), 'r-xp');
-        if (ok && this.mem.read(t, 1)[0] === arch.process.trapByte) {
-          useRuntimePage(p, t);
-          return t;
-        }
-      } catch {
-        /* unmapped: make a new one */
-      }
-    }
-    const base = this.objects()[0];
-    const page = this.mapNear(p, RUNTIME_PAGE_SIZE, PROT_READ | PROT_EXEC, base ? base.range : { start: 0n, end: 0n });
-    this.fileStore.runtime.trap = page;
-    this.fileStore.saveRuntime(); // recorded before it holds anything (an unrecorded intent is freed only while all zeros)
-    this.mem.write(page, new Uint8Array(16).fill(arch.process.trapByte));
-    useRuntimePage(p, page);
-    return page;
+    if (t === undefined || !runtimePageValid(this.mapsInStop(), this.mem, t)) return undefined;
+    useRuntimePage(p, t);
+    return t;
   }
 
   private call(p: StoppedProcess, kind: HookKind, fn: bigint, arg: bigint): HookResult {

@@ -102,8 +102,9 @@ function isErr(e: unknown, errno: string): boolean {
  */
 export class StoppedProcess {
   readonly pid: number;
-  /** /proc/PID/mem of the process, closed by detach(). */
+  /** /proc/PID/mem of the process, closed by detach() unless the caller lent it. */
   readonly memory: ProcessMemory;
+  private readonly ownsMemory: boolean;
   private readonly map = new Map<number, StoppedThread>();
   private exited = false;
   private done = false;
@@ -114,9 +115,10 @@ export class StoppedProcess {
   /** Only one thread is held (stopOne): the others run on. */
   private single = false;
 
-  private constructor(pid: number) {
+  private constructor(pid: number, memory: ProcessMemory | undefined) {
     this.pid = pid;
-    this.memory = new ProcessMemory(pid);
+    this.ownsMemory = !memory;
+    this.memory = memory ?? new ProcessMemory(pid);
   }
 
   /**
@@ -125,8 +127,8 @@ export class StoppedProcess {
    * the error is thrown: ESRCH when the process exited, EPERM when tracing is
    * not allowed, ETIMEDOUT when a thread would not stop (uninterruptible sleep).
    */
-  static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
-    return StoppedProcess.attach(pid, timeoutMs, false);
+  static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS, memory?: ProcessMemory): StoppedProcess {
+    return StoppedProcess.attach(pid, timeoutMs, false, memory);
   }
 
   /**
@@ -135,13 +137,14 @@ export class StoppedProcess {
    * on memory no thread can reach yet (mapping a payload's memory, running
    * IFUNC resolvers). Errors as for stop(). restop() stops that thread again.
    */
-  static stopOne(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS): StoppedProcess {
-    return StoppedProcess.attach(pid, timeoutMs, true);
+  static stopOne(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS, memory?: ProcessMemory): StoppedProcess {
+    return StoppedProcess.attach(pid, timeoutMs, true, memory);
   }
 
-  private static attach(pid: number, timeoutMs: number, single: boolean): StoppedProcess {
+  /** `memory`: the caller's open /proc/PID/mem to use (it stays open after detach). */
+  private static attach(pid: number, timeoutMs: number, single: boolean, memory: ProcessMemory | undefined): StoppedProcess {
     checkProcessId(pid);
-    const p = new StoppedProcess(pid);
+    const p = new StoppedProcess(pid, memory);
     p.single = single;
     try {
       p.stopAll(timeoutMs);
@@ -585,6 +588,6 @@ export class StoppedProcess {
         }
       }
     }
-    this.memory.close();
+    if (this.ownsMemory) this.memory.close();
   }
 }

@@ -3,7 +3,7 @@
  * munmap), with the thread's registers restored exactly afterwards.
  */
 import { errnoName, fail, ERRNO, knownErrno } from '../../../errors.js';
-import { arch } from '../../../arch/index.js';
+import { arch, type BatchCall } from '../../../arch/index.js';
 import * as pt from '../ptrace.js';
 import type { StoppedProcess } from '../threads.js';
 import { dieAt, drive, exitAware, hex, owe, registerArgs, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
@@ -41,7 +41,7 @@ export function remoteSyscall(proc: StoppedProcess, tid: number, nr: number | bi
     proc.thread(tid); // must be one of ours and stopped
     const saved = pt.getRegs(tid);
     const stubAt = placeStub(proc, abi.syscallStub(saved));
-    const at = stubAt ?? findSyscallInsn(proc);
+    const at = stubAt ?? findSyscallInsn(proc, abi.pc(saved));
     const regs = abi.syscallRegs(saved, at, BigInt(nr), values);
     const after = at + BigInt(abi.syscallInsn.length);
     const base = { what: `remote system call ${nr}`, timeoutMs: SYSCALL_TIMEOUT_MS, timeoutMessage: `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms` };
@@ -94,6 +94,62 @@ export function remoteSyscall(proc: StoppedProcess, tid: number, nr: number | bi
   });
 }
 
+/**
+ * Run several system calls on stopped thread `tid` in one stub run (one
+ * resume per system call entry and exit, one park at the end, instead of a
+ * stub each): the batch ends after the first call that does not return its
+ * `expect`, in the stub itself too (so a hotstack killed meanwhile never
+ * runs the calls after a surprise, e.g. an mprotect after an mmap that
+ * landed elsewhere). Needs the runtime page. Returns the results of the
+ * calls that ran, in order; the thread's registers are restored exactly.
+ */
+export function remoteSyscalls(proc: StoppedProcess, tid: number, calls: BatchCall[]): SyscallResult[] {
+  return exitAware(proc, () => {
+    if (!calls.length) return [];
+    for (const c of calls) registerArgs(c.args, 'a system call takes');
+    proc.thread(tid);
+    const saved = pt.getRegs(tid);
+    const stub = abi.batchStub(calls, saved);
+    const at = placeStub(proc, stub);
+    if (at === undefined) fail('EIO', `internal: a batch of system calls in process ${proc.pid} needs its runtime page`);
+    const ends = stub.ends.map((e) => at + BigInt(e));
+    const what = `remote system calls ${calls.map((c) => c.nr).join(', ')}`;
+    pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
+    const results: SyscallResult[] = [];
+    let entered = false;
+    const op: Operation<SyscallResult[]> = {
+      what,
+      resume: 'syscall',
+      stage: 'stub-setregs',
+      timeoutMs: SYSCALL_TIMEOUT_MS,
+      timeoutMessage: `${what} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`,
+      onStop(st, now, deadline) {
+        const pc = abi.pc(now);
+        const i = results.length;
+        if (st.kind === 'signal' && st.signal === SYSCALL_TRAP && pc === ends[i]) {
+          if (!entered) {
+            entered = true;
+            dieAt('batch-syscall-entry');
+            return undefined;
+          }
+          entered = false;
+          dieAt('batch-syscall-exit');
+          const value = BigInt.asIntN(64, abi.syscallReturn(now));
+          results.push({ value, errno: value < 0n && value >= -4095n ? Number(-value) : 0 });
+          if (i + 1 < calls.length && BigInt.asUintN(64, value) === BigInt.asUintN(64, calls[i]!.expect)) return undefined;
+          parkAfterSyscallStop(proc, tid, pc, deadline, what);
+          return results;
+        }
+        // A signal may interrupt the moves between two system calls: anywhere up to the next one.
+        if (entered || pc < at || pc > ends[i]!) unexpected(calls[i]?.nr ?? -1, proc.pid, st, pc);
+        if (st.kind === 'signal') owe(proc, tid, st.signal);
+        return undefined;
+      },
+    };
+    return drive(proc, tid, saved, abi.batchRegs(saved, at), op);
+  });
+}
+
 function syscallFailure(what: string, pid: number, errno: number, hint = ''): never {
   fail(knownErrno(errno) ?? 'EIO', `${what} in process ${pid} failed: ${errnoName(errno)}${hint}`);
 }
@@ -121,10 +177,18 @@ export function remoteMmap(
   off: number | bigint = 0,
 ): bigint {
   const r = remoteSyscall(proc, tid, abi.sys.mmap, [addr, len, prot, flags, fd, off]);
-  if (r.errno) {
-    syscallFailure(`mmap(${hex(addr)}, ${len}, prot ${prot}, flags ${hex(BigInt(flags))})`, proc.pid, r.errno, execHint(r.errno, prot, 'executable memory'));
-  }
+  if (r.errno) mmapFailure(proc.pid, addr, len, prot, flags, r.errno);
   return BigInt.asUintN(64, r.value);
+}
+
+/** The error of a failed remote mmap, with the kernel's errno name (EEXIST for an occupied MAP_FIXED_NOREPLACE hint). */
+export function mmapFailure(pid: number, addr: bigint, len: number | bigint, prot: number, flags: number, errno: number): never {
+  syscallFailure(`mmap(${hex(addr)}, ${len}, prot ${prot}, flags ${hex(BigInt(flags))})`, pid, errno, execHint(errno, prot, 'executable memory'));
+}
+
+/** The error of a failed remote mprotect. */
+export function mprotectFailure(pid: number, addr: bigint, len: number | bigint, prot: number, errno: number): never {
+  syscallFailure(`mprotect(${hex(addr)}, ${len}, prot ${prot})`, pid, errno, execHint(errno, prot, 'making memory executable is'));
 }
 
 /** munmap inside the target. */
@@ -136,5 +200,5 @@ export function remoteMunmap(proc: StoppedProcess, tid: number, addr: bigint, le
 /** mprotect inside the target (for the final W^X permissions of payload memory). */
 export function remoteMprotect(proc: StoppedProcess, tid: number, addr: bigint, len: number | bigint, prot: number): void {
   const r = remoteSyscall(proc, tid, abi.sys.mprotect, [addr, len, prot]);
-  if (r.errno) syscallFailure(`mprotect(${hex(addr)}, ${len}, prot ${prot})`, proc.pid, r.errno, execHint(r.errno, prot, 'making memory executable is'));
+  if (r.errno) mprotectFailure(proc.pid, addr, len, prot, r.errno);
 }
