@@ -289,9 +289,21 @@ describe('what each stop holds', () => {
         whileMapping = tracers();
         t.free(addr, 4096);
       });
-      assert.deepEqual(whileMapping.sort(), [...Array(tids.length - 1).fill(0), process.pid], 'one thread held (traced by us), the others untraced');
+      const one = [...Array(tids.length - 1).fill(0), process.pid];
+      assert.deepEqual(whileMapping.sort(), one, 'one thread held (traced by us), the others untraced');
       const whileActing = t.quiesce([], 1000, () => tracers());
       assert.deepEqual(whileActing, tids.map(() => process.pid), 'every thread held for an action');
+      // A fleet's load: an action inside the stop that holds one thread stops the others for it only.
+      const stops = t.pauses.length;
+      const seen = t.batch(() => {
+        const before = tracers();
+        const during = t.quiesce([], 1000, () => tracers());
+        return { before, during, after: tracers() };
+      });
+      assert.deepEqual(seen.before.sort(), one, 'one held before the action');
+      assert.deepEqual(seen.during, tids.map(() => process.pid), 'every thread held for the action');
+      assert.deepEqual(seen.after.sort(), one, 'the others run on after it, the one still held');
+      assert.equal(t.pauses.length, stops + 1, 'one stop for both');
     } finally {
       t.close();
       if (env === undefined) delete process.env.HOTSTACK_STATE_DIR;

@@ -405,7 +405,13 @@ test('signals: sent while stopped, or taken during a remote op, are delivered on
   try {
     process.kill(t.pid, 'SIGUSR1');
     p.resume();
-    syncSleep(30);
+    // Until the main thread sits in the signal's delivery stop (on a loaded machine it may not run for a while;
+    // an interrupt reaching it first would leave the signal pending instead of owed).
+    const traced = (): boolean => {
+      const st = fs.readFileSync(`/proc/${t.pid}/task/${t.pid}/stat`, 'utf8');
+      return st.charAt(st.lastIndexOf(')') + 2) === 't';
+    };
+    for (let i = 0; i < 2000 && !traced(); i++) syncSleep(1);
     p.restop();
     assert.equal(p.threads.length, 4);
     assert.deepEqual(p.mainThread.owed.map((o) => o.signal), [10]);

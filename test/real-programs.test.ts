@@ -18,6 +18,8 @@ import { after, describe, it } from 'node:test';
 import { FIXTURES_DIR, run, startBase, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, readMemory, runtimeAddress, showResult } from './helpers/live.js';
 import type { ActionJson, AnalyzeJson, CheckJson } from '../src/cli/json-types.js';
+import { ProcessTarget } from '../src/targets/process/target.js';
+import { Engine } from '../src/core/engine.js';
 
 const SRC = join(FIXTURES_DIR, 'realprog');
 const hasClang = spawnSync('clang', ['--version']).status === 0;
@@ -140,6 +142,24 @@ for (const cc of ['gcc', 'clang'] as const) {
         const up = report.steps.filter((s) => s.action === 'upload');
         assert.deepEqual(up.map((s) => s.veneers.map((v) => v.function)), [['label'], ['unit']], 'offline check names the functions that get veneers');
       }
+    });
+
+    it('uploads a payload with veneers in one stop of the process (its memory, resolvers and veneers)', { skip: cc !== 'gcc' && 'only gcc keeps registers live here' }, async () => {
+      const svc = await startBase(exe);
+      running.push(svc);
+      const env = process.env.HOTSTACK_STATE_DIR;
+      process.env.HOTSTACK_STATE_DIR = join(work, `stops-${cc}`);
+      const t = ProcessTarget.open(svc.pid);
+      try {
+        const rec = new Engine(t).upload('fix-label', readFileSync(out('fix-label.livepatch')));
+        assert.ok(rec.funcs.some((f) => f.veneer), 'label gets a veneer');
+        assert.equal(t.pauses.length, 1, `stops: ${t.pauses.length}`);
+      } finally {
+        t.close();
+        if (env === undefined) delete process.env.HOTSTACK_STATE_DIR;
+        else process.env.HOTSTACK_STATE_DIR = env;
+      }
+      await svc.stop();
     });
 
     it('patches the running program live: every answer right, the veneers gone after revert and unload', async () => {

@@ -148,25 +148,19 @@ export function link(c: Payload, ctx: LinkContext): Linked {
   const sectionAddr: (bigint | undefined)[] = [];
   const sectionBytes: (Uint8Array | undefined)[] = [];
   const externals: ExternalRecord[] = [];
-  let regs: Record<Perm, LinkedRegion | undefined> = { rx: undefined, r: undefined, rw: undefined };
-  let symbolValue: bigint[] = [];
-  const placeAndResolve = (): void => {
-    regs = allocate(ctx.target, ctx.base, lay.sizes, ctx.onAlloc);
-    for (const s of c.elf.sections) {
-      if (s.index === 0 || !isLoaded(s)) continue;
-      const reg = regs[regionOf(s)]!;
-      const off = lay.offset[s.index]!;
-      sectionAddr[s.index] = reg.addr + BigInt(off);
-      const dst = reg.bytes.subarray(off, off + Number(s.size));
-      if (s.type !== SHT_NOBITS) dst.set(c.elf.data(s));
-      sectionBytes[s.index] = dst;
-    }
-    const got = regs.r && lay.gotSlots.size ? regs.r.addr + BigInt(lay.gotOffset) : 0n;
-    symbolValue = resolveSymbols(c, sectionAddr, ctx, got, externals);
-  };
-  // One stop for the mappings and the IFUNC resolvers that resolving runs in a live target (one each otherwise).
-  if (ctx.target.batch) ctx.target.batch(placeAndResolve);
-  else placeAndResolve();
+  // A live target is held in one stop around all of this by the caller (upload).
+  const regs = allocate(ctx.target, ctx.base, lay.sizes, ctx.onAlloc);
+  for (const s of c.elf.sections) {
+    if (s.index === 0 || !isLoaded(s)) continue;
+    const reg = regs[regionOf(s)]!;
+    const off = lay.offset[s.index]!;
+    sectionAddr[s.index] = reg.addr + BigInt(off);
+    const dst = reg.bytes.subarray(off, off + Number(s.size));
+    if (s.type !== SHT_NOBITS) dst.set(c.elf.data(s));
+    sectionBytes[s.index] = dst;
+  }
+  const got = regs.r && lay.gotSlots.size ? regs.r.addr + BigInt(lay.gotOffset) : 0n;
+  const symbolValue = resolveSymbols(c, sectionAddr, ctx, got, externals);
   const relocated = relocate(c, lay, regs, sectionAddr, sectionBytes, symbolValue);
   const regions = [regs.rx, regs.r, regs.rw].filter((r): r is LinkedRegion => !!r);
   const text = regs.rx ? { start: regs.rx.addr, end: regs.rx.addr + BigInt(lay.sizes.rx) } : null;

@@ -52,6 +52,13 @@ export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): Pay
   const base = findBase(ctx.target, p);
   // Whether any hook section exists decides the layout (the hook argument); its rules come later.
   const wantHookArg = HOOK_NAMES.some((k) => p.elf.section(HOOK_SECTIONS[k].name));
+  // One stop of a live target for everything below (its memory, IFUNC resolvers, veneers): one each otherwise.
+  const place = (): PayloadRecord => placeAndCheck(ctx, p, base, name, wantHookArg);
+  return ctx.target.batch ? ctx.target.batch(place) : place();
+}
+
+/** Allocate, link, check and write the payload; on failure free what it took. */
+function placeAndCheck(ctx: UploadContext, p: Payload, base: BaseObject, name: string, wantHookArg: boolean): PayloadRecord {
   const allocated: LinkedRegion[] = [];
   try {
     const linked = link(p, {

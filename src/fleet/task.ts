@@ -69,7 +69,9 @@ function runIn(engine: Engine, a: FleetAction, rep: Reporter): Ran {
     if (there && a.action === 'upload') return { rc: 0, skip: `${there.name} is already loaded (${there.state})` };
     if (there) return { rc: cmdAction(engine, 'apply', there.name, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep) };
     const file = a.payload!.file;
-    return { rc: a.action === 'upload' ? cmdUpload(engine, a.name, file, rep, a.payload) : cmdLoad(engine, file, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep, a.payload) };
+    if (a.action === 'upload') return { rc: cmdUpload(engine, a.name, file, rep, a.payload) };
+    // Upload and apply in one stop (nothing is printed meanwhile: the steps are collected).
+    return { rc: engine.together(() => cmdLoad(engine, file, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep, a.payload)) };
   }
   if (!engine.find(a.name)) return { rc: 0, skip: `no payload named ${a.name} is loaded in it` };
   const rc = cmdAction(engine, a.action, a.name, { nodeps: a.nodeps, timeoutMs: a.timeoutMs }, rep);

@@ -28,6 +28,11 @@ const c_waitpid = libc.func('int waitpid(int pid, void *status, int options)');
 const c_flock = libc.func('int flock(int fd, int operation)');
 const c_tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const c_sched_yield = libc.func('int sched_yield(void)');
+const c_prctl = libc.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)');
+const PR_SET_TIMERSLACK = 29;
+// waitFor's short sleeps wake on time instead of up to 50 us late (the default
+// slack), while a target may be stopped: per thread, so each worker's load sets its own.
+c_prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0);
 const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
 
 // ---------------------------------------------------------------------------
@@ -300,6 +305,8 @@ export function pollWait(tid: number): WaitStatus | null {
   }
 }
 
+/** How long waitFor naps 20 us at a time before the naps double. */
+const SHORT_NAPS_MS = 2;
 /** How long waitFor polls without sleeping: interrupt stops and short remote syscalls end within it. */
 const SPIN_MS = 0.25;
 
@@ -307,13 +314,14 @@ const SPIN_MS = 0.25;
  * Wait until `tid` reports a state change, polling (no blocking waitpid, so
  * a timeout is possible). Returns null when nothing happened within
  * `timeoutMs`. Polls without sleeping (yielding the CPU) for the first SPIN_MS (a sleep costs
- * at least 50-100 us of timer slack, and the target is stopped meanwhile),
- * then sleeps 50 us doubling up to 2 ms, so a long wait stays cheap.
+ * a futex wait and a wake-up, and the target is stopped meanwhile), then
+ * naps 20 us at a time (our timer slack is 1 us) for SHORT_NAPS_MS, then
+ * doubling up to 2 ms, so a long wait stays cheap.
  */
 export function waitFor(tid: number, timeoutMs: number): WaitStatus | null {
   const start = performance.now();
   const deadline = start + timeoutMs;
-  let delay = 0.05;
+  let delay = 0.02;
   for (;;) {
     const s = pollWait(tid);
     if (s) return s;
@@ -326,7 +334,9 @@ export function waitFor(tid: number, timeoutMs: number): WaitStatus | null {
       continue;
     }
     sleepMs(Math.min(delay, left));
-    delay = Math.min(delay * 2, 2);
+    // Short naps while a stop is still likely soon (a woken target's thread takes a few
+    // hundred microseconds on a busy machine), longer ones past that so a long wait stays cheap.
+    if (now - start > SHORT_NAPS_MS) delay = Math.min(delay * 2, 2);
   }
 }
 

@@ -212,10 +212,27 @@ export class ProcessTarget implements Target {
    */
   private stopped<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all' = 'all'): T {
     if (this.current) {
-      if (scope === 'all' && this.current.partial) fail('EIO', `internal: an operation needing every thread of process ${this.pid} stopped ran while only one was`);
+      if (scope === 'all' && this.current.partial) return this.withAllThreads(this.current, fn);
       return fn(this.current);
     }
     return this.fileStore.deferSaves(() => this.stopOnce(fn, scope));
+  }
+
+  /**
+   * An action inside a batch that holds one thread (a fleet's load: the
+   * upload, then the apply): the other threads are stopped for it only, and
+   * run on again after, as in a stop of its own, without letting the held
+   * thread go and stopping it again.
+   */
+  private withAllThreads<T>(p: StoppedProcess, fn: (p: StoppedProcess) => T): T {
+    this.stopMaps = null;
+    p.stopRest(STOP_TIMEOUT_MS);
+    try {
+      return fn(p);
+    } finally {
+      this.stopMaps = null;
+      p.releaseRest();
+    }
   }
 
   private stopOnce<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all'): T {

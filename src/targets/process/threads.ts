@@ -566,28 +566,54 @@ export class StoppedProcess {
   detach(): void {
     if (this.done) return;
     this.done = true;
-    for (const t of this.map.values()) {
-      try {
-        if (t.state === 'running') this.bringToStop(t);
-        if (t.state === 'stopped') {
-          if (t.owed.length > 0) this.redeliver(t, 'detach');
-          else {
-            pt.detach(t.tid, 0);
-            t.state = 'detached';
-          }
+    for (const t of this.map.values()) this.detachThread(t);
+    if (this.ownsMemory) this.memory.close();
+  }
+
+  /** Detach one thread (owed signals delivered), or reap it if it exited; never throws. */
+  private detachThread(t: StoppedThread): void {
+    try {
+      if (t.state === 'running') this.bringToStop(t);
+      if (t.state === 'stopped') {
+        if (t.owed.length > 0) this.redeliver(t, 'detach');
+        else {
+          pt.detach(t.tid, 0);
+          t.state = 'detached';
         }
-      } catch {
-        // Most likely killed under us: reap below.
       }
-      if (t.state !== 'detached' && t.state !== 'gone') {
-        try {
-          const st = pt.waitFor(t.tid, 50);
-          if (st && (st.kind === 'exited' || st.kind === 'killed')) t.state = 'gone';
-        } catch {
-          t.state = 'gone'; // ECHILD: nothing left to reap
-        }
+    } catch {
+      // Most likely killed under us: reap below.
+    }
+    if (t.state !== 'detached' && t.state !== 'gone') {
+      try {
+        const st = pt.waitFor(t.tid, 50);
+        if (st && (st.kind === 'exited' || st.kind === 'killed')) t.state = 'gone';
+      } catch {
+        t.state = 'gone'; // ECHILD: nothing left to reap
       }
     }
-    if (this.ownsMemory) this.memory.close();
+  }
+
+  /**
+   * From one held thread (stopOne) to every thread stopped, for an action
+   * that follows an upload in the same stop; undone by releaseRest. On
+   * failure everything is detached and the error thrown.
+   */
+  stopRest(timeoutMs = DEFAULT_TIMEOUT_MS): void {
+    if (this.done) fail('EINVAL', `process ${this.pid} is no longer attached`);
+    this.single = false;
+    this.restop(timeoutMs);
+  }
+
+  /** Let every thread but the one remote operations use run on again (after stopRest). */
+  releaseRest(): void {
+    if (this.done) return;
+    const keep = this.map.get(this.pid)?.state === 'stopped' ? this.pid : this.threads[0]?.tid;
+    for (const t of [...this.map.values()]) {
+      if (t.tid === keep) continue;
+      this.detachThread(t);
+      this.map.delete(t.tid);
+    }
+    this.single = true;
   }
 }
