@@ -144,7 +144,8 @@ for (const cc of ['gcc', 'clang'] as const) {
       }
     });
 
-    it('uploads a payload with veneers in one stop of the process (its memory, resolvers and veneers)', { skip: cc !== 'gcc' && 'only gcc keeps registers live here' }, async () => {
+    // Only gcc keeps registers live across calls here: the clang build gets no veneer.
+    if (cc === 'gcc') it('uploads a payload with veneers in one stop of the process (its memory, resolvers and veneers)', async () => {
       const svc = await startBase(exe);
       running.push(svc);
       const env = process.env.HOTSTACK_STATE_DIR;
