@@ -7,8 +7,18 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { runOnProcess, type FleetAction } from './task.js';
 import type { WorkerReply, WorkerTask } from './pool.js';
+import { loadIced } from '../analysis/iced.js';
 
 const action = (workerData as { action: FleetAction }).action;
+// An upload analyses its base: load the decoder (about 25 ms) while the main thread still
+// picks the processes, not during the first one. A failure is reported by that process.
+if (action.action === 'load' || action.action === 'upload') {
+  try {
+    loadIced();
+  } catch {
+    /* said again, with its errno, where the analysis needs it */
+  }
+}
 
 parentPort!.on('message', (t: WorkerTask) => {
   let reply: WorkerReply;
