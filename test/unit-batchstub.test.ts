@@ -1,0 +1,89 @@
+/**
+ * The batch stub of remote system calls, decoded back with iced-x86 (an
+ * independent decoder) and run on paper: each call's registers hold
+ * exactly its number and arguments at its `syscall` (whatever the width of
+ * the value: the assembler picks imm32, sign-extended imm32 or imm64),
+ * the recorded end offsets follow each `syscall`, and every result check
+ * compares rax with the call's expected value and skips to the restore
+ * sequence.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import iced from 'iced-x86';
+import { arch, type BatchCall, type Regs } from '../src/arch/index.js';
+
+const { Decoder, DecoderOptions, Mnemonic, Register } = iced;
+
+/** The 64-bit register a mov writes (a 32-bit write zero-extends into it). */
+function full(reg: number): string {
+  const n = Register[reg]!;
+  const m = /^(E(AX|CX|DX|BX|SP|BP|SI|DI))$/.exec(n);
+  if (m) return 'R' + n.slice(1);
+  return n.replace(/D$/, '');
+}
+
+interface Seen { nr: bigint; args: bigint[]; end: number; expect?: bigint; skipTo?: number }
+
+function runOnPaper(code: Uint8Array): { calls: Seen[]; restoreAt: number } {
+  const d = new Decoder(64, code, DecoderOptions.None);
+  d.ip = 0n;
+  const regs = new Map<string, bigint>();
+  const calls: Seen[] = [];
+  let restoreAt = -1;
+  let done = false;
+  // Up to the restore sequence's final jump (its 8-byte target follows: data, not code).
+  while (d.canDecode && !done) {
+    const i = d.decode();
+    assert.ok(!i.isInvalid, `invalid instruction at ${i.ip}`);
+    const next = Number(i.nextIP);
+    const at = Number(i.ip);
+    if (i.mnemonic === Mnemonic.Mov && i.op1Kind !== iced.OpKind.Register) {
+      regs.set(full(i.op0Register), BigInt.asUintN(64, i.immediate(1)));
+    } else if (i.mnemonic === Mnemonic.Syscall) {
+      const g = (r: string): bigint => regs.get(r) ?? -1n;
+      calls.push({ nr: g('RAX'), args: ['RDI', 'RSI', 'RDX', 'R10', 'R8', 'R9'].map(g), end: next });
+    } else if (i.mnemonic === Mnemonic.Cmp) {
+      assert.deepEqual([Register[i.op0Register], Register[i.op1Register]], ['RAX', 'RCX'], `cmp at ${at}`);
+      calls[calls.length - 1]!.expect = regs.get('RCX');
+    } else if (i.mnemonic === Mnemonic.Jne) {
+      calls[calls.length - 1]!.skipTo = Number(i.nearBranchTarget);
+      restoreAt = next; // after the last check comes the restore sequence
+    } else if (i.mnemonic === Mnemonic.Jmp) {
+      done = true;
+    }
+    i.free();
+  }
+  d.free();
+  return { calls, restoreAt };
+}
+
+const saved = Object.fromEntries(arch.process.regNames.map((n, k) => [n, BigInt(0x1000 + k)])) as unknown as Regs;
+
+test('every argument width lands in its register exactly, checks skip to the restore sequence', () => {
+  const values = [0n, 1n, 0x7fffffffn, 0x80000000n, 0xffffffffn, 0x100000000n, -1n, -2n, -(2n ** 31n), -(2n ** 31n) - 1n, 2n ** 63n, 0x7fff_dead_b000n];
+  const calls: BatchCall[] = [];
+  for (let k = 0; k < values.length; k += 6) {
+    const args = [...values.slice(k, k + 6)];
+    calls.push({ nr: 9n, args, expect: values[k]! });
+  }
+  calls.push({ nr: 10n, args: [0x5555_0000_0000n, 4096n, 1n], expect: 0n });
+  const stub = arch.process.batchStub(calls, saved);
+  const { calls: seen, restoreAt } = runOnPaper(stub.bytes);
+  assert.equal(seen.length, calls.length);
+  seen.forEach((s, k) => {
+    const c = calls[k]!;
+    assert.equal(s.nr, c.nr, `call ${k}: number`);
+    c.args.forEach((a, j) => assert.equal(s.args[j], BigInt.asUintN(64, a), `call ${k}: argument ${j} (${a})`));
+    assert.equal(s.end, stub.ends[k], `call ${k}: end offset`);
+    assert.equal(s.expect, BigInt.asUintN(64, c.expect), `call ${k}: expected result`);
+    assert.equal(s.skipTo, restoreAt, `call ${k}: a surprise skips to the restore sequence`);
+  });
+  assert.ok(restoreAt > 0 && restoreAt < stub.bytes.length);
+});
+
+test('a batch of up to four mmap-sized calls fits a stub slot of the runtime page', () => {
+  const mmap: BatchCall = { nr: 9n, args: [0x7fff_dead_b000n, 0x40_0000n, 5n, 0x100022n, -1n, 0n], expect: 0x7fff_dead_b000n };
+  const mprotect: BatchCall = { nr: 10n, args: [0x7fff_dead_c000n, 0x1000n, 3n], expect: 0n };
+  const stub = arch.process.batchStub([mmap, mprotect, mprotect, mprotect], saved);
+  assert.ok(stub.bytes.length <= 512, `${stub.bytes.length} bytes`);
+});
