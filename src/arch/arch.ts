@@ -105,8 +105,6 @@ export interface ProcessAbi<R> {
   callReturn(r: R): bigint;
   /** Registers the thread must get back when nobody will set them: `saved` with the kernel's restart of an interrupted system call applied. */
   selfRestoredRegs(saved: R): R;
-  /** A stub that runs one system call (set up by syscallRegs), then restores `saved` and jumps back. */
-  syscallStub(saved: R): Stub;
   /**
    * A stub that runs `calls` in order, their arguments as immediates,
    * skipping the rest once one returns other than its `expect`, then

@@ -161,11 +161,6 @@ export const x86_64Process: ProcessAbi<Regs> = {
 
   selfRestoredRegs,
 
-  syscallStub(saved) {
-    const a = new Asm().syscall();
-    return stub(a, a.length, saved);
-  },
-
   batchStub(calls: BatchCall[], saved: Regs): BatchStub {
     const a = new Asm();
     const ends: number[] = [];

@@ -279,16 +279,17 @@ export class ProcessTarget implements Target {
       // A process's first upload also needs the runtime page and the state's
       // copy: all are one span, mapped by one mmap and an mprotect per
       // further permission (two target wake-ups each, instead of three per mmap).
-      const page = this.knownRuntimePage(p);
+      const makesPage = this.knownRuntimePage(p) === undefined;
       const mirror = this.keeper.mirrorWanted();
       const parts: AllocRequest[] = [
-        ...(page === undefined ? [{ size: RUNTIME_PAGE_SIZE, perm: 'rx' as const }] : []),
+        ...(makesPage ? [{ size: RUNTIME_PAGE_SIZE, perm: 'rx' as const }] : []),
         ...reqs.map((r) => ({ size: Number(alignPage(BigInt(r.size))), perm: r.perm })),
         ...(mirror ? [{ size: mirror, perm: 'r' as const }] : []),
       ];
-      const addrs = this.mapSpan(p, parts, range, page === undefined);
+      const addrs = this.mapSpan(p, parts, range, makesPage);
       if (mirror) this.keeper.adoptMirror(addrs[addrs.length - 1]!, mirror);
-      return addrs.slice(page === undefined ? 1 : 0, (page === undefined ? 1 : 0) + reqs.length);
+      const first = makesPage ? 1 : 0;
+      return addrs.slice(first, first + reqs.length);
     }, 'one');
   }
 

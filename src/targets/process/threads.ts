@@ -608,7 +608,12 @@ export class StoppedProcess {
   /** Let every thread but the one remote operations use run on again (after stopRest). */
   releaseRest(): void {
     if (this.done) return;
-    const keep = this.map.get(this.pid)?.state === 'stopped' ? this.pid : this.threads[0]?.tid;
+    let keep: number | undefined;
+    try {
+      keep = this.mainThread.tid;
+    } catch {
+      /* none stopped: all go */
+    }
     for (const t of [...this.map.values()]) {
       if (t.tid === keep) continue;
       this.detachThread(t);

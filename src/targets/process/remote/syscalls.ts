@@ -7,7 +7,7 @@ import { arch, type BatchCall } from '../../../arch/index.js';
 import * as pt from '../ptrace.js';
 import type { StoppedProcess } from '../threads.js';
 import { dieAt, drive, exitAware, hex, owe, registerArgs, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
-import { findSyscallInsn, placeStub } from './runtime.js';
+import { findSyscallInsn, placeStub, runtimePageOf } from './runtime.js';
 
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
@@ -29,68 +29,45 @@ function unexpected(nr: number | bigint, pid: number, st: { kind: string; signal
   fail('EIO', `remote system call ${nr} in process ${pid}: unexpected ${how} stop at ${hex(pc)}`);
 }
 
+/** The raw return of a system call, with errno as the kernel's -4095..-1 convention says. */
+function syscallResult(raw: bigint): SyscallResult {
+  const value = BigInt.asIntN(64, raw);
+  return { value, errno: value < 0n && value >= -4095n ? Number(-value) : 0 };
+}
+
 /**
  * Run system call `nr` with up to six arguments on stopped thread `tid`,
  * and restore its registers exactly. An interrupted system call the thread
  * was stopped in is not restarted onto our instruction: it restarts later,
- * from the restored registers.
+ * from the restored registers. With a runtime page it is a batch of one
+ * (see remoteSyscalls).
  */
 export function remoteSyscall(proc: StoppedProcess, tid: number, nr: number | bigint, args: (number | bigint)[] = []): SyscallResult {
   return exitAware(proc, () => {
     const values = registerArgs(args, 'a system call takes');
     proc.thread(tid); // must be one of ours and stopped
+    if (runtimePageOf(proc) !== undefined) return runBatch(proc, tid, [{ nr: BigInt(nr), args: values, expect: 0n }], 'stub-syscall')[0]!;
+    // No runtime page yet (the mmap that creates it): a borrowed system call
+    // instruction, single-stepped. A hotstack killed during these microseconds
+    // leaves the thread running on from it with our registers.
     const saved = pt.getRegs(tid);
-    const stubAt = placeStub(proc, abi.syscallStub(saved));
-    const at = stubAt ?? findSyscallInsn(proc, abi.pc(saved));
-    const regs = abi.syscallRegs(saved, at, BigInt(nr), values);
+    const at = findSyscallInsn(proc, abi.pc(saved));
     const after = at + BigInt(abi.syscallInsn.length);
-    const base = { what: `remote system call ${nr}`, timeoutMs: SYSCALL_TIMEOUT_MS, timeoutMessage: `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms` };
-    let op: Operation<bigint>;
-    if (stubAt !== undefined) {
-      // Only syscall stops and interrupt stops: harmless if hotstack dies (a
-      // pending single-step would leave the untraced thread a fatal SIGTRAP).
-      pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
-      let entered = false;
-      op = {
-        ...base,
-        resume: 'syscall',
-        stage: 'stub-setregs',
-        onStop(st, now, deadline) {
-          const pc = abi.pc(now);
-          if (st.kind === 'signal' && st.signal === SYSCALL_TRAP && pc === after) {
-            if (!entered) {
-              entered = true;
-              dieAt('stub-syscall-entry');
-              return undefined;
-            }
-            dieAt('stub-syscall-exit');
-            parkAfterSyscallStop(proc, tid, after, deadline, base.what);
-            return abi.syscallReturn(now);
-          }
-          if (pc !== at) unexpected(nr, proc.pid, st, pc);
-          // A signal dequeued before our instruction ran: owe it to the thread, go on.
-          if (st.kind === 'signal') owe(proc, tid, st.signal);
-          return undefined;
-        },
-      };
-    } else {
-      // No runtime page yet (the mmap that creates it): a hotstack killed during
-      // these microseconds leaves the thread running on from the borrowed
-      // instruction with our registers.
-      op = {
-        ...base,
-        resume: 'step',
-        onStop(st, now) {
-          const pc = abi.pc(now);
-          if (st.kind === 'signal' && st.signal === pt.SIG.SIGTRAP && pc === after) return abi.syscallReturn(now);
-          if (pc !== at) unexpected(nr, proc.pid, st, pc);
-          if (st.kind === 'signal') owe(proc, tid, st.signal);
-          return undefined;
-        },
-      };
-    }
-    const value = BigInt.asIntN(64, drive(proc, tid, saved, regs, op));
-    return { value, errno: value < 0n && value >= -4095n ? Number(-value) : 0 };
+    const op: Operation<bigint> = {
+      what: `remote system call ${nr}`,
+      timeoutMs: SYSCALL_TIMEOUT_MS,
+      timeoutMessage: `remote system call ${nr} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`,
+      resume: 'step',
+      onStop(st, now) {
+        const pc = abi.pc(now);
+        if (st.kind === 'signal' && st.signal === pt.SIG.SIGTRAP && pc === after) return abi.syscallReturn(now);
+        if (pc !== at) unexpected(nr, proc.pid, st, pc);
+        // A signal dequeued before our instruction ran: owe it to the thread, go on.
+        if (st.kind === 'signal') owe(proc, tid, st.signal);
+        return undefined;
+      },
+    };
+    return syscallResult(drive(proc, tid, saved, abi.syscallRegs(saved, at, BigInt(nr), values), op));
   });
 }
 
@@ -105,49 +82,58 @@ export function remoteSyscall(proc: StoppedProcess, tid: number, nr: number | bi
  */
 export function remoteSyscalls(proc: StoppedProcess, tid: number, calls: BatchCall[]): SyscallResult[] {
   return exitAware(proc, () => {
-    if (!calls.length) return [];
     for (const c of calls) registerArgs(c.args, 'a system call takes');
     proc.thread(tid);
-    const saved = pt.getRegs(tid);
-    const stub = abi.batchStub(calls, saved);
-    const at = placeStub(proc, stub);
-    if (at === undefined) fail('EIO', `internal: a batch of system calls in process ${proc.pid} needs its runtime page`);
-    const ends = stub.ends.map((e) => at + BigInt(e));
-    const what = `remote system calls ${calls.map((c) => c.nr).join(', ')}`;
-    pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
-    const results: SyscallResult[] = [];
-    let entered = false;
-    const op: Operation<SyscallResult[]> = {
-      what,
-      resume: 'syscall',
-      stage: 'stub-setregs',
-      timeoutMs: SYSCALL_TIMEOUT_MS,
-      timeoutMessage: `${what} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`,
-      onStop(st, now, deadline) {
-        const pc = abi.pc(now);
-        const i = results.length;
-        if (st.kind === 'signal' && st.signal === SYSCALL_TRAP && pc === ends[i]) {
-          if (!entered) {
-            entered = true;
-            dieAt('batch-syscall-entry');
-            return undefined;
-          }
-          entered = false;
-          dieAt('batch-syscall-exit');
-          const value = BigInt.asIntN(64, abi.syscallReturn(now));
-          results.push({ value, errno: value < 0n && value >= -4095n ? Number(-value) : 0 });
-          if (i + 1 < calls.length && BigInt.asUintN(64, value) === BigInt.asUintN(64, calls[i]!.expect)) return undefined;
-          parkAfterSyscallStop(proc, tid, pc, deadline, what);
-          return results;
-        }
-        // A signal may interrupt the moves between two system calls: anywhere up to the next one.
-        if (entered || pc < at || pc > ends[i]!) unexpected(calls[i]?.nr ?? -1, proc.pid, st, pc);
-        if (st.kind === 'signal') owe(proc, tid, st.signal);
-        return undefined;
-      },
-    };
-    return drive(proc, tid, saved, abi.batchRegs(saved, at), op);
+    return calls.length ? runBatch(proc, tid, calls, 'batch-syscall') : [];
   });
+}
+
+/**
+ * The stub run of remoteSyscall and remoteSyscalls. Only syscall stops and
+ * interrupt stops: harmless if hotstack dies (a pending single-step would
+ * leave the untraced thread a fatal SIGTRAP). `stage`: the prefix of the
+ * test-kill stages at each call's entry and exit (see dieAt).
+ */
+function runBatch(proc: StoppedProcess, tid: number, calls: BatchCall[], stage: string): SyscallResult[] {
+  const saved = pt.getRegs(tid);
+  const stub = abi.batchStub(calls, saved);
+  const at = placeStub(proc, stub);
+  if (at === undefined) fail('EIO', `internal: a batch of system calls in process ${proc.pid} needs its runtime page`);
+  const ends = stub.ends.map((e) => at + BigInt(e));
+  const what = calls.length === 1 ? `remote system call ${calls[0]!.nr}` : `remote system calls ${calls.map((c) => c.nr).join(', ')}`;
+  pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
+  const results: SyscallResult[] = [];
+  let entered = false;
+  const op: Operation<SyscallResult[]> = {
+    what,
+    resume: 'syscall',
+    stage: 'stub-setregs',
+    timeoutMs: SYSCALL_TIMEOUT_MS,
+    timeoutMessage: `${what} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`,
+    onStop(st, now, deadline) {
+      const pc = abi.pc(now);
+      const i = results.length;
+      if (st.kind === 'signal' && st.signal === SYSCALL_TRAP && pc === ends[i]) {
+        if (!entered) {
+          entered = true;
+          dieAt(`${stage}-entry`);
+          return undefined;
+        }
+        entered = false;
+        dieAt(`${stage}-exit`);
+        const r = syscallResult(abi.syscallReturn(now));
+        results.push(r);
+        if (i + 1 < calls.length && BigInt.asUintN(64, r.value) === BigInt.asUintN(64, calls[i]!.expect)) return undefined;
+        parkAfterSyscallStop(proc, tid, pc, deadline, what);
+        return results;
+      }
+      // A signal may interrupt the moves before a system call: anywhere up to it. Owe it to the thread, go on.
+      if (entered || pc < at || pc > ends[i]!) unexpected(calls[i]?.nr ?? -1, proc.pid, st, pc);
+      if (st.kind === 'signal') owe(proc, tid, st.signal);
+      return undefined;
+    },
+  };
+  return drive(proc, tid, saved, abi.batchRegs(saved, at), op);
 }
 
 function syscallFailure(what: string, pid: number, errno: number, hint = ''): never {
