@@ -572,6 +572,34 @@ describe('a tool killed during the first upload leaks nothing but the runtime pa
   });
 });
 
+describe('mapping intents in the state file are untrusted', () => {
+  test('malformed ones make the file corrupt (the state comes from the process); an unknown range is left alone', async () => {
+    const b = await procs.start(files['base']!);
+    const dir = newDir('intents');
+    const cli = new Cli(dir);
+    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0 }, 'load');
+    const file = join(dir, readdirSync(dir).find((n) => n.endsWith('.json'))!);
+    const orig = readFileSync(file, 'utf8');
+    const maps = (): string => readFileSync(`/proc/${b.pid}/maps`, 'utf8');
+    const before = maps();
+    const bad = [[null], [{ addr: 'abc', size: 4096, perms: 'r--p' }], [{ addr: '4096', size: 'x', perms: 'r--p' }], [{ addr: '4096', size: 4096, perms: 'rwxs' }]];
+    for (const intents of bad) {
+      const f = JSON.parse(orig) as { runtime: Record<string, unknown> };
+      f.runtime.intents = intents;
+      writeFileSync(file, JSON.stringify(f));
+      expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: /state file .* is corrupt \(malformed mapping intent\): recovered the state from the copy kept in process/ }, JSON.stringify(intents));
+    }
+    // Well formed, but naming memory hotstack never mapped (here the program's own text): not unmapped.
+    const text = runtimeAddress(b.pid, files['base']!, 'main') & ~0xfffn;
+    const f = JSON.parse(orig) as { runtime: Record<string, unknown> };
+    f.runtime.intent = { addr: text.toString(), size: 4096, perms: 'r-xp' };
+    writeFileSync(file, JSON.stringify(f));
+    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: '' }, 'an intent naming the program text');
+    assert.equal(maps(), before, 'nothing unmapped');
+    assert.equal(await b.ask('v'), 'Hello World');
+  });
+});
+
 /**
  * The base started as pid 1 of a new PID namespace (with its own /proc),
  * a state directory both views share, and a hotstack run inside the

@@ -63,8 +63,10 @@ interface FileShape {
 
 /** An intent as read from a file (untrusted: repair checks it against the process before acting). */
 function intentOf(i: IntentShape): MappingIntent {
-  if (typeof i !== 'object' || i === null || !/^\d{1,20}$/.test(String(i.addr))) throw new Error('malformed mapping intent');
-  return { addr: BigInt(i.addr), size: Number(i.size), perms: String(i.perms) };
+  const ok = typeof i === 'object' && i !== null && /^\d{1,20}$/.test(String(i.addr))
+    && Number.isSafeInteger(i.size) && i.size >= 0 && /^[r-][w-][x-]p$/.test(String(i.perms));
+  if (!ok) throw new Error('malformed mapping intent');
+  return { addr: BigInt(i.addr), size: i.size, perms: i.perms };
 }
 
 export class ProcessStore implements StateStore {
