@@ -160,8 +160,8 @@ function lineReader(stream: NodeJS.ReadableStream): () => Promise<string> {
     });
 }
 
-async function startTarget(): Promise<Target> {
-  const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+async function startTarget(catches: string[] = []): Promise<Target> {
+  const child = spawn(bin, catches, { stdio: ['pipe', 'pipe', 'inherit'] });
   children.push(child);
   let exit: string | null = null;
   child.on('exit', (code, sig) => {
@@ -227,7 +227,7 @@ interface DriverRun {
  */
 async function runDriver(
   t: Target,
-  opts: { thread: string; kinds: string[]; dieAt?: string; killAfterMs?: number; count?: number; ops?: number; slowMs?: number },
+  opts: { thread: string; kinds: string[]; dieAt?: string; killAfterMs?: number; count?: number; ops?: number; slowMs?: number; env?: Record<string, string> },
 ): Promise<DriverRun> {
   const arg = {
     pid: t.pid,
@@ -247,6 +247,7 @@ async function runDriver(
   const env = { ...process.env };
   delete env.HOTSTACK_TEST_DIE_AT;
   if (opts.dieAt) Object.assign(env, { HOTSTACK_TEST_DIE_AT: opts.dieAt, HOTSTACK_TEST_MODE: '1' });
+  if (opts.env) Object.assign(env, opts.env, { HOTSTACK_TEST_MODE: '1' });
   const here = path.dirname(fileURLToPath(import.meta.url));
   const remoteUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'index.js')).href;
   const indexUrl = pathToFileURL(path.join(here, '..', 'src', 'targets', 'process', 'index.js')).href;
@@ -276,6 +277,7 @@ async function assertHealthy(t: Target, what: string): Promise<Record<string, nu
   assert.equal(await t.ask('ping'), 'pong', what);
   const s = stat(await t.ask('stat'));
   assert.equal(s.eintr, 0, `${what}: no EINTR (${JSON.stringify(s)})`);
+  assert.equal(s.caught, 0, `${what}: no signal reached a handler of the program`);
   assert.equal(tracerOf(t.pid), 0, `${what}: nobody traces it`);
   for (const [name, st] of threadStates(t.pid)) assert.ok(!'tTZX'.includes(st), `${what}: thread ${name} is ${st}`);
   return s;
@@ -347,20 +349,38 @@ test('stubs while hotstack lives: results, exact registers, restarts', async () 
   t.child.kill('SIGKILL');
 });
 
+/**
+ * How each thread's batches end, and so where a killed hotstack can be:
+ * the main thread blocks no signal (its batches end with a quiet signal,
+ * one stop), unless forced to a stop at each call as napper and pauser
+ * are (they block every signal).
+ */
+const VARIANTS = [
+  { thread: 'target', stops: false },
+  { thread: 'target', stops: true },
+  { thread: 'napper', stops: true },
+  { thread: 'pauser', stops: true },
+];
+
 test('a hotstack killed at each stage of a remote system call or call leaves the target running', async () => {
   const t = await startTarget();
   let hooks = 0;
   let adds = 0;
-  for (const thread of THREADS) {
-    for (const [kind, stages] of [['syscall', SYSCALL_STAGES], ['batch', BATCH_STAGES], ['skip', BATCH_STAGES], ['call', CALL_STAGES], ['slow', CALL_STAGES]] as const) {
+  for (const { thread, stops } of VARIANTS) {
+    const syscallStages = stops ? SYSCALL_STAGES : ['stub-setregs', 'stub-syscall-signal'];
+    const batchStages = stops ? BATCH_STAGES : ['stub-setregs', 'batch-syscall-signal'];
+    const env: Record<string, string> = stops ? { HOTSTACK_TEST_BATCH: 'stops' } : {};
+    for (const [kind, stages] of [['syscall', syscallStages], ['batch', batchStages], ['skip', batchStages], ['call', CALL_STAGES], ['slow', CALL_STAGES]] as const) {
+      // Calls do not depend on how batches end: once per thread.
+      if ((kind === 'call' || kind === 'slow') && thread === 'target' && stops) continue;
       for (const stage of stages) {
         if (kind === 'call' && stage === 'call-hook-syscall') continue; // add_hook makes no system call
-        const what = `${kind} on ${thread}, killed at ${stage}`;
+        const what = `${kind} on ${thread}${stops ? ' (a stop at each call)' : ''}, killed at ${stage}`;
         // A hook that sleeps clobbers the napper's restart block (nanosleep resets it): EINTR, with or without stubs.
         if (kind === 'slow' && thread === 'napper') continue;
         if (thread !== 'napper') await inSyscall(t.pid, thread, thread === 'pauser' ? 34 : 0);
         const before = thread === 'napper' ? undefined : regsOf(t.pid, thread);
-        const run = await runDriver(t, { thread, kinds: [kind], dieAt: stage, slowMs: 100 });
+        const run = await runDriver(t, { thread, kinds: [kind], dieAt: stage, slowMs: 100, env });
         assert.equal(run.end, 'SIGKILL', `${what}: the stage was reached`);
         // The hijacked thread finishes the operation by itself (a slow hook takes 100 ms).
         await sleep(kind === 'slow' ? 200 : 20);
@@ -381,6 +401,26 @@ test('a hotstack killed at each stage of a remote system call or call leaves the
   await sleep(100);
   assert.ok(stat(await t.ask('stat')).naps! > s1.naps!, 'the napper naps again');
   t.child.kill('SIGKILL');
+});
+
+test('a batch ends with a signal the thread neither blocks nor catches; with none left, a stop at each call', async () => {
+  const cases = [
+    { catches: ['URG', 'WINCH'], stage: 'batch-syscall-signal' }, // SIGCHLD is left
+    { catches: ['URG', 'WINCH', 'CHLD'], stage: 'batch-syscall-entry' },
+  ];
+  for (const { catches, stage } of cases) {
+    const t = await startTarget(catches);
+    const what = `a program catching ${catches.join(', ')}`;
+    // Many batches while hotstack lives: none of the program's handlers runs.
+    assert.equal((await runDriver(t, { thread: 'target', kinds: ['batch', 'skip', 'syscall'], count: 20, ops: 5 })).end, 'done', what);
+    await assertHealthy(t, `${what}, after 300 batches`);
+    // Killed where such a batch stops (reaching the stage shows which way it ends): the thread finishes by itself.
+    await inSyscall(t.pid, 'target', 0);
+    assert.equal((await runDriver(t, { thread: 'target', kinds: ['batch'], dieAt: stage })).end, 'SIGKILL', `${what}: killed at ${stage}`);
+    await sleep(20);
+    await assertHealthy(t, `${what}, killed at ${stage}`);
+    t.child.kill('SIGKILL');
+  }
 });
 
 test('a hotstack killed at random instants of remote operations leaves the target running', async () => {

@@ -519,6 +519,17 @@ describe('the state file is a cache of the copy in the process', () => {
   });
 });
 
+/**
+ * Where an upload's batch of mappings can be killed: at its end (the stop
+ * for the signal a batch ends with), or, with a stop at each call (forced
+ * here; the way for threads that block or catch every quiet signal), right
+ * after the mmap, before the mprotects.
+ */
+const BATCH_KILLS: { how: string; env: Record<string, string> }[] = [
+  { how: 'when the batch has run', env: { HOTSTACK_TEST_DIE_AT: 'batch-syscall-signal' } },
+  { how: 'right after the mmap (a stop at each call)', env: { HOTSTACK_TEST_DIE_AT: 'batch-syscall-exit', HOTSTACK_TEST_BATCH: 'stops' } },
+];
+
 describe('a tool killed during upload leaks nothing (2.7)', () => {
   /** Bytes of private anonymous memory (hotstack's kind) mapped in `pid`. */
   function anonymousBytes(pid: number): bigint {
@@ -530,46 +541,50 @@ describe('a tool killed during upload leaks nothing (2.7)', () => {
     return n;
   }
 
-  test('killed right after the mmap of a payload region: the next command unmaps it', async () => {
-    const b = await procs.start(files['base']!);
-    const cli = new Cli(newDir('leak'));
-    // Once: the runtime page and the state's copy, so the next mmap is the payload's.
-    expectCli(cli.run(b.pid, 'upload', 'hello', files['hello']!), { status: 0 }, 'upload');
-    expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0 }, 'unload');
-    const before = anonymousBytes(b.pid);
-    // The payload's three regions are one mmap and two mprotects in one stub run: killed right after
-    // the mmap, the thread runs the mprotects by itself, then restores itself.
-    const r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_DIE_AT: 'batch-syscall-exit' } });
-    assert.equal(r.signal, 'SIGKILL', `the tool was killed after the mmap\n${r.stderr}`);
-    assert.ok(anonymousBytes(b.pid) > before, 'the payload regions were mapped');
-    // Killed before the mapping was recorded: the intents written before the mmap name its parts.
-    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: /^hotstack: repaired an interrupted upload: freed the \d+ bytes at 0x[0-9a-f]+ \(3 mappings\) a killed hotstack had mapped but not yet recorded\n$/ }, 'list repairs');
-    assert.deepEqual(cli.states(b.pid), []);
-    assert.equal(anonymousBytes(b.pid), before, 'nothing of the killed upload remains');
-    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load again');
-    assert.equal(await b.ask('v'), 'Hello World');
-  });
+  for (const { how, env } of BATCH_KILLS) {
+    test(`killed ${how} of a payload's regions: the next command unmaps them`, async () => {
+      const b = await procs.start(files['base']!);
+      const cli = new Cli(newDir('leak'));
+      // Once: the runtime page and the state's copy, so the next mmap is the payload's.
+      expectCli(cli.run(b.pid, 'upload', 'hello', files['hello']!), { status: 0 }, 'upload');
+      expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0 }, 'unload');
+      const before = anonymousBytes(b.pid);
+      // The payload's three regions are one mmap and two mprotects in one stub run: killed after
+      // the mmap, the thread runs the mprotects by itself, then restores itself.
+      const r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], { env: { HOTSTACK_TEST_MODE: '1', ...env } });
+      assert.equal(r.signal, 'SIGKILL', `the tool was killed ${how}\n${r.stderr}`);
+      assert.ok(anonymousBytes(b.pid) > before, 'the payload regions were mapped');
+      // Killed before the mapping was recorded: the intents written before the mmap name its parts.
+      expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: /^hotstack: repaired an interrupted upload: freed the \d+ bytes at 0x[0-9a-f]+ \(3 mappings\) a killed hotstack had mapped but not yet recorded\n$/ }, 'list repairs');
+      assert.deepEqual(cli.states(b.pid), []);
+      assert.equal(anonymousBytes(b.pid), before, 'nothing of the killed upload remains');
+      expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load again');
+      assert.equal(await b.ask('v'), 'Hello World');
+    });
+  }
 });
 
 describe('a tool killed during the first upload leaks nothing but the runtime page (2.7)', () => {
-  test('killed after the span holding the runtime page, the state\'s copy and the payload was mapped', async () => {
-    const b = await procs.start(files['base']!);
-    const cli = new Cli(newDir('leak-first'));
-    const anon = (): bigint[] => readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n')
-      .map((l) => /^([0-9a-f]+)-([0-9a-f]+) \S{3}p [0-9a-f]+ \S+ 0\s*$/.exec(l))
-      .filter((m): m is RegExpExecArray => m !== null).map((m) => BigInt('0x' + m[2]) - BigInt('0x' + m[1]));
-    const before = anon().reduce((a, n) => a + n, 0n);
-    const unpatched = await b.ask('v');
-    // The runtime page's mmap borrows the thread's own system call instruction; the mprotects of the
-    // rest run from the new page, so killed after the first of them, the thread finishes by itself.
-    const r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_DIE_AT: 'batch-syscall-exit' } });
-    assert.equal(r.signal, 'SIGKILL', `the tool was killed after the mmap\n${r.stderr}`);
-    assert.equal(await b.ask('v'), unpatched, 'the target runs on, unpatched');
-    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: /^hotstack: repaired an interrupted upload: freed the \d+ bytes at 0x[0-9a-f]+ \(\d mappings\) a killed hotstack had mapped but not yet recorded\n$/ }, 'list repairs');
-    assert.equal(anon().reduce((a, n) => a + n, 0n), before + 4096n, 'only the runtime page remains (recorded, reused)');
-    expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load again');
-    assert.equal(await b.ask('v'), 'Hello World');
-  });
+  for (const { how, env } of BATCH_KILLS) {
+    test(`killed ${how} of the span holding the runtime page, the state's copy and the payload`, async () => {
+      const b = await procs.start(files['base']!);
+      const cli = new Cli(newDir('leak-first'));
+      const anon = (): bigint[] => readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n')
+        .map((l) => /^([0-9a-f]+)-([0-9a-f]+) \S{3}p [0-9a-f]+ \S+ 0\s*$/.exec(l))
+        .filter((m): m is RegExpExecArray => m !== null).map((m) => BigInt('0x' + m[2]) - BigInt('0x' + m[1]));
+      const before = anon().reduce((a, n) => a + n, 0n);
+      const unpatched = await b.ask('v');
+      // The runtime page's mmap borrows the thread's own system call instruction; the mprotects of the
+      // rest run from the new page, so killed during them, the thread finishes by itself.
+      const r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], { env: { HOTSTACK_TEST_MODE: '1', ...env } });
+      assert.equal(r.signal, 'SIGKILL', `the tool was killed ${how}\n${r.stderr}`);
+      assert.equal(await b.ask('v'), unpatched, 'the target runs on, unpatched');
+      expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: /^hotstack: repaired an interrupted upload: freed the \d+ bytes at 0x[0-9a-f]+ \(\d mappings\) a killed hotstack had mapped but not yet recorded\n$/ }, 'list repairs');
+      assert.equal(anon().reduce((a, n) => a + n, 0n), before + 4096n, 'only the runtime page remains (recorded, reused)');
+      expectCli(cli.run(b.pid, 'load', files['hello']!), { status: 0, stderr: '' }, 'load again');
+      assert.equal(await b.ask('v'), 'Hello World');
+    });
+  }
 });
 
 describe('mapping intents in the state file are untrusted', () => {
@@ -680,6 +695,12 @@ describe('one lock per process, whichever PID namespace looks (issue 11: 2.3)', 
     const r = inside('load', files['hello']!);
     assert.equal(r.status, 0, r.stderr);
     assert.match(host.run(hostPid, 'list').stdout, /hello\s+\| APPLIED/, 'the host sees the payload loaded inside');
+    assert.equal(await b.ask('v'), 'Hello World');
+    // And the host maps into the namespace's process: a batch that ends with a signal names its
+    // own thread by the ids its namespace gives it (host pids there would be another process).
+    expectCli(host.run(hostPid, 'revert', 'hello'), { status: 0 }, 'host revert');
+    expectCli(host.run(hostPid, 'unload', 'hello'), { status: 0 }, 'host unload');
+    expectCli(host.run(hostPid, 'load', files['hello']!), { status: 0, stderr: '' }, 'host load');
     assert.equal(await b.ask('v'), 'Hello World');
   });
 });

@@ -5,12 +5,14 @@
  * the value: the assembler picks imm32, sign-extended imm32 or imm64),
  * the recorded end offsets follow each `syscall`, and every result check
  * compares rax with the call's expected value and skips to the restore
- * sequence.
+ * sequence (or, in a batch that ends with a signal, to the tgkill that
+ * ends it, each result kept in a register for the tracer).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import iced from 'iced-x86';
 import { arch, type BatchCall, type Regs } from '../src/arch/index.js';
+import { STUB_SIZE } from '../src/targets/process/remote/runtime.js';
 
 const { Decoder, DecoderOptions, Mnemonic, Register } = iced;
 
@@ -22,7 +24,10 @@ function full(reg: number): string {
   return n.replace(/D$/, '');
 }
 
-interface Seen { nr: bigint; args: bigint[]; end: number; expect?: bigint; skipTo?: number }
+interface Seen { nr: bigint; args: bigint[]; end: number; expect?: bigint; skipTo?: number; regs: Map<string, bigint> }
+
+/** The token standing for what call `k` returned. */
+const result = (k: number): bigint => 0xfeed_0000n + BigInt(k);
 
 function runOnPaper(code: Uint8Array): { calls: Seen[]; restoreAt: number } {
   const d = new Decoder(64, code, DecoderOptions.None);
@@ -39,9 +44,14 @@ function runOnPaper(code: Uint8Array): { calls: Seen[]; restoreAt: number } {
     const at = Number(i.ip);
     if (i.mnemonic === Mnemonic.Mov && i.op1Kind !== iced.OpKind.Register) {
       regs.set(full(i.op0Register), BigInt.asUintN(64, i.immediate(1)));
+    } else if (i.mnemonic === Mnemonic.Mov) {
+      assert.ok(i.op0Kind === iced.OpKind.Register, `mov to memory at ${at}`);
+      regs.set(full(i.op0Register), regs.get(full(i.op1Register)) ?? -1n);
     } else if (i.mnemonic === Mnemonic.Syscall) {
       const g = (r: string): bigint => regs.get(r) ?? -1n;
-      calls.push({ nr: g('RAX'), args: ['RDI', 'RSI', 'RDX', 'R10', 'R8', 'R9'].map(g), end: next });
+      calls.push({ nr: g('RAX'), args: ['RDI', 'RSI', 'RDX', 'R10', 'R8', 'R9'].map(g), end: next, regs: new Map(regs) });
+      // What the call returns, as a token the later moves carry.
+      regs.set('RAX', result(calls.length - 1));
     } else if (i.mnemonic === Mnemonic.Cmp) {
       assert.deepEqual([Register[i.op0Register], Register[i.op1Register]], ['RAX', 'RCX'], `cmp at ${at}`);
       calls[calls.length - 1]!.expect = regs.get('RCX');
@@ -85,5 +95,34 @@ test('a batch of up to four mmap-sized calls fits a stub slot of the runtime pag
   const mmap: BatchCall = { nr: 9n, args: [0x7fff_dead_b000n, 0x40_0000n, 5n, 0x100022n, -1n, 0n], expect: 0x7fff_dead_b000n };
   const mprotect: BatchCall = { nr: 10n, args: [0x7fff_dead_c000n, 0x1000n, 3n], expect: 0n };
   const stub = arch.process.batchStub([mmap, mprotect, mprotect, mprotect], saved);
-  assert.ok(stub.bytes.length <= 512, `${stub.bytes.length} bytes`);
+  assert.ok(stub.bytes.length <= STUB_SIZE, `${stub.bytes.length} bytes`);
+});
+
+test('a batch that ends with a signal: results in registers, then tgkill(getpid(), gettid(), sig), also after a surprise', () => {
+  const abi = arch.process;
+  const calls: BatchCall[] = [
+    { nr: 9n, args: [0x7fff_dead_b000n, 0x40_0000n, 5n, 0x100022n, -1n, 0n], expect: 0x7fff_dead_b000n },
+    ...Array.from({ length: abi.batchResultRegs - 1 }, (_, k) => ({ nr: 10n, args: [0x7fff_dead_c000n + BigInt(k) * 4096n, 4096n, 3n], expect: 0n })),
+  ];
+  const SIGURG = 23;
+  const stub = abi.batchStub(calls, saved, SIGURG);
+  const { calls: seen, restoreAt } = runOnPaper(stub.bytes);
+  const n = calls.length;
+  assert.deepEqual(seen.map((s) => s.nr), [...calls.map((c) => c.nr), BigInt(abi.sys.getpid), BigInt(abi.sys.gettid), BigInt(abi.sys.tgkill)]);
+  seen.slice(0, n).forEach((s, k) => {
+    assert.equal(s.end, stub.ends[k], `call ${k}: end offset`);
+    assert.equal(s.expect, BigInt.asUintN(64, calls[k]!.expect), `call ${k}: expected result`);
+    assert.equal(s.skipTo, restoreAt, `call ${k}: a surprise skips to the signal, not past it`);
+  });
+  const kill = seen[n + 2]!;
+  assert.deepEqual(kill.args.slice(0, 3), [result(n), result(n + 1), BigInt(SIGURG)], 'tgkill of its own thread, ids as it sees them');
+  assert.equal(kill.end, stub.signalEnd, 'the stop is right after the tgkill');
+  // At that stop, batchResults reads every call's result from where the stub left it.
+  const at = Object.fromEntries(abi.regNames.map((r) => [r, kill.regs.get(r.toUpperCase()) ?? 0n])) as unknown as Regs;
+  assert.deepEqual(abi.batchResults(at, n), calls.map((_, k) => result(k)));
+  assert.ok(stub.bytes.length <= STUB_SIZE, `${stub.bytes.length} bytes fit a stub slot`);
+  assert.throws(() => abi.batchStub([...calls, calls[1]!], saved, SIGURG), /at most/);
+  // Without a signal: no tgkill, no result moves.
+  assert.equal(abi.batchStub(calls, saved).signalEnd, undefined);
+  assert.equal(runOnPaper(abi.batchStub(calls, saved).bytes).calls.length, n);
 });

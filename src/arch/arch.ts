@@ -70,10 +70,15 @@ export interface BatchCall {
   expect: bigint;
 }
 
-/** A stub running several system calls: `ends[i]` is the offset after call i's system call instruction. */
+/**
+ * A stub running several system calls: `ends[i]` is the offset after call
+ * i's system call instruction; `signalEnd`, for a batch that ends with a
+ * signal, the offset after the system call that sends it.
+ */
 export interface BatchStub {
   bytes: Uint8Array;
   ends: number[];
+  signalEnd?: number;
 }
 
 /**
@@ -92,7 +97,7 @@ export interface ProcessAbi<R> {
   /** The system call instruction (to find one in the target to borrow). */
   readonly syscallInsn: Uint8Array;
   /** System call numbers. */
-  readonly sys: { mmap: number; munmap: number; mprotect: number; getpid: number; gettid: number; close: number };
+  readonly sys: { mmap: number; munmap: number; mprotect: number; getpid: number; gettid: number; close: number; tgkill: number };
   /** Registers that run system call `nr(args)` at `at` (a system call instruction), no restart of an interrupted call. */
   syscallRegs(saved: R, at: bigint, nr: bigint, args: bigint[]): R;
   /** The raw return value at the stop after a system call. */
@@ -109,8 +114,19 @@ export interface ProcessAbi<R> {
    * A stub that runs `calls` in order, their arguments as immediates,
    * skipping the rest once one returns other than its `expect`, then
    * restores `saved` and jumps back. Entered with `batchRegs`.
+   *
+   * With `endSignal`, the thread runs the calls without stopping (at most
+   * `batchResultRegs` of them, each result kept in a register, see
+   * batchResults) and then sends itself that signal: a traced thread stops
+   * for it, an untraced one (hotstack killed) ignores it, when the signal
+   * is one the thread neither blocks nor catches and whose default action
+   * is to ignore it.
    */
-  batchStub(calls: BatchCall[], saved: R): BatchStub;
+  batchStub(calls: BatchCall[], saved: R, endSignal?: number): BatchStub;
+  /** How many calls a batch that ends with a signal can run. */
+  readonly batchResultRegs: number;
+  /** The results of the first `n` calls of a batch that ended with a signal, at its stop. */
+  batchResults(r: R, n: number): bigint[];
   /** Registers that enter a batch stub at `at` (no restart of an interrupted call). */
   batchRegs(saved: R, at: bigint): R;
   /** A stub that calls `fn` (set up by callRegs), stops at a getpid marker, then restores `saved` and jumps back. */

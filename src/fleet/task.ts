@@ -13,7 +13,7 @@ import { cmdAction, cmdLoad, cmdUpload } from '../cli/lifecycle.js';
 import { jsonReporter, type Reporter } from '../cli/report.js';
 import type { LoadedPayload } from '../cli/trust.js';
 import { openProcessEngine } from '../targets/process/session.js';
-import { processStartTime, threadSchedState } from '../targets/process/procfs.js';
+import { startTimeAndState } from '../targets/process/procfs.js';
 import { leaderLeftEarly } from '../targets/process/threads.js';
 
 export type FleetActionName = 'list' | 'upload' | 'load' | 'apply' | 'revert' | 'unload' | 'replace';
@@ -45,8 +45,8 @@ export type ProcessOutcome = Omit<FleetProcessJson, 'steps' | 'notices' | 'nodep
  */
 function startTime(pid: number): bigint | null {
   try {
-    const t = processStartTime(pid);
-    if ('ZX'.includes(threadSchedState(pid, pid)) && !leaderLeftEarly(pid)) return null;
+    const { startTime: t, state } = startTimeAndState(pid);
+    if ('ZX'.includes(state) && !leaderLeftEarly(pid)) return null;
     return t;
   } catch {
     return null;

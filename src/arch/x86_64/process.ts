@@ -15,7 +15,7 @@ import { INT3 } from './insn.js';
 import { REG_NAMES, type Regs } from './regs.js';
 
 /** Linux x86-64 system call numbers used by remote operations. */
-const SYS = { close: 3, mmap: 9, mprotect: 10, munmap: 11, getpid: 39, gettid: 186 } as const;
+const SYS = { close: 3, mmap: 9, mprotect: 10, munmap: 11, getpid: 39, gettid: 186, tgkill: 234 } as const;
 
 const RED_ZONE = 128n;
 /** Stack space skipped below the red zone before a call frame, in case the thread was in a leaf function. */
@@ -74,6 +74,12 @@ class Asm {
     }
     return this.movabs(reg, v);
   }
+  /** mov %src, %dst (64-bit). */
+  movReg(dst: keyof typeof ENC, src: keyof typeof ENC): this {
+    const d = ENC[dst];
+    const s = ENC[src];
+    return this.u8(0x48 | (s >= 8 ? 4 : 0) | (d >= 8 ? 1 : 0), 0x89, 0xc0 | ((s & 7) << 3) | (d & 7));
+  }
   syscall(): this {
     return this.u8(0x0f, 0x05);
   }
@@ -83,6 +89,9 @@ class Asm {
 }
 
 const u64 = (v: bigint): bigint => BigInt.asUintN(64, v);
+
+/** Where a batch that ends with a signal keeps its results: registers no system call takes or clobbers. */
+const RESULT_REGS = ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15'] as const;
 
 /** Six argument registers' values: `args` padded with zeros. */
 function six(args: bigint[]): bigint[] {
@@ -161,11 +170,14 @@ export const x86_64Process: ProcessAbi<Regs> = {
 
   selfRestoredRegs,
 
-  batchStub(calls: BatchCall[], saved: Regs): BatchStub {
+  batchResultRegs: RESULT_REGS.length,
+
+  batchStub(calls: BatchCall[], saved: Regs, endSignal?: number): BatchStub {
+    if (endSignal !== undefined && calls.length > RESULT_REGS.length) throw new Error(`internal: a batch that ends with a signal runs at most ${RESULT_REGS.length} calls`);
     const a = new Asm();
     const ends: number[] = [];
     const skips: number[] = [];
-    for (const c of calls) {
+    calls.forEach((c, k) => {
       const v = six(c.args);
       a.mov('rax', c.nr);
       (['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const).forEach((r, i) => {
@@ -173,19 +185,31 @@ export const x86_64Process: ProcessAbi<Regs> = {
       });
       a.syscall();
       ends.push(a.length);
+      // Nobody stops the thread between calls: each result waits in a register we restore anyway.
+      if (endSignal !== undefined) a.movReg(RESULT_REGS[k]!, 'rax');
       // rcx is the system call's to clobber: compare through it, and skip the rest on a surprise.
       a.mov('rcx', c.expect).u8(0x48, 0x39, 0xc8); // cmp %rcx, %rax
-      a.u8(0x0f, 0x85, 0, 0, 0, 0); // jne restore
+      a.u8(0x0f, 0x85, 0, 0, 0, 0); // jne over the rest
       skips.push(a.length);
-    }
-    const restoreAt = a.length;
+    });
+    const restAt = a.length;
     for (const end of skips) {
-      const rel = restoreAt - end;
+      const rel = restAt - end;
       for (let i = 0; i < 4; i++) a.bytes[end - 4 + i] = (rel >> (8 * i)) & 0xff;
     }
+    let signalEnd: number | undefined;
+    if (endSignal !== undefined) {
+      // tgkill(getpid(), gettid(), sig): ids as the thread's own PID namespace numbers them.
+      a.mov('rax', BigInt(SYS.getpid)).syscall().movReg('rdi', 'rax');
+      a.mov('rax', BigInt(SYS.gettid)).syscall().movReg('rsi', 'rax');
+      a.mov('rdx', BigInt(endSignal)).mov('rax', BigInt(SYS.tgkill)).syscall();
+      signalEnd = a.length;
+    }
     emitRestore(a, saved);
-    return { bytes: Uint8Array.from(a.bytes), ends };
+    return { bytes: Uint8Array.from(a.bytes), ends, signalEnd };
   },
+
+  batchResults: (r, n) => RESULT_REGS.slice(0, n).map((k) => r[k]),
 
   batchRegs(saved, at) {
     return { ...saved, rip: at, orig_rax: u64(-1n), eflags: saved.eflags & ~EFLAGS_TF };

@@ -93,13 +93,18 @@ function lockName(pid: number): string {
   return `pidns${ns}-pid${inner}.lock`;
 }
 
-/** Our own PID namespace, or null when unknown. */
+let ownNamespace: bigint | null | undefined;
+
+/** Our own PID namespace (hotstack never changes it: read once), or null when unknown. */
 function ownPidNamespace(): bigint | null {
-  try {
-    return pidNamespaceOf(process.pid);
-  } catch {
-    return null;
+  if (ownNamespace === undefined) {
+    try {
+      ownNamespace = pidNamespaceOf(process.pid);
+    } catch {
+      ownNamespace = null;
+    }
   }
+  return ownNamespace;
 }
 
 /** Who holds a lock, as its holder wrote it (its pid and PID namespace), for messages; '' when unknown. */

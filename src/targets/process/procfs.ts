@@ -67,6 +67,12 @@ export function startTimeAndComm(pid: number): { startTime: bigint; comm: string
   return { startTime: numericField(pid, s, 22, 'start time'), comm: s.comm };
 }
 
+/** Start time and the one-letter scheduler state of the main thread, from one read of stat; ESRCH when the process does not exist. */
+export function startTimeAndState(pid: number): { startTime: bigint; state: string } {
+  const s = readStat(pid);
+  return { startTime: numericField(pid, s, 22, 'start time'), state: statField(s, 3) ?? '?' };
+}
+
 /** start_brk (field 47), or undefined on kernels that hide it; ESRCH when the process does not exist. */
 export function startBrk(pid: number): bigint | undefined {
   const v = statField(readStat(pid), 47);
@@ -219,6 +225,20 @@ export function effectiveUidOf(status: string): number | null {
 /** `TracerPid:`: who traces the thread (0: nobody). */
 export function tracerOf(status: string): number | null {
   return statusNumber(status, 'TracerPid');
+}
+
+/** A signal mask of a status text (`SigBlk:` etc., hex; bit n-1 is signal n), or null when absent or malformed. */
+function statusMask(status: string, name: string): bigint | null {
+  const v = statusValues(status, name)?.[0];
+  return v !== undefined && /^[0-9a-f]{1,16}$/.test(v) ? BigInt('0x' + v) : null;
+}
+
+/** A thread's blocked, ignored and caught signals (`SigBlk:`, `SigIgn:`, `SigCgt:`), or null when any is missing. */
+export function signalMasksOf(status: string): { blocked: bigint; ignored: bigint; caught: bigint } | null {
+  const blocked = statusMask(status, 'SigBlk');
+  const ignored = statusMask(status, 'SigIgn');
+  const caught = statusMask(status, 'SigCgt');
+  return blocked === null || ignored === null || caught === null ? null : { blocked, ignored, caught };
 }
 
 /** `Seccomp:` 2: a seccomp filter is installed. */

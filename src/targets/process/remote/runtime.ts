@@ -14,8 +14,12 @@ import type { StoppedProcess } from '../threads.js';
 /** The runtime page: its first bytes are the trap of calls made without a stub, the rest holds stubs. */
 export const RUNTIME_PAGE_SIZE = 4096;
 const STUB_OFFSET = 256;
-/** Room for a batch of a few system calls and the restore sequence (about 200 bytes). */
-const STUB_SIZE = 512;
+/**
+ * Room for a batch of system calls and the restore sequence: six calls
+ * with six 64-bit arguments each and the signal that ends them take about
+ * 520 bytes (an upload's batch: an mmap and an mprotect per permission).
+ */
+export const STUB_SIZE = 640;
 /**
  * Stubs rotate among this many slots, starting at a random one per page, so
  * that a thread left running an old stub by a killed hotstack (e.g. inside a

@@ -6,7 +6,9 @@ import { errnoName, fail, ERRNO, knownErrno } from '../../../errors.js';
 import { arch, type BatchCall } from '../../../arch/index.js';
 import * as pt from '../ptrace.js';
 import type { StoppedProcess } from '../threads.js';
-import { dieAt, drive, exitAware, hex, owe, registerArgs, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
+import { testMode } from '../../../core/fault.js';
+import { hasSeccompFilter, readStatus, signalMasksOf } from '../procfs.js';
+import { dieAt, drive, exitAware, hex, isCrashSignal, owe, registerArgs, parkAfterSyscallStop, SYSCALL_TIMEOUT_MS, SYSCALL_TRAP, type Operation } from './driver.js';
 import { findSyscallInsn, placeStub, runtimePageOf } from './runtime.js';
 
 export const PROT_READ = 1;
@@ -89,27 +91,106 @@ export function remoteSyscalls(proc: StoppedProcess, tid: number, calls: BatchCa
 }
 
 /**
- * The stub run of remoteSyscall and remoteSyscalls. Only syscall stops and
- * interrupt stops: harmless if hotstack dies (a pending single-step would
- * leave the untraced thread a fatal SIGTRAP). `stage`: the prefix of the
- * test-kill stages at each call's entry and exit (see dieAt).
+ * Signals whose default action is to ignore them, in order of preference
+ * (SIGURG is rarely caught outside Go, SIGWINCH outside terminal programs).
+ */
+const QUIET_SIGNALS = [pt.SIG.SIGURG, pt.SIG.SIGWINCH, pt.SIG.SIGCHLD];
+
+/** The signal each held thread's batches end with (null: none fits), per stop. */
+const endSignals = new WeakMap<StoppedProcess, Map<number, number | null>>();
+
+/**
+ * A quiet signal for thread `tid` to end a batch with: one it neither
+ * blocks nor catches (ignored, by default or SIG_IGN), so that untraced it
+ * is discarded, while a traced thread still stops for it (the kernel queues
+ * even ignored signals for a tracer). None under a seccomp filter, which
+ * may refuse the tgkill or kill the process for it.
+ */
+function pickQuietSignal(pid: number, tid: number): number | null {
+  let status: string;
+  try {
+    status = readStatus(pid, tid);
+  } catch {
+    return null;
+  }
+  const m = signalMasksOf(status);
+  if (!m || hasSeccompFilter(status)) return null;
+  return QUIET_SIGNALS.find((sig) => !((m.blocked | m.caught) & (1n << BigInt(sig - 1)))) ?? null;
+}
+
+/** The signal a batch of `n` calls on `tid` ends with, undefined for a batch with a stop at each call. */
+function endSignalFor(proc: StoppedProcess, tid: number, n: number): number | undefined {
+  if (n > abi.batchResultRegs || (testMode() && process.env.HOTSTACK_TEST_BATCH === 'stops')) return undefined;
+  let byTid = endSignals.get(proc);
+  if (!byTid) endSignals.set(proc, (byTid = new Map()));
+  let sig = byTid.get(tid);
+  if (sig === undefined) byTid.set(tid, (sig = pickQuietSignal(proc.pid, tid)));
+  return sig ?? undefined;
+}
+
+/**
+ * The stub run of remoteSyscall and remoteSyscalls: one stop for the whole
+ * batch when the thread can end it with a quiet signal, else a syscall stop
+ * at each call's entry and exit. Either way only stops that are harmless if
+ * hotstack dies (a pending single-step would leave the untraced thread a
+ * fatal SIGTRAP). `stage`: the prefix of the test-kill stages (see dieAt).
  */
 function runBatch(proc: StoppedProcess, tid: number, calls: BatchCall[], stage: string): SyscallResult[] {
   const saved = pt.getRegs(tid);
-  const stub = abi.batchStub(calls, saved);
+  const sig = endSignalFor(proc, tid, calls.length);
+  const stub = abi.batchStub(calls, saved, sig);
   const at = placeStub(proc, stub);
   if (at === undefined) fail('EIO', `internal: a batch of system calls in process ${proc.pid} needs its runtime page`);
-  const ends = stub.ends.map((e) => at + BigInt(e));
   const what = calls.length === 1 ? `remote system call ${calls[0]!.nr}` : `remote system calls ${calls.map((c) => c.nr).join(', ')}`;
+  const common = { what, stage: 'stub-setregs', timeoutMs: SYSCALL_TIMEOUT_MS, timeoutMessage: `${what} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms` };
+  const op = sig === undefined ? stopAtEachCall(proc, tid, calls, at, stub.ends, stage, what) : stopAtSignal(proc, tid, calls, at, at + BigInt(stub.signalEnd!), sig, stage);
+  return drive(proc, tid, saved, abi.batchRegs(saved, at), { ...common, ...op });
+}
+
+type BatchOp = Pick<Operation<SyscallResult[]>, 'resume' | 'onStop'>;
+
+/** Results of the calls that ran: up to and including the first that did not return its `expect`. */
+function ranPrefix(calls: BatchCall[], raw: bigint[]): SyscallResult[] {
+  const out: SyscallResult[] = [];
+  for (let i = 0; i < calls.length; i++) {
+    const r = syscallResult(raw[i]!);
+    out.push(r);
+    if (BigInt.asUintN(64, r.value) !== BigInt.asUintN(64, calls[i]!.expect)) break;
+  }
+  return out;
+}
+
+/**
+ * The thread runs freely to the stub's tgkill and stops for the signal
+ * (a signal-delivery stop: SETREGS of the saved registers there gets the
+ * kernel's restart of an interrupted system call, as at an interrupt
+ * stop; resuming suppresses the signal). The results are in registers.
+ */
+function stopAtSignal(proc: StoppedProcess, tid: number, calls: BatchCall[], at: bigint, end: bigint, sig: number, stage: string): BatchOp {
+  return {
+    resume: 'cont',
+    onStop(st, now) {
+      const pc = abi.pc(now);
+      if (st.kind === 'signal' && st.signal === sig && pc === end) {
+        dieAt(`${stage}-signal`);
+        return ranPrefix(calls, abi.batchResults(now, calls.length));
+      }
+      // Another signal on the way (before the stub's first instruction, or between its calls): owe it, go on.
+      if (pc < at || pc > end || (st.kind === 'signal' && isCrashSignal(st.signal))) unexpected(calls[0]!.nr, proc.pid, st, pc);
+      if (st.kind === 'signal') owe(proc, tid, st.signal);
+      return undefined;
+    },
+  };
+}
+
+/** A syscall stop at each call's entry and exit, then a park in an interrupt stop (see parkAfterSyscallStop). */
+function stopAtEachCall(proc: StoppedProcess, tid: number, calls: BatchCall[], at: bigint, offsets: number[], stage: string, what: string): BatchOp {
+  const ends = offsets.map((e) => at + BigInt(e));
   pt.setOptions(tid, pt.PTRACE_O_TRACESYSGOOD);
   const results: SyscallResult[] = [];
   let entered = false;
-  const op: Operation<SyscallResult[]> = {
-    what,
+  return {
     resume: 'syscall',
-    stage: 'stub-setregs',
-    timeoutMs: SYSCALL_TIMEOUT_MS,
-    timeoutMessage: `${what} in process ${proc.pid} did not complete within ${SYSCALL_TIMEOUT_MS} ms`,
     onStop(st, now, deadline) {
       const pc = abi.pc(now);
       const i = results.length;
@@ -133,7 +214,6 @@ function runBatch(proc: StoppedProcess, tid: number, calls: BatchCall[], stage: 
       return undefined;
     },
   };
-  return drive(proc, tid, saved, abi.batchRegs(saved, at), op);
 }
 
 function syscallFailure(what: string, pid: number, errno: number, hint = ''): never {

@@ -1,0 +1,35 @@
+/**
+ * Parsing of /proc/PID/status facts that decide how hotstack drives a
+ * thread: its signal masks (a batch ends with a signal only when one fits)
+ * and its seccomp mode. Untrusted text: anything malformed is "unknown".
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { hasSeccompFilter, signalMasksOf } from '../src/targets/process/procfs.js';
+
+const status = (blk: string, ign: string, cgt: string, seccomp = '0'): string =>
+  `Name:\tx\nSigQ:\t0/1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t${blk}\nSigIgn:\t${ign}\nSigCgt:\t${cgt}\nSeccomp:\t${seccomp}\n`;
+
+test('signal masks: bit n-1 is signal n, hex as the kernel prints them', () => {
+  // SIGURG (23) blocked, SIGCHLD (17) ignored, SIGWINCH (28) caught.
+  assert.deepEqual(signalMasksOf(status('0000000000400000', '0000000000010000', '0000000008000000')), {
+    blocked: 1n << 22n, ignored: 1n << 16n, caught: 1n << 27n,
+  });
+  const own = signalMasksOf(readFileSync('/proc/self/status', 'utf8'));
+  assert.ok(own && own.caught !== 0n, 'this Node process catches signals (SIGINT at least)');
+});
+
+test('signal masks: missing or malformed lines are unknown, never a guess', () => {
+  assert.equal(signalMasksOf('Name:\tx\n'), null);
+  assert.equal(signalMasksOf(status('zz', '0', '0')), null);
+  assert.equal(signalMasksOf(status('0', '0', '1'.repeat(17))), null, 'more than 64 bits');
+  assert.equal(signalMasksOf(status('0', '', '0')), null);
+});
+
+test('seccomp: only mode 2 is a filter', () => {
+  assert.equal(hasSeccompFilter(status('0', '0', '0', '2')), true);
+  assert.equal(hasSeccompFilter(status('0', '0', '0', '1')), false);
+  assert.equal(hasSeccompFilter(status('0', '0', '0')), false);
+  assert.equal(hasSeccompFilter('Name:\tx\n'), false);
+});
