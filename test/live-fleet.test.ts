@@ -209,6 +209,26 @@ test('narrowing: --pid A,B --pid C, --exe, --uid, --base-build-id', () => {
   expectCli(r, { status: 1, stderr: /--pid must be a whole number/ });
 });
 
+test('a fleet worker that dies: its process fails with the reason, another worker takes the rest; with no worker left, the rest are failed, not forgotten', () => {
+  const set = survivors.slice(0, 6).map((p) => p.pid);
+  const dies = set[1]!;
+  const run = (jobs: string): FleetJson => {
+    const r = cli.raw(['--pid', set.join(','), '--jobs', jobs, 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_WORKER_EXIT: String(dies) } });
+    assert.equal(r.status, 1, showResult(r));
+    return JSON.parse(r.stdout) as FleetJson;
+  };
+  const two = run('2');
+  const of = (j: FleetJson, pid: number) => j.processes.find((p) => p.pid === pid)!;
+  assert.match(of(two, dies).message, /^internal error in a fleet worker: exit status 3$/);
+  for (const pid of set.filter((p) => p !== dies)) assert.equal(of(two, pid).result, 'listed', `process ${pid}`);
+  assert.deepEqual(two.summary, { listed: 5, skipped: 0, failed: 1 });
+  // One worker: it dies at the second process; the four after it were never acted on.
+  const one = run('1');
+  assert.equal(of(one, set[0]!).result, 'listed');
+  assert.match(of(one, dies).message, /exit status 3/);
+  for (const pid of set.slice(2)) assert.match(of(one, pid).message, /^not acted on: the fleet workers stopped$/, `process ${pid}`);
+});
+
 test('--all revert, twice, then --all unload: every process back to its own code', async () => {
   let r = cli.raw(['--all', 'revert', 'fleet_fix', '--timeout', '200']);
   expectCli(r, { status: 0, stderr: '' });

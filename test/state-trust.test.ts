@@ -587,6 +587,32 @@ describe('a tool killed during the first upload leaks nothing but the runtime pa
   }
 });
 
+describe('a range the program maps after hotstack read its maps', () => {
+  test('the span goes to the next free range and the program\'s page stays, on the first upload and a later one', async () => {
+    const b = await procs.start(files['base']!);
+    const cli = new Cli(newDir('hint-taken'));
+    // The switch maps a PROT_NONE page at the first hint, as the program's own thread could
+    // between the maps read at open and the stop: the mmap there is EEXIST, the next is tried.
+    const taken = { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_TAKE_HINT: '1' } };
+    const pages = (): number => readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n').filter((l) => {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) ---p 00000000 00:00 0\s*$/.exec(l);
+      return m !== null && BigInt('0x' + m[2]) - BigInt('0x' + m[1]) === 4096n;
+    }).length;
+    const before = pages();
+    let r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], taken);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(pages(), before + 1, 'the page at the first hint is the program\'s: left alone');
+    assert.equal(await b.ask('v'), 'Hello World');
+    expectCli(cli.run(b.pid, 'revert', 'hello'), { status: 0 }, 'revert');
+    expectCli(cli.run(b.pid, 'unload', 'hello'), { status: 0 }, 'unload');
+    r = cli.raw(['--pid', String(b.pid), 'load', files['hello']!], taken);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(pages(), before + 2, 'and again with the runtime page there');
+    assert.equal(await b.ask('v'), 'Hello World');
+    expectCli(cli.run(b.pid, 'list'), { status: 0, stderr: '' }, 'nothing to repair');
+  });
+});
+
 describe('mapping intents in the state file are untrusted', () => {
   test('malformed ones make the file corrupt (the state comes from the process); an unknown range is left alone', async () => {
     const b = await procs.start(files['base']!);

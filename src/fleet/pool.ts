@@ -8,14 +8,30 @@ import { Worker } from 'node:worker_threads';
 import type { FleetProcess } from '../targets/process/discover.js';
 import type { FleetAction, ProcessOutcome } from './task.js';
 
-/** Main thread to worker: act on this process. */
-export interface WorkerTask {
-  pid: number;
-  comm: string;
+/**
+ * Main thread to worker, once: the processes to act on, and the shared
+ * claim board. `board[0]` is the index of the next process to claim (each
+ * worker takes the next one itself, with an atomic add, the moment it is
+ * done with one: a worker never idles waiting for the main thread, which
+ * may be busy printing or descheduled); `board[1 + w]` is the index worker
+ * `w` is acting on (-1 between processes), so a worker that dies leaves
+ * the process it had named.
+ */
+export interface WorkerTasks {
+  procs: { pid: number; comm: string }[];
+  board: SharedArrayBuffer;
+  worker: number;
 }
 
-/** Worker to main thread: started, or one process done. */
-export type WorkerReply = { ready: true; outcome?: undefined } | { ready?: undefined; outcome: ProcessOutcome };
+/** Worker to main thread: one process done, or no process left. */
+export type WorkerReply = { outcome: ProcessOutcome } | { done: true };
+
+/** Claim the next process of a WorkerTasks board: its index, or undefined when none is left. */
+export function claim(board: Int32Array, worker: number, total: number): number | undefined {
+  const i = Atomics.add(board, 0, 1);
+  Atomics.store(board, 1 + worker, i < total ? i : -1);
+  return i < total ? i : undefined;
+}
 
 /**
  * Default --jobs: one worker per CPU, at most 16. The per-process work is
@@ -46,10 +62,11 @@ export class FleetPool {
   }
 
   /**
-   * Act on every process of `procs`, at most one per worker at a time.
-   * `onOutcome` is called as each finishes (in completion order); resolves
-   * with every outcome in `procs` order, then the workers are gone. Never
-   * rejects for a process's sake.
+   * Act on every process of `procs`, each worker taking the next one as
+   * soon as it is done with one (see WorkerTasks). `onOutcome` is called as
+   * each finishes (in completion order); resolves with every outcome in
+   * `procs` order, then the workers are gone. Never rejects for a
+   * process's sake.
    */
   run(procs: FleetProcess[], onOutcome: (o: ProcessOutcome) => void): Promise<ProcessOutcome[]> {
     const outcomes = new Map<number, ProcessOutcome>();
@@ -60,10 +77,14 @@ export class FleetPool {
       this.close();
       return Promise.resolve([]);
     }
+    const board = new SharedArrayBuffer(4 * (1 + used.length));
+    const claims = new Int32Array(board);
+    claims.fill(-1, 1);
+    const list = procs.map((p) => ({ pid: p.pid, comm: p.comm }));
     return new Promise((resolve) => {
-      let next = 0;
       let live = used.length;
       const record = (o: ProcessOutcome): void => {
+        if (outcomes.has(o.pid)) return;
         outcomes.set(o.pid, o);
         onOutcome(o);
       };
@@ -75,33 +96,26 @@ export class FleetPool {
         }
         resolve(procs.map((p) => outcomes.get(p.pid)!));
       };
-      for (const w of used) {
-        let current: FleetProcess | undefined;
+      used.forEach((w, k) => {
         let ended = false;
-        // Posted at once: a worker still loading finds its first task queued.
-        const feed = (): void => {
-          current = procs[next++];
-          if (!current) {
-            void w.terminate();
-            return;
-          }
-          w.postMessage({ pid: current.pid, comm: current.comm } satisfies WorkerTask);
-        };
         w.on('message', (r: WorkerReply) => {
-          if (!r.outcome) return; // started
-          record(r.outcome);
-          feed();
+          if ('outcome' in r) record(r.outcome);
+          else if ('done' in r) void w.terminate();
         });
         const end = (why?: string): void => {
           if (ended) return;
           ended = true;
-          if (current && why) record(workerFailure(current, `internal error in a fleet worker: ${why}`));
+          // The process it had claimed, if any, is failed with the reason; the others take the rest.
+          const i = Atomics.load(claims, 1 + k);
+          const current = i >= 0 ? procs[i] : undefined;
+          if (current && why && !outcomes.has(current.pid)) record(workerFailure(current, `internal error in a fleet worker: ${why}`));
           finish();
         };
         w.on('error', (e) => end(e.message));
-        w.on('exit', (code) => end(code !== 0 && current ? `exit status ${code}` : undefined));
-        feed();
-      }
+        w.on('exit', (code) => end(code !== 0 ? `exit status ${code}` : undefined));
+        // Posted at once: a worker still loading finds its tasks queued.
+        w.postMessage({ procs: list, board, worker: k } satisfies WorkerTasks);
+      });
     });
   }
 }

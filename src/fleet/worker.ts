@@ -1,13 +1,14 @@
 /**
- * A fleet worker thread: acts on one process at a time, as the pool hands
- * them out. ptrace binds a tracee to the thread that attached it, so each
+ * A fleet worker thread: acts on one process at a time, claiming the next
+ * from the pool's shared board as soon as it is done. ptrace binds a tracee to the thread that attached it, so each
  * process is handled from start to end by one worker; the engine and the
  * ptrace layer are synchronous, so threads are how processes overlap.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { runOnProcess, type FleetAction } from './task.js';
-import type { WorkerReply, WorkerTask } from './pool.js';
+import { claim, type WorkerReply, type WorkerTasks } from './pool.js';
 import { loadIced } from '../analysis/iced.js';
+import { testMode } from '../core/fault.js';
 
 const action = (workerData as { action: FleetAction }).action;
 // An upload analyses its base: load the decoder (about 25 ms) while the main thread still
@@ -20,15 +21,21 @@ if (action.action === 'load' || action.action === 'upload') {
   }
 }
 
-parentPort!.on('message', (t: WorkerTask) => {
-  let reply: WorkerReply;
-  try {
-    reply = { outcome: runOnProcess(t.pid, t.comm, action) };
-  } catch (e) {
-    // runOnProcess reports every HotstackError itself: this is a bug, kept to this one process.
-    const message = `internal error: ${e instanceof Error ? e.message : String(e)}`;
-    reply = { outcome: { pid: t.pid, comm: t.comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 } };
+parentPort!.on('message', (t: WorkerTasks) => {
+  const board = new Int32Array(t.board);
+  for (let i = claim(board, t.worker, t.procs.length); i !== undefined; i = claim(board, t.worker, t.procs.length)) {
+    const { pid, comm } = t.procs[i]!;
+    // Test switch: this worker dies as it takes that process (how the pool copes).
+    if (testMode() && process.env.HOTSTACK_TEST_WORKER_EXIT === String(pid)) process.exit(3);
+    let reply: WorkerReply;
+    try {
+      reply = { outcome: runOnProcess(pid, comm, action) };
+    } catch (e) {
+      // runOnProcess reports every HotstackError itself: this is a bug, kept to this one process.
+      const message = `internal error: ${e instanceof Error ? e.message : String(e)}`;
+      reply = { outcome: { pid, comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 } };
+    }
+    parentPort!.postMessage(reply);
   }
-  parentPort!.postMessage(reply);
+  parentPort!.postMessage({ done: true } satisfies WorkerReply);
 });
-parentPort!.postMessage({ ready: true } satisfies WorkerReply);

@@ -46,8 +46,12 @@ class Asm {
     return this;
   }
   u64(v: bigint): this {
+    // Two BigInt operations instead of sixteen: a stub holds about twenty of these.
     const x = BigInt.asUintN(64, v);
-    for (let i = 0n; i < 8n; i++) this.bytes.push(Number((x >> (8n * i)) & 0xffn));
+    return this.u32(Number(x & 0xffffffffn)).u32(Number(x >> 32n));
+  }
+  u32(x: number): this {
+    this.bytes.push(x & 0xff, (x >>> 8) & 0xff, (x >>> 16) & 0xff, (x >>> 24) & 0xff);
     return this;
   }
   /** movabs reg, imm64. */
@@ -61,16 +65,11 @@ class Asm {
     const x = BigInt.asUintN(64, v);
     if (x <= 0xffffffffn) {
       if (n >= 8) this.u8(0x41);
-      this.u8(0xb8 + (n & 7));
-      for (let i = 0n; i < 4n; i++) this.bytes.push(Number((x >> (8n * i)) & 0xffn));
-      return this;
+      return this.u8(0xb8 + (n & 7)).u32(Number(x));
     }
     const s = BigInt.asIntN(64, v);
     if (s >= -0x80000000n && s < 0) {
-      this.u8(n >= 8 ? 0x49 : 0x48, 0xc7, 0xc0 + (n & 7));
-      const y = BigInt.asUintN(32, s);
-      for (let i = 0n; i < 4n; i++) this.bytes.push(Number((y >> (8n * i)) & 0xffn));
-      return this;
+      return this.u8(n >= 8 ? 0x49 : 0x48, 0xc7, 0xc0 + (n & 7)).u32(Number(s) >>> 0);
     }
     return this.movabs(reg, v);
   }

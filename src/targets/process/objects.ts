@@ -4,7 +4,7 @@
  * read through /proc/PID/map_files, so the mapped inode is used even when
  * the file on disk was replaced or deleted.
  */
-import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, statSync, type BigIntStats } from 'node:fs';
 import { fail } from '../../errors.js';
 import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
 import { fromHex } from '../../elf/bytes.js';
@@ -174,38 +174,60 @@ export interface ProcessObjects {
  */
 function fileData(m: MappedObject, budget: { left: number }): FileData | OversizedObject | null {
   const path = m.mapFilesPath;
+  let st: BigIntStats;
+  try {
+    // The map_files link names the very inode mapped (it cannot be pointed elsewhere): a
+    // stat of it is enough to find a file parsed for another process, without opening it.
+    st = statSync(path, { bigint: true });
+  } catch {
+    return null;
+  }
+  if (!st.isFile() || st.size < 64n) return null;
+  const hit = files.get(fileKey(st));
+  if (hit) return charged(m, hit.size, budget, path) ?? hit;
   let fd: number;
   try {
-    if (!statSync(path).isFile()) return null;
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch {
     return null;
   }
   try {
-    const st = fstatSync(fd, { bigint: true });
-    if (!st.isFile() || st.size < 64n) return null;
-    const size = Number(st.size);
-    const key = `${st.dev}/${st.ino}/${st.size}/${st.mtimeNs}`;
-    const hit = files.get(key);
-    const magic = hit ? null : readExactly(fd, 4, 0);
-    if (!hit && (!magic || magic.readUInt32BE(0) !== 0x7f454c46)) return null;
-    const over = size > MAX_OBJECT_FILE ? 'file' : size > budget.left ? 'total' : null;
-    if (over) {
-      const id = readFileBuildId(path);
-      return { path: m.path, size, buildId: id ? fromHex(id) : null, over };
-    }
-    budget.left -= size;
-    if (hit) return hit;
+    const now = fstatSync(fd, { bigint: true });
+    if (!now.isFile() || now.size < 64n) return null;
+    const size = Number(now.size);
+    const magic = readExactly(fd, 4, 0);
+    if (!magic || magic.readUInt32BE(0) !== 0x7f454c46) return null;
+    const over = charged(m, size, budget, path);
+    if (over) return over;
     const all = readExactly(fd, size, 0);
     if (!all) return null;
     const data: FileData = { elf: ElfFile.parse(new Uint8Array(all.buffer, all.byteOffset, all.length), m.path), size };
-    remember(key, data);
+    remember(fileKey(now), data);
     return data;
   } catch {
     return null;
   } finally {
     closeSync(fd);
   }
+}
+
+/** The cache key of a file: its inode, and its size and change time (a file rewritten in place is parsed again). */
+function fileKey(st: BigIntStats): string {
+  return `${st.dev}/${st.ino}/${st.size}/${st.mtimeNs}`;
+}
+
+/**
+ * Charge a file of `size` bytes to the action's budget: null when it may
+ * be used, else what is known of it (it is too large, or past the total).
+ */
+function charged(m: MappedObject, size: number, budget: { left: number }, path: string): OversizedObject | null {
+  const over = size > MAX_OBJECT_FILE ? 'file' : size > budget.left ? 'total' : null;
+  if (over) {
+    const id = readFileBuildId(path);
+    return { path: m.path, size, buildId: id ? fromHex(id) : null, over };
+  }
+  budget.left -= size;
+  return null;
 }
 
 /**

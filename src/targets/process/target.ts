@@ -6,6 +6,7 @@
 import { accessSync, constants } from 'node:fs';
 import { ERRNO, fail, HotstackError } from '../../errors.js';
 import { bytesEqual } from '../../elf/bytes.js';
+import { testMode } from '../../core/fault.js';
 import { arch } from '../../arch/index.js';
 import type { AddrRange, AllocRequest, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
 import { findConflict } from './consistency.js';
@@ -14,7 +15,7 @@ import { findFreeGapsFor, readLimits, readMaps, readMapsSnapshot, type MapEntry,
 import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
-import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
+import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
 import { remoteCall } from './remote/calls.js';
 import { RUNTIME_PAGE_SIZE, runtimePageOf, runtimePageValid, useRuntimePage } from './remote/runtime.js';
 import { ProcessStore, removeStale } from './store.js';
@@ -236,6 +237,10 @@ export class ProcessTarget implements Target {
   }
 
   private stopOnce<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all'): T {
+    // The maps read at open place the stop's first allocation (one read less per upload): a
+    // range the program mapped since only makes that hint EEXIST (MAP_FIXED_NOREPLACE), and
+    // the next is tried. Later stops read them again.
+    const open = this.snapshot;
     this.snapshot = null;
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
@@ -247,6 +252,7 @@ export class ProcessTarget implements Target {
     }
     this.lap('stop');
     this.current = p;
+    this.stopMaps = open ? [...open.entries] : null;
     try {
       return fn(p);
     } finally {
@@ -278,7 +284,7 @@ export class ProcessTarget implements Target {
     return this.stopped((p) => {
       // A process's first upload also needs the runtime page and the state's
       // copy: all are one span, mapped by one mmap and an mprotect per
-      // further permission (two target wake-ups each, instead of three per mmap).
+      // further permission (one batch, see remoteSyscalls).
       const makesPage = this.knownRuntimePage(p) === undefined;
       const mirror = this.keeper.mirrorWanted();
       const parts: AllocRequest[] = [
@@ -328,7 +334,8 @@ export class ProcessTarget implements Target {
       else segments.push({ off: total, size, perm });
       total += size;
     }
-    const hints = findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid)), this.mapsInStop());
+    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid)), this.mapsInStop());
+    let hints = gaps();
     const store = this.fileStore;
     const oldTrap = store.runtime.trap;
     let pageMade = false;
@@ -337,7 +344,9 @@ export class ProcessTarget implements Target {
       if (!pageMade) store.runtime.trap = oldTrap;
       store.saveRuntime();
     };
-    for (const hint of hints.slice(0, 32)) {
+    for (let attempt = 0; attempt < 32 && hints.length; attempt++) {
+      const hint = hints.shift()!;
+      if (attempt === 0 && testMode() && process.env.HOTSTACK_TEST_TAKE_HINT === '1') this.takeForTest(p, hint);
       // Intents first (with the runtime page about to be made): a tool killed after the
       // mmap but before the caller records the mapping leaves them in the file.
       store.runtime.intents = order.map((i) => ({ addr: hint + BigInt(offsets[i]!), size: parts[i]!.size, perms: PERMS[parts[i]!.perm] }));
@@ -353,6 +362,9 @@ export class ProcessTarget implements Target {
       }
       if (!placed) {
         forget();
+        // Taken since the maps were read (they may be the ones read at open): read them again.
+        this.stopMaps = null;
+        hints = gaps().filter((h) => h !== hint);
         continue;
       }
       store.runtime.intents = undefined; // the caller's next save records the mappings themselves
@@ -363,6 +375,11 @@ export class ProcessTarget implements Target {
       return parts.map((_, i) => hint + BigInt(offsets[i]!));
     }
     return fail('ENOMEM', `no free address space for ${total} bytes within +-2 GiB of ${this.pid}'s object at 0x${range.start.toString(16)}`);
+  }
+
+  /** Test switch: the program maps a page at `hint` after hotstack read its maps (see mapSpan). */
+  private takeForTest(p: StoppedProcess, hint: bigint): void {
+    remoteMmap(p, p.mainThread.tid, hint, RUNTIME_PAGE_SIZE, 0, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
   }
 
   /**
