@@ -181,6 +181,12 @@ export class StateDir {
   /** The contents of state file `name`, or null when there is none. */
   readFile(name: string): Uint8Array | null {
     const shown = this.shown(name);
+    // Most processes of a fleet have no file yet: say so without building two errors.
+    try {
+      if (fs.lstatSync(this.at(name), { throwIfNoEntry: false }) === undefined) return null;
+    } catch {
+      /* the read below says what is wrong */
+    }
     try {
       return readBoundedFile(this.at(name), {
         what: 'state file', max: MAX_STATE_FILE, noFollow: true, allowEmpty: true,

@@ -237,11 +237,10 @@ export class ProcessTarget implements Target {
   }
 
   private stopOnce<T>(fn: (p: StoppedProcess) => T, scope: 'one' | 'all'): T {
-    // The maps read at open place the stop's first allocation (one read less per upload): a
-    // range the program mapped since only makes that hint EEXIST (MAP_FIXED_NOREPLACE), and
-    // the next is tried. Later stops read them again.
+    // The maps read at open serve the first stop too (one read less for the objects, one for
+    // the placement): a range the program mapped since only makes that hint EEXIST
+    // (MAP_FIXED_NOREPLACE), and the next is tried. After a stop they are stale (we map).
     const open = this.snapshot;
-    this.snapshot = null;
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
     const p = scope === 'one' ? StoppedProcess.stopOne(this.pid, STOP_TIMEOUT_MS, this.mem) : StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS, this.mem);
@@ -258,6 +257,7 @@ export class ProcessTarget implements Target {
     } finally {
       this.current = null;
       this.stopMaps = null;
+      this.snapshot = null;
       this.lap('work');
       p.detach();
       this.lap('detach');
@@ -503,9 +503,10 @@ export class ProcessTarget implements Target {
 
   quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {
     const start = performance.now();
-    // Read before stopping: stacks are the only mappings the check needs, and a
-    // thread whose stack is not listed (started since) makes it read them again.
-    let maps = readMaps(this.pid);
+    // Read before stopping (or at open, when still current: a fleet's load): stacks are the
+    // only mappings the check needs, and a thread whose stack is not listed (started since,
+    // or grown past it) makes it read them again.
+    let maps = this.snapshot?.entries ?? readMaps(this.pid);
     return this.stopped((p) => {
       let tries = 0;
       for (;;) {
