@@ -227,8 +227,8 @@ const REGS_SIZE = REG_NAMES.length * 8;
 
 /**
  * One register buffer for every GETREGS/SETREGS of this thread (the layer
- * is synchronous): a fresh ArrayBuffer per call is garbage that V8's
- * background threads sweep, about a third of a fleet's CPU before.
+ * is synchronous): a fresh ArrayBuffer per call was garbage on the path a
+ * fleet runs several times per process.
  */
 const regsBuf = Buffer.alloc(REGS_SIZE);
 const regsView = new BigUint64Array(regsBuf.buffer, regsBuf.byteOffset, REG_NAMES.length);

@@ -413,14 +413,12 @@ export class ProcessTarget implements Target {
     if (m.errno) mmapFailure(this.pid, hint, total, prot0, flags, m.errno);
     const got = BigInt.asUintN(64, m.value);
     if (got !== hint) {
-      // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint.
-      this.stopMaps = null;
+      // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a mere hint (mapSpan reads the maps again).
       remoteMunmap(p, tid, got, total);
       return false;
     }
     const failed = results.findIndex((r, i) => i > 0 && r.errno);
     if (failed > 0 || results.length < 1 + protects.length) {
-      this.stopMaps = null;
       const keep = makesPage ? RUNTIME_PAGE_SIZE : 0;
       if (total > keep) remoteMunmap(p, tid, hint + BigInt(keep), total - keep);
       const g = segments[Math.max(failed, 1)]!;
