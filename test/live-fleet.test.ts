@@ -229,6 +229,28 @@ test('a fleet worker that dies: its process fails with the reason, another worke
   for (const pid of set.slice(2)) assert.match(of(one, pid).message, /^not acted on: the fleet workers stopped$/, `process ${pid}`);
 });
 
+test('fleet workers started before the CLI loads: a command refused first still exits at once; workers that die before the run fail nothing silently', () => {
+  // Refused before any pool: the early workers must not keep it alive.
+  let r = cli.raw(['--all', '--jobs', '3', 'load', join(work, 'missing.livepatch')], { timeoutMs: 20_000 });
+  expectCli(r, { status: 1, stdout: '' });
+  assert.match(r.stderr, /^hotstack: Error \d+: ENOENT: /);
+  r = cli.raw(['--all', '--jobs', '2', 'frobnicate'], { timeoutMs: 20_000 });
+  assert.equal(r.status, 1, showResult(r));
+  // Every worker dies as it starts (before the pool posts the action): nothing is acted on, each process says so.
+  const set = survivors.slice(0, 3).map((p) => p.pid);
+  r = cli.raw(['--pid', set.join(','), '--jobs', '2', 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_WORKER_EXIT: 'start' }, timeoutMs: 20_000 });
+  assert.equal(r.status, 1, showResult(r));
+  const j = JSON.parse(r.stdout) as FleetJson;
+  assert.deepEqual(j.summary, { listed: 0, skipped: 0, failed: 3 });
+  for (const p of j.processes) assert.match(p.message, /^not acted on: the fleet workers stopped$/, `process ${p.pid}`);
+  // More --jobs than prestarted, and fewer: the pool starts or stops workers to match; all listed.
+  for (const jobs of ['1', '4']) {
+    r = cli.raw(['--pid', set.join(','), '--jobs', jobs, 'list', '--json'], { timeoutMs: 20_000 });
+    assert.equal(r.status, 0, showResult(r));
+    assert.deepEqual((JSON.parse(r.stdout) as FleetJson).summary, { listed: 3, skipped: 0, failed: 0 });
+  }
+});
+
 test('--all revert, twice, then --all unload: every process back to its own code', async () => {
   let r = cli.raw(['--all', 'revert', 'fleet_fix', '--timeout', '200']);
   expectCli(r, { status: 0, stderr: '' });

@@ -376,6 +376,19 @@ describe('malformed payloads', () => {
       throwsErrno(() => e.upload('p', bytes), 'ENOENT', undefined, 'unresolvable symbol and version 1');
     });
 
+    it('one payload\'s bytes uploaded again (a fleet parses them once): every engine gets its record, and a failing stage fails each time', () => {
+      const p = new PayloadElf(readFileSync(files.hello!));
+      const good = p.bytes;
+      const records = [0, 1, 2].map(() => new Engine(ImageTarget.open(files.base!)).upload('hello', good));
+      assert.deepEqual(records.map((r) => r.funcs.map((f) => f.name)), [0, 1, 2].map(() => records[0]!.funcs.map((f) => f.name)));
+      assert.ok(records[0]!.funcs.length > 0);
+      // A stage after the ELF checks fails (unresolvable symbol): not memoised, so the same error every time.
+      const bad = p.edit((x) => x.sym('base_hook_state', 'name', p.symbol('hello_unloads').nameOff));
+      for (let i = 0; i < 2; i++) throwsErrno(() => new Engine(ImageTarget.open(files.base!)).upload('p', bad), 'ENOENT', undefined, `unresolvable symbol, upload ${i + 1}`);
+      // And the good bytes again after the bad ones.
+      assert.equal(new Engine(ImageTarget.open(files.base!)).upload('hello', good).name, 'hello');
+    });
+
     it('the per-function checks come before the own build-id check (EEXIST), which comes before .modinfo', () => {
       const e = new Engine(ImageTarget.open(files.base!));
       const p = new PayloadElf(readFileSync(files.hello!));

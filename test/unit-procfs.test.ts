@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { hasSeccompFilter, signalMasksOf } from '../src/targets/process/procfs.js';
+import { hasSeccompFilter, processStartTime, signalMasksOf, startBrk, startTimeAndComm, statFacts } from '../src/targets/process/procfs.js';
 
 const status = (blk: string, ign: string, cgt: string, seccomp = '0'): string =>
   `Name:\tx\nSigQ:\t0/1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t${blk}\nSigIgn:\t${ign}\nSigCgt:\t${cgt}\nSeccomp:\t${seccomp}\n`;
@@ -32,4 +32,13 @@ test('seccomp: only mode 2 is a filter', () => {
   assert.equal(hasSeccompFilter(status('0', '0', '0', '1')), false);
   assert.equal(hasSeccompFilter(status('0', '0', '0')), false);
   assert.equal(hasSeccompFilter('Name:\tx\n'), false);
+});
+
+test('stat facts: one read gives what four reads gave (start time, state, name, start_brk)', () => {
+  const f = statFacts(process.pid);
+  assert.equal(f.startTime, processStartTime(process.pid));
+  assert.equal(f.comm, startTimeAndComm(process.pid).comm);
+  assert.equal(f.startBrk, startBrk(process.pid));
+  assert.equal(f.state, 'R', 'this thread is running while it reads');
+  assert.throws(() => statFacts(0x3fffffff), (e: Error & { errno?: string }) => e.errno === 'ESRCH');
 });

@@ -46,9 +46,23 @@ export function findBase(target: Target, p: Payload): BaseObject {
   return fail('EINVAL', `payload was built for base build-id ${toHex(want)}, which matches no ${target.kind === 'image' ? 'image' : 'object loaded in the process'} (${have.length ? have.join(', ') : 'none has a build-id'})`);
 }
 
+/**
+ * The last payload parsed, by the identity of its bytes: a fleet uploads
+ * one file's bytes (one array, never written) into every process, and its
+ * ELF checks and decoded stages (Payload memoises each, and nothing of the
+ * link writes into them) were a tenth of a process's CPU. A stage that
+ * failed is not memoised, so each process still gets its own error.
+ */
+let lastParsed: { bytes: Uint8Array; payload: Payload } | null = null;
+
+function parsed(bytes: Uint8Array): Payload {
+  if (lastParsed?.bytes !== bytes) lastParsed = { bytes, payload: new Payload(bytes) };
+  return lastParsed.payload;
+}
+
 /** Upload pipeline: `bytes` are untrusted; the payload's parse stages run in Xen's order between the base steps. */
 export function upload(ctx: UploadContext, name: string, bytes: Uint8Array): PayloadRecord {
-  const p = new Payload(bytes);
+  const p = parsed(bytes);
   const base = findBase(ctx.target, p);
   // Whether any hook section exists decides the layout (the hook argument); its rules come later.
   const wantHookArg = HOOK_NAMES.some((k) => p.elf.section(HOOK_SECTIONS[k].name));

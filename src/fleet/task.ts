@@ -13,7 +13,7 @@ import { cmdAction, cmdLoad, cmdUpload } from '../cli/lifecycle.js';
 import { jsonReporter, type Reporter } from '../cli/report.js';
 import type { LoadedPayload } from '../cli/trust.js';
 import { openProcessEngine } from '../targets/process/session.js';
-import { startTimeAndState } from '../targets/process/procfs.js';
+import { statFacts, type StatFacts } from '../targets/process/procfs.js';
 import { leaderLeftEarly } from '../targets/process/threads.js';
 
 export type FleetActionName = 'list' | 'upload' | 'load' | 'apply' | 'revert' | 'unload' | 'replace';
@@ -40,17 +40,23 @@ export type ProcessOutcome = Omit<FleetProcessJson, 'steps' | 'notices' | 'nodep
 };
 
 /**
- * Start time of `pid`, or null when it does not exist or has exited and
- * is only waiting to be reaped (a zombie whose threads are all gone).
+ * The stat facts of `pid` (its start time tells an exit from a failure;
+ * the open takes the rest from the same read), or null when it does not
+ * exist or has exited and is only waiting to be reaped (a zombie whose
+ * threads are all gone).
  */
-function startTime(pid: number): bigint | null {
+function liveFacts(pid: number): StatFacts | null {
   try {
-    const { startTime: t, state } = startTimeAndState(pid);
-    if ('ZX'.includes(state) && !leaderLeftEarly(pid)) return null;
-    return t;
+    const f = statFacts(pid);
+    if ('ZX'.includes(f.state) && !leaderLeftEarly(pid)) return null;
+    return f;
   } catch {
     return null;
   }
+}
+
+function startTime(pid: number): bigint | null {
+  return liveFacts(pid)?.startTime ?? null;
 }
 
 /** Result of running the command in an open engine: the status and, for skips, why. */
@@ -87,14 +93,15 @@ export function runOnProcess(pid: number, comm: string, a: FleetAction): Process
   const rep = jsonReporter({ out: () => {}, err: () => {} });
   const base = { pid, comm, steps: rep.steps, notices: [] as string[] };
   const done = (o: Omit<ProcessOutcome, keyof typeof base | 'ms'>): ProcessOutcome => ({ ...base, ...o, ms: performance.now() - t0 });
-  const started = startTime(pid);
-  if (started === null) return done({ result: 'skipped', detail: 'exited', errno: null, code: 0, message: '' });
+  const facts = liveFacts(pid);
+  if (facts === null) return done({ result: 'skipped', detail: 'exited', errno: null, code: 0, message: '' });
+  const started = facts.startTime;
   let ran: Ran;
   try {
     ran = openProcessEngine(pid, (engine) => {
       base.notices = engine.notices;
       return runIn(engine, a, rep);
-    });
+    }, facts);
   } catch (e) {
     const err = toHotstackError(e);
     // Gone, or another process now under that pid: it exited meanwhile, nothing to patch.

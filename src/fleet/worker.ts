@@ -4,24 +4,38 @@
  * process is handled from start to end by one worker; the engine and the
  * ptrace layer are synchronous, so threads are how processes overlap.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { runOnProcess, type FleetAction } from './task.js';
-import { claim, type WorkerReply, type WorkerTasks } from './pool.js';
+import { claim, type WorkerAction, type WorkerReply, type WorkerTasks } from './pool.js';
 import { loadIced } from '../analysis/iced.js';
 import { testMode } from '../core/fault.js';
 
-const action = (workerData as { action: FleetAction }).action;
-// An upload analyses its base: load the decoder (about 25 ms) while the main thread still
-// picks the processes, not during the first one. A failure is reported by that process.
-if (action.action === 'load' || action.action === 'upload') {
-  try {
-    loadIced();
-  } catch {
-    /* said again, with its errno, where the analysis needs it */
-  }
-}
+// Test switch: this worker dies as it starts, before the pool has posted anything (how the pool copes).
+if (testMode() && process.env.HOTSTACK_TEST_WORKER_EXIT === 'start') process.exit(3);
+// Loaded: from now on the pool may stop this thread (see stopSlot in pool.ts).
+parentPort!.postMessage({ ready: true } satisfies WorkerReply);
 
-parentPort!.on('message', (t: WorkerTasks) => {
+/** Posted first by the pool (a worker may start before the CLI knows the action: see prestartFleet). */
+let action: FleetAction | undefined;
+
+parentPort!.on('message', (m: WorkerAction | WorkerTasks) => {
+  if ('action' in m) {
+    action = m.action;
+    // An upload analyses its base: load the decoder (about 25 ms) while the main thread still
+    // picks the processes, not during the first one. A failure is reported by that process.
+    if (action.action === 'load' || action.action === 'upload') {
+      try {
+        loadIced();
+      } catch {
+        /* said again, with its errno, where the analysis needs it */
+      }
+    }
+    return;
+  }
+  work(m, action!);
+});
+
+function work(t: WorkerTasks, action: FleetAction): void {
   const board = new Int32Array(t.board);
   for (let i = claim(board, t.worker, t.procs.length); i !== undefined; i = claim(board, t.worker, t.procs.length)) {
     const { pid, comm } = t.procs[i]!;
@@ -38,4 +52,4 @@ parentPort!.on('message', (t: WorkerTasks) => {
     parentPort!.postMessage(reply);
   }
   parentPort!.postMessage({ done: true } satisfies WorkerReply);
-});
+}

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
 import * as pt from './ptrace.js';
-import { innermostPidOf, pidNamespaceOf, readComm, readProcFile, startTimeAndComm } from './procfs.js';
+import { innermostPidOf, pidNamespaceOf, readComm, readProcFile, startTimeAndComm, type StatFacts } from './procfs.js';
 import { StateDir } from './statedir.js';
 
 export { stateDir } from './statedir.js';
@@ -23,10 +23,10 @@ export interface ProcessIdentity {
   comm: string;
 }
 
-/** pid, start time and name of a process; ESRCH when it does not exist. */
-export function processIdentity(pid: number): ProcessIdentity {
+/** pid, start time and name of a process (from `known` when just read); ESRCH when it does not exist. */
+export function processIdentity(pid: number, known?: StatFacts): ProcessIdentity {
   if (!Number.isInteger(pid) || pid <= 0) fail('EINVAL', `invalid process id ${pid}`);
-  const { startTime, comm } = startTimeAndComm(pid);
+  const { startTime, comm } = known ?? startTimeAndComm(pid);
   return { pid, startTime, key: `${pid}-${startTime}`, comm };
 }
 
@@ -138,10 +138,11 @@ function noteHolder(fd: number): void {
  * Take the exclusive lock for process `pid`, polling until `timeoutMs`.
  * EBUSY when another hotstack holds it (naming it), ESRCH when the process
  * does not exist. The lock file is checked like every file of the state
- * directory (no symbolic link, regular, ours).
+ * directory (no symbolic link, regular, ours). `known`: the process's stat
+ * facts, when the caller has just read them.
  */
-export function lockProcess(pid: number, timeoutMs = 5000): ProcessLock {
-  const id = processIdentity(pid);
+export function lockProcess(pid: number, timeoutMs = 5000, known?: StatFacts): ProcessLock {
+  const id = processIdentity(pid, known);
   const dir = StateDir.open();
   const name = lockName(pid);
   const file = dir.shown(name);

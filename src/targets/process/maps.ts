@@ -227,9 +227,9 @@ export interface ProcessLimits {
   startBrk: bigint | undefined;
 }
 
-/** The stack limit and the start of the heap of a process. */
-export function readLimits(pid: number): ProcessLimits {
-  return { stackLimit: readStackLimit(pid), startBrk: startBrk(pid) };
+/** The stack limit and the start of the heap of a process (`known`: start_brk already read, see statFacts). */
+export function readLimits(pid: number, known?: { startBrk: bigint | undefined }): ProcessLimits {
+  return { stackLimit: readStackLimit(pid), startBrk: known ? known.startBrk : startBrk(pid) };
 }
 
 /** findFreeGaps for a live process, with its real stack limit and brk; one read of its maps. */

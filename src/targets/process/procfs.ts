@@ -67,16 +67,36 @@ export function startTimeAndComm(pid: number): { startTime: bigint; comm: string
   return { startTime: numericField(pid, s, 22, 'start time'), comm: s.comm };
 }
 
-/** Start time and the one-letter scheduler state of the main thread, from one read of stat; ESRCH when the process does not exist. */
-export function startTimeAndState(pid: number): { startTime: bigint; state: string } {
-  const s = readStat(pid);
-  return { startTime: numericField(pid, s, 22, 'start time'), state: statField(s, 3) ?? '?' };
-}
-
 /** start_brk (field 47), or undefined on kernels that hide it; ESRCH when the process does not exist. */
 export function startBrk(pid: number): bigint | undefined {
-  const v = statField(readStat(pid), 47);
+  return startBrkOf(readStat(pid));
+}
+
+function startBrkOf(s: Stat): bigint | undefined {
+  const v = statField(s, 47);
   return v !== undefined && /^\d+$/.test(v) ? BigInt(v) : undefined;
+}
+
+/**
+ * What opening a process needs of its stat, from one read: a fleet opens
+ * a thousand processes, and the start time, the state, the name and
+ * start_brk were four reads of the same file (each an open, a read the
+ * kernel formats, a close). ESRCH when the process does not exist.
+ */
+export interface StatFacts {
+  /** Field 22: start time in clock ticks after boot. */
+  startTime: bigint;
+  /** Field 3, the main thread's one-letter scheduler state. */
+  state: string;
+  /** Field 2. */
+  comm: string;
+  /** Field 47 (fixed at exec), undefined on kernels that hide it. */
+  startBrk: bigint | undefined;
+}
+
+export function statFacts(pid: number): StatFacts {
+  const s = readStat(pid);
+  return { startTime: numericField(pid, s, 22, 'start time'), state: statField(s, 3) ?? '?', comm: s.comm, startBrk: startBrkOf(s) };
 }
 
 /** One-letter scheduler state ('R', 'S', 'Z', 't', ...) from the stat file of a /proc directory, or '?' when gone. */
@@ -140,9 +160,10 @@ export function threadListed(pid: number, tid: number): boolean {
  * True when process `pid` no longer runs: /proc has no such process, or it
  * is a zombie (every thread Z or X) waiting for its parent to reap it.
  * /proc/PID exists for a zombie, so existence alone would count it alive.
+ * `state`: the main thread's, when just read with other facts (statFacts).
  */
-export function processDead(pid: number): boolean {
-  if (!notRunning(schedStateIn(`/proc/${pid}`))) return false;
+export function processDead(pid: number, state = schedStateIn(`/proc/${pid}`)): boolean {
+  if (!notRunning(state)) return false;
   const tids = tidsOrNull(pid);
   if (tids === null) return true;
   return tids.every((tid) => notRunning(threadSchedState(pid, tid)));

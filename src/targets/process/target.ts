@@ -12,7 +12,7 @@ import type { AddrRange, AllocRequest, BaseObject, ExternalSymbol, HookKind, Hoo
 import { findConflict } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, readLimits, readMaps, readMapsSnapshot, type MapEntry, type MapsSnapshot, type ProcessLimits } from './maps.js';
-import { hasSeccompFilter, procExists, processDead, readStatus } from './procfs.js';
+import { hasSeccompFilter, procExists, processDead, readStatus, statFacts, type StatFacts } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
@@ -51,6 +51,8 @@ export class ProcessTarget implements Target {
   private readonly ifuncCache = new Map<string, bigint>();
   /** Stack limit and heap start, read once per command (what keeps room for the stack and the heap). */
   private limits: ProcessLimits | undefined;
+  /** start_brk as read at open (fixed at exec), for the limits. */
+  private startBrk: { startBrk: bigint | undefined } | undefined;
   /**
    * The process's maps during a stop, kept current with the mappings
    * hotstack makes in it (nothing else maps while its threads are
@@ -108,10 +110,17 @@ export class ProcessTarget implements Target {
     return this.keeper.notices;
   }
 
-  /** Lock the process for this tool (EBUSY if another hotstack holds it). */
-  static open(pid: number, lockTimeoutMs = 5000): ProcessTarget {
-    checkAccess(pid);
-    return new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs));
+  /**
+   * Lock the process for this tool (EBUSY if another hotstack holds it).
+   * `known`: its stat facts, when the caller has just read them (a fleet
+   * does, to tell an exit from a failure); else read here, once.
+   */
+  static open(pid: number, lockTimeoutMs = 5000, known?: StatFacts): ProcessTarget {
+    const facts = known ?? statFactsOrNull(pid);
+    checkAccess(pid, facts?.state);
+    const t = new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs, facts ?? undefined));
+    t.startBrk = facts ? { startBrk: facts.startBrk } : undefined;
+    return t;
   }
 
   /** Release everything: detach (if still attached), close memory, unlock. */
@@ -334,7 +343,7 @@ export class ProcessTarget implements Target {
       else segments.push({ off: total, size, perm });
       total += size;
     }
-    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid)), this.mapsInStop());
+    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid, this.startBrk)), this.mapsInStop());
     let hints = gaps();
     const store = this.fileStore;
     const oldTrap = store.runtime.trap;
@@ -530,12 +539,22 @@ export class ProcessTarget implements Target {
 }
 
 
+/** The stat facts of `pid`, or null when they cannot be read (checkAccess says why). */
+function statFactsOrNull(pid: number): StatFacts | null {
+  try {
+    return statFacts(pid);
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Fail early, with the real reason, when this user may not trace `pid`:
  * even `list` needs it, or it would show another user's empty state.
+ * `state`: the main thread's scheduler state, when just read.
  */
-function checkAccess(pid: number): void {
-  if (procExists(pid) && processDead(pid)) {
+function checkAccess(pid: number, state?: string): void {
+  if (procExists(pid) && processDead(pid, state)) {
     fail('ESRCH', `process ${pid} has exited (a zombie until its parent reaps it); there is nothing to patch`);
   }
   try {
