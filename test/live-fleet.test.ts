@@ -16,6 +16,7 @@ import { buildAll, type BaseProcess } from './helpers/toolchain.js';
 import { Cli, deadPid, expectCli, freshStateDir, HOTSTACK_BIN, Processes, showResult, type CliResult } from './helpers/live.js';
 import { buildFleet, type FleetFixtures } from './helpers/fleet.js';
 import type { FleetJson } from '../src/cli/json-types.js';
+import { claim } from '../src/fleet/pool.js';
 
 const COUNT = 50;
 const EXITING = 8;
@@ -249,6 +250,22 @@ test('fleet workers started before the CLI loads: a command refused first still 
     assert.equal(r.status, 0, showResult(r));
     assert.deepEqual((JSON.parse(r.stdout) as FleetJson).summary, { listed: 3, skipped: 0, failed: 0 });
   }
+});
+
+test('claim: a worker takes only processes it has been given (the scan hands them over as it finds them), each once', () => {
+  const board = new Int32Array(new SharedArrayBuffer(4 * 3));
+  board.fill(-1, 1);
+  assert.equal(claim(board, 0, 2), 0);
+  assert.equal(board[1], 0, 'worker 0 names what it acts on');
+  assert.equal(claim(board, 1, 2), 1);
+  // Nothing more given yet: no claim, nothing held, the next index untouched.
+  assert.equal(claim(board, 0, 2), undefined);
+  assert.equal(board[1], -1);
+  assert.equal(board[0], 2);
+  // A worker whose copy of the list is behind takes nothing yet; one that has more does.
+  assert.equal(claim(board, 1, 2), undefined);
+  assert.equal(claim(board, 0, 3), 2);
+  assert.equal(claim(board, 1, 3), undefined);
 });
 
 test('--all revert, twice, then --all unload: every process back to its own code', async () => {

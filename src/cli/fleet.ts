@@ -8,7 +8,7 @@
 import { toHotstackError, HotstackError } from '../errors.js';
 import { inspectPayload } from '../payload/inspect.js';
 import { discover, type FleetFilter, type FleetProcess } from '../targets/process/discover.js';
-import { defaultJobs, FleetPool } from '../fleet/pool.js';
+import { defaultJobs, FleetPool, type FleetRun } from '../fleet/pool.js';
 import type { FleetAction, FleetActionName, ProcessOutcome } from '../fleet/task.js';
 import { errorLine, exitCodeFor, listTable } from './format.js';
 import type { FleetErrorJson, FleetJson, FleetProcessJson, ListEntryJson } from './json-types.js';
@@ -82,17 +82,24 @@ function prepare(c: FleetCommand, o: FleetOptions): { filter: FleetFilter; actio
   return { filter, action };
 }
 
-/** A terminal progress bar on stderr, shown once a run has lasted a second. */
+/** Processes found by the scan handed to the workers at a time. */
+const STREAM_BATCH = 16;
+
+/** A terminal progress bar on stderr, shown once a run has lasted a second (and its total is known). */
 class Progress {
   private shown = false;
-  private readonly timer: NodeJS.Timeout | undefined;
+  private timer: NodeJS.Timeout | undefined;
   private done = 0;
+  private total = 0;
 
-  constructor(private readonly total: number, private readonly io: Io, enabled: boolean) {
-    const start = performance.now();
-    if (enabled && total > 0) {
+  constructor(private readonly io: Io, private readonly enabled: boolean) {}
+
+  /** The number of processes, once the scan has found them all: the bar starts counting from the run's start. */
+  start(total: number, since: number): void {
+    this.total = total;
+    if (this.enabled && total > 0) {
       this.timer = setInterval(() => {
-        if (performance.now() - start >= 1000) this.draw();
+        if (performance.now() - since >= 1000) this.draw();
       }, 100);
     }
   }
@@ -154,24 +161,8 @@ function unselectedOutcome(u: { pid: number; comm: string | null; gone: boolean;
  */
 export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrIsTty: boolean): Promise<number> {
   const rep = reporterFor(c.json, io);
-  let prep: ReturnType<typeof prepare>;
-  let procs: FleetProcess[];
-  let pre: ProcessOutcome[];
-  let pool: FleetPool | undefined;
-  try {
-    prep = prepare(c, o);
-    pool = new FleetPool(prep.action, o.jobs ?? defaultJobs());
-    const d = discover(prep.filter);
-    procs = d.selected;
-    pre = d.unselected.map(unselectedOutcome);
-  } catch (e) {
-    pool?.close();
-    const err = toHotstackError(e);
-    rep.failure(err, { ok: false, action: c.action, name: c.name } satisfies Omit<FleetErrorJson, 'error'>, `hotstack: ${errorLine(err)}\n`);
-    return exitCodeFor(err);
-  }
-  const total = procs.length + pre.length;
-  const progress = new Progress(total, io, !rep.json && stderrIsTty);
+  const started = performance.now();
+  const progress = new Progress(io, !rep.json && stderrIsTty);
   const show = (x: ProcessOutcome): void => {
     progress.tick();
     // Text only (the JSON reporter drops these): the JSON object holds every process at the end.
@@ -179,8 +170,42 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
     for (const n of x.notices) rep.err(`hotstack: process ${x.pid}: ${n}\n`);
     rep.out(x.result === 'listed' ? listText(x) : outcomeLine(x));
   };
+  let prep: ReturnType<typeof prepare>;
+  let procs: FleetProcess[];
+  let pre: ProcessOutcome[];
+  let pool: FleetPool | undefined;
+  let run: FleetRun | undefined;
+  let given = 0;
+  try {
+    prep = prepare(c, o);
+    pool = new FleetPool(prep.action, o.jobs ?? defaultJobs());
+    const acting = (run = pool.start(show));
+    // The workers start on the first processes found while the scan goes on (it took 55 ms for
+    // 1000 processes, which they spent waiting), a few at a time to keep the messages few.
+    const batch: FleetProcess[] = [];
+    const flush = (): void => {
+      given += batch.length;
+      acting.add(batch.splice(0));
+    };
+    const d = discover(prep.filter, undefined, (p) => {
+      batch.push(p);
+      if (batch.length >= STREAM_BATCH) flush();
+    });
+    flush();
+    procs = d.selected;
+    pre = d.unselected.map(unselectedOutcome);
+  } catch (e) {
+    // Processes already given are being acted on: never stop a worker in the middle of one.
+    if (run && given) await run.end();
+    else pool?.close();
+    const err = toHotstackError(e);
+    rep.failure(err, { ok: false, action: c.action, name: c.name } satisfies Omit<FleetErrorJson, 'error'>, `hotstack: ${errorLine(err)}\n`);
+    return exitCodeFor(err);
+  }
+  const total = procs.length + pre.length;
+  progress.start(total, started);
   pre.forEach(show);
-  const acted = await pool.run(procs, show);
+  const acted = await run.end();
   progress.stop();
   const all = [...pre, ...acted].sort((a, b) => a.pid - b.pid);
   const count = (r: string) => all.filter((x) => x.result === r).length;

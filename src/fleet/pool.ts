@@ -10,28 +10,37 @@ import type { FleetProcess } from '../targets/process/discover.js';
 import type { FleetAction, ProcessOutcome } from './task.js';
 
 /**
- * Main thread to worker, once: the processes to act on, and the shared
- * claim board. `board[0]` is the index of the next process to claim (each
- * worker takes the next one itself, with an atomic add, the moment it is
- * done with one: a worker never idles waiting for the main thread, which
- * may be busy printing or descheduled); `board[1 + w]` is the index worker
- * `w` is acting on (-1 between processes), so a worker that dies leaves
- * the process it had named.
+ * Main thread to worker: the shared claim board (once), then the processes
+ * as the main thread finds them (`more`, in the same order to every
+ * worker), then how many there are in all (`total`, once the scan is
+ * done). `board[0]` is the index of the next process to claim (each worker
+ * takes the next one itself, with an atomic compare-and-swap, the moment
+ * it is done with one and holds it: a worker never idles waiting for the
+ * main thread, which may be busy scanning or printing); `board[1 + w]` is
+ * the index worker `w` is acting on (-1 between processes), so a worker
+ * that dies leaves the process it had named.
  */
-export interface WorkerTasks {
-  procs: { pid: number; comm: string }[];
-  board: SharedArrayBuffer;
-  worker: number;
-}
+export type WorkerTasks = { board: SharedArrayBuffer; worker: number } | { more: { pid: number; comm: string }[] } | { total: number };
 
 /** Worker to main thread: its modules are loaded, one process done, or no process left. */
 export type WorkerReply = { ready: true } | { outcome: ProcessOutcome } | { done: true };
 
-/** Claim the next process of a WorkerTasks board: its index, or undefined when none is left. */
-export function claim(board: Int32Array, worker: number, total: number): number | undefined {
-  const i = Atomics.add(board, 0, 1);
-  Atomics.store(board, 1 + worker, i < total ? i : -1);
-  return i < total ? i : undefined;
+/**
+ * Claim the next process of a board among the `known` a worker holds: its
+ * index, or undefined when the next is not known to it yet (or there is
+ * none). Never claims past `known`, so no index is held waiting.
+ */
+export function claim(board: Int32Array, worker: number, known: number): number | undefined {
+  for (;;) {
+    const i = Atomics.load(board, 0);
+    if (i >= known) {
+      Atomics.store(board, 1 + worker, -1);
+      return undefined;
+    }
+    if (Atomics.compareExchange(board, 0, i, i + 1) !== i) continue;
+    Atomics.store(board, 1 + worker, i);
+    return i;
+  }
 }
 
 /**
@@ -144,62 +153,91 @@ export class FleetPool {
   }
 
   /**
-   * Act on every process of `procs`, each worker taking the next one as
-   * soon as it is done with one (see WorkerTasks). `onOutcome` is called as
-   * each finishes (in completion order); resolves with every outcome in
-   * `procs` order, then the workers are gone. Never rejects for a
-   * process's sake.
+   * Start acting: processes are then given with FleetRun.add as they are
+   * found, and FleetRun.end says there are no more. `onOutcome` is called
+   * as each finishes (in completion order).
    */
-  run(procs: FleetProcess[], onOutcome: (o: ProcessOutcome) => void): Promise<ProcessOutcome[]> {
-    const outcomes = new Map<number, ProcessOutcome>();
-    // Workers beyond the number of processes have nothing to do.
-    const used = this.slots.slice(0, Math.max(1, Math.min(this.slots.length, procs.length)));
-    for (const s of this.slots.slice(used.length)) stopSlot(s);
-    if (!procs.length) {
-      this.close();
-      return Promise.resolve([]);
-    }
-    const board = new SharedArrayBuffer(4 * (1 + used.length));
-    const claims = new Int32Array(board);
-    claims.fill(-1, 1);
-    const list = procs.map((p) => ({ pid: p.pid, comm: p.comm }));
-    return new Promise((resolve) => {
-      let live = used.length;
-      const record = (o: ProcessOutcome): void => {
-        if (outcomes.has(o.pid)) return;
-        outcomes.set(o.pid, o);
-        onOutcome(o);
+  start(onOutcome: (o: ProcessOutcome) => void): FleetRun {
+    return new FleetRun(this.slots, onOutcome);
+  }
+}
+
+/** One fleet command's processes handed to the workers as they are found (FleetPool.start). */
+export class FleetRun {
+  private readonly procs: FleetProcess[] = [];
+  private readonly outcomes = new Map<number, ProcessOutcome>();
+  private readonly claims: Int32Array;
+  private live: number;
+  private ended = false;
+  private resolve: ((o: ProcessOutcome[]) => void) | null = null;
+
+  constructor(private readonly slots: Slot[], private readonly onOutcome: (o: ProcessOutcome) => void) {
+    const board = new SharedArrayBuffer(4 * (1 + slots.length));
+    this.claims = new Int32Array(board);
+    this.claims.fill(-1, 1);
+    this.live = slots.length;
+    slots.forEach((s, k) => {
+      s.onMessage = (r) => {
+        if ('outcome' in r) this.record(r.outcome);
+        else if ('done' in r) stopSlot(s);
       };
-      const finish = (): void => {
-        if (--live > 0) return;
-        // A process no worker got to (every worker died): failed, not forgotten.
-        for (const p of procs) {
-          if (!outcomes.has(p.pid)) record(workerFailure(p, 'not acted on: the fleet workers stopped'));
-        }
-        resolve(procs.map((p) => outcomes.get(p.pid)!));
+      // The process it had claimed, if any, is failed with the reason; the others take the rest.
+      s.onEnd = (why) => {
+        const i = Atomics.load(this.claims, 1 + k);
+        const current = i >= 0 ? this.procs[i] : undefined;
+        if (current && why && !this.outcomes.has(current.pid)) this.record(workerFailure(current, `internal error in a fleet worker: ${why}`));
+        this.workerGone();
       };
-      used.forEach((s, k) => {
-        s.onMessage = (r) => {
-          if ('outcome' in r) record(r.outcome);
-          else if ('done' in r) stopSlot(s);
-        };
-        // The process it had claimed, if any, is failed with the reason; the others take the rest.
-        s.onEnd = (why) => {
-          const i = Atomics.load(claims, 1 + k);
-          const current = i >= 0 ? procs[i] : undefined;
-          if (current && why && !outcomes.has(current.pid)) record(workerFailure(current, `internal error in a fleet worker: ${why}`));
-          finish();
-        };
-        // One that died before the run (while loading) claimed nothing: it only ends.
-        if (s.ended) {
-          s.onEnd = undefined;
-          finish();
-          return;
-        }
-        // Posted at once: a worker still loading finds its tasks queued.
-        s.worker.postMessage({ procs: list, board, worker: k } satisfies WorkerTasks);
-      });
+      // One that died before the run (while loading) claimed nothing: it only ends.
+      if (s.ended) {
+        s.onEnd = undefined;
+        this.live--;
+        return;
+      }
+      // Posted at once: a worker still loading finds its tasks queued.
+      s.worker.postMessage({ board, worker: k } satisfies WorkerTasks);
     });
+  }
+
+  /** More processes to act on (each pid once). */
+  add(procs: FleetProcess[]): void {
+    if (!procs.length) return;
+    this.procs.push(...procs);
+    const more = procs.map((p) => ({ pid: p.pid, comm: p.comm }));
+    for (const s of this.slots) if (!s.ended) s.worker.postMessage({ more } satisfies WorkerTasks);
+  }
+
+  /**
+   * No more processes: resolves with every outcome in the order they were
+   * added, once the workers are gone. Never rejects for a process's sake.
+   */
+  end(): Promise<ProcessOutcome[]> {
+    this.ended = true;
+    const total = this.procs.length;
+    for (const s of this.slots) if (!s.ended) s.worker.postMessage({ total } satisfies WorkerTasks);
+    return new Promise((resolve) => {
+      this.resolve = resolve;
+      if (this.live <= 0) this.finish();
+    });
+  }
+
+  private record(o: ProcessOutcome): void {
+    if (this.outcomes.has(o.pid)) return;
+    this.outcomes.set(o.pid, o);
+    this.onOutcome(o);
+  }
+
+  private workerGone(): void {
+    if (--this.live <= 0 && this.ended) this.finish();
+  }
+
+  private finish(): void {
+    // A process no worker got to (every worker died): failed, not forgotten.
+    for (const p of this.procs) {
+      if (!this.outcomes.has(p.pid)) this.record(workerFailure(p, 'not acted on: the fleet workers stopped'));
+    }
+    this.resolve?.(this.procs.map((p) => this.outcomes.get(p.pid)!));
+    this.resolve = null;
   }
 }
 

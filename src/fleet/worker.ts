@@ -18,6 +18,13 @@ parentPort!.postMessage({ ready: true } satisfies WorkerReply);
 /** Posted first by the pool (a worker may start before the CLI knows the action: see prestartFleet). */
 let action: FleetAction | undefined;
 
+/** What the pool has posted: the board, the processes found so far, and (once the scan is done) how many in all. */
+let board: Int32Array | undefined;
+let worker = 0;
+const procs: { pid: number; comm: string }[] = [];
+let total: number | undefined;
+let finished = false;
+
 parentPort!.on('message', (m: WorkerAction | WorkerTasks) => {
   if ('action' in m) {
     action = m.action;
@@ -32,18 +39,24 @@ parentPort!.on('message', (m: WorkerAction | WorkerTasks) => {
     }
     return;
   }
-  work(m, action!);
+  if ('board' in m) {
+    board = new Int32Array(m.board);
+    worker = m.worker;
+  } else if ('more' in m) procs.push(...m.more);
+  else total = m.total;
+  work();
 });
 
-function work(t: WorkerTasks, action: FleetAction): void {
-  const board = new Int32Array(t.board);
-  for (let i = claim(board, t.worker, t.procs.length); i !== undefined; i = claim(board, t.worker, t.procs.length)) {
-    const { pid, comm } = t.procs[i]!;
+/** Act on every process it can claim; back to the event loop when it must wait for more. */
+function work(): void {
+  if (!board || finished) return;
+  for (let i = claim(board, worker, procs.length); i !== undefined; i = claim(board, worker, procs.length)) {
+    const { pid, comm } = procs[i]!;
     // Test switch: this worker dies as it takes that process (how the pool copes).
     if (testMode() && process.env.HOTSTACK_TEST_WORKER_EXIT === String(pid)) process.exit(3);
     let reply: WorkerReply;
     try {
-      reply = { outcome: runOnProcess(pid, comm, action) };
+      reply = { outcome: runOnProcess(pid, comm, action!) };
     } catch (e) {
       // runOnProcess reports every HotstackError itself: this is a bug, kept to this one process.
       const message = `internal error: ${e instanceof Error ? e.message : String(e)}`;
@@ -51,5 +64,9 @@ function work(t: WorkerTasks, action: FleetAction): void {
     }
     parentPort!.postMessage(reply);
   }
-  parentPort!.postMessage({ done: true } satisfies WorkerReply);
+  // Every process claimed (by this worker or another) and none will come: done.
+  if (total !== undefined && Atomics.load(board, 0) >= total) {
+    finished = true;
+    parentPort!.postMessage({ done: true } satisfies WorkerReply);
+  }
 }

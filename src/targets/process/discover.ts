@@ -163,8 +163,12 @@ function matchingObject(text: string, base: string, buildId: string, ids: BuildI
   return undefined;
 }
 
-/** The processes `f` selects, in pid order. */
-export function discover(f: FleetFilter, ids = new BuildIdCache()): Discovery {
+/**
+ * The processes `f` selects, in pid order. `onSelected` is told of each
+ * as soon as it is found (a fleet starts on the first ones while the scan
+ * goes on); it is never called once anything here has thrown.
+ */
+export function discover(f: FleetFilter, ids = new BuildIdCache(), onSelected?: (p: FleetProcess) => void): Discovery {
   const exe = f.exe !== undefined ? exeTarget(f.exe) : undefined;
   const explicit = f.pids !== undefined;
   const pids = explicit ? [...new Set(f.pids)].sort((a, b) => a - b) : allPids();
@@ -177,7 +181,9 @@ export function discover(f: FleetFilter, ids = new BuildIdCache()): Discovery {
     const name = readComm(pid);
     if ('object' in r) {
       // It may exit between the check and here: it is then skipped when acted on.
-      selected.push({ pid, comm: name ?? '?', ...(r.object ? { object: r.object } : {}) });
+      const p: FleetProcess = { pid, comm: name ?? '?', ...(r.object ? { object: r.object } : {}) };
+      selected.push(p);
+      onSelected?.(p);
     } else {
       unselected.push({ pid, comm: name, gone: r.gone || name === null, reason: r.why });
     }
