@@ -175,7 +175,6 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   let pre: ProcessOutcome[];
   let pool: FleetPool | undefined;
   let run: FleetRun | undefined;
-  let given = 0;
   try {
     prep = prepare(c, o);
     pool = new FleetPool(prep.action, o.jobs ?? defaultJobs());
@@ -183,10 +182,7 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
     // The workers start on the first processes found while the scan goes on (it took 55 ms for
     // 1000 processes, which they spent waiting), a few at a time to keep the messages few.
     const batch: FleetProcess[] = [];
-    const flush = (): void => {
-      given += batch.length;
-      acting.add(batch.splice(0));
-    };
+    const flush = (): void => acting.add(batch.splice(0));
     const d = discover(prep.filter, undefined, (p) => {
       batch.push(p);
       if (batch.length >= STREAM_BATCH) flush();
@@ -196,7 +192,7 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
     pre = d.unselected.map(unselectedOutcome);
   } catch (e) {
     // Processes already given are being acted on: never stop a worker in the middle of one.
-    if (run && given) await run.end();
+    if (run) await run.end();
     else pool?.close();
     const err = toHotstackError(e);
     rep.failure(err, { ok: false, action: c.action, name: c.name } satisfies Omit<FleetErrorJson, 'error'>, `hotstack: ${errorLine(err)}\n`);

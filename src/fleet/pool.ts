@@ -61,8 +61,8 @@ interface Slot {
   ready?: boolean;
   /** To be stopped as soon as it is ready (see stopSlot). */
   stopping?: boolean;
-  /** Set once it has exited: why (undefined for a clean exit). */
-  ended?: { why?: string };
+  /** It has exited (onEnd says why to whoever listens by then). */
+  ended?: boolean;
   onMessage?: (r: WorkerReply) => void;
   onEnd?: (why?: string) => void;
 }
@@ -71,7 +71,7 @@ function startSlot(): Slot {
   const slot: Slot = { worker: new Worker(new URL('./worker.js', import.meta.url)) };
   const end = (why?: string): void => {
     if (slot.ended) return;
-    slot.ended = { why };
+    slot.ended = true;
     slot.onEnd?.(why);
   };
   slot.worker.on('message', (r: WorkerReply) => {
@@ -241,6 +241,8 @@ export class FleetRun {
   }
 }
 
+let noOpt = false;
+
 /**
  * Turn V8's optimizing compiler (TurboFan) off for the run, before the
  * workers start (the flag is per process). A fleet runs the same short
@@ -253,14 +255,13 @@ export class FleetRun {
  * Only fleet commands do this: analysis and builds are long enough to
  * gain from TurboFan.
  */
-let noOpt = false;
-
 function noOptimizingCompiler(): void {
   if (noOpt) return;
   noOpt = true;
   setFlagsFromString('--no-opt');
 }
 
-function workerFailure(p: FleetProcess, message: string): ProcessOutcome {
+/** A process failed by the fleet machinery itself (not by acting on it): a worker's bug or death. */
+export function workerFailure(p: { pid: number; comm: string }, message: string): ProcessOutcome {
   return { pid: p.pid, comm: p.comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 };
 }

@@ -6,7 +6,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { runOnProcess, type FleetAction } from './task.js';
-import { claim, type WorkerAction, type WorkerReply, type WorkerTasks } from './pool.js';
+import { claim, workerFailure, type WorkerAction, type WorkerReply, type WorkerTasks } from './pool.js';
 import { loadIced } from '../analysis/iced.js';
 import { testMode } from '../core/fault.js';
 
@@ -59,8 +59,7 @@ function work(): void {
       reply = { outcome: runOnProcess(pid, comm, action!) };
     } catch (e) {
       // runOnProcess reports every HotstackError itself: this is a bug, kept to this one process.
-      const message = `internal error: ${e instanceof Error ? e.message : String(e)}`;
-      reply = { outcome: { pid, comm, result: 'failed', detail: `EIO: ${message}`, errno: 'EIO', code: -5, message, steps: [], notices: [], ms: 0 } };
+      reply = { outcome: workerFailure({ pid, comm }, `internal error: ${e instanceof Error ? e.message : String(e)}`) };
     }
     parentPort!.postMessage(reply);
   }
