@@ -4,9 +4,9 @@
  * and its seccomp mode. Untrusted text: anything malformed is "unknown".
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { hasSeccompFilter, processStartTime, signalMasksOf, startBrk, startTimeAndComm, statFacts } from '../src/targets/process/procfs.js';
+import { hasSeccompFilter, processStartTime, signalMasksOf, startBrk, startTimeAndComm, statFacts, threadCount } from '../src/targets/process/procfs.js';
 
 const status = (blk: string, ign: string, cgt: string, seccomp = '0'): string =>
   `Name:\tx\nSigQ:\t0/1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t${blk}\nSigIgn:\t${ign}\nSigCgt:\t${cgt}\nSeccomp:\t${seccomp}\n`;
@@ -41,4 +41,12 @@ test('stat facts: one read gives what four reads gave (start time, state, name, 
   assert.equal(f.startBrk, startBrk(process.pid));
   assert.equal(f.state, 'R', 'this thread is running while it reads');
   assert.throws(() => statFacts(0x3fffffff), (e: Error & { errno?: string }) => e.errno === 'ESRCH');
+});
+
+test('thread count: what the kernel counts, as the task directory lists it and status says (a listing can miss threads; this cannot)', () => {
+  const n = threadCount(process.pid);
+  assert.equal(n, readdirSync(`/proc/${process.pid}/task`).length);
+  assert.equal(n, Number(/^Threads:\s+(\d+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]));
+  assert.ok(n! > 1, 'Node runs several threads');
+  assert.equal(threadCount(0x3fffffff), null);
 });

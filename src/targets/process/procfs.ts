@@ -137,6 +137,23 @@ export function listTids(pid: number): number[] {
   }
 }
 
+/**
+ * How many threads the kernel counts in process `pid` (its signal
+ * struct's nr_threads, which /proc/PID/task shows as its link count less
+ * two), or null when gone. One stat, no listing: it tells whether a
+ * listing of the task directory missed threads (a thread exiting while
+ * the directory is read ends the kernel's walk early, and the threads
+ * after it are left out).
+ */
+export function threadCount(pid: number): number | null {
+  try {
+    const n = fs.statSync(`/proc/${pid}/task`).nlink - 2;
+    return n >= 0 ? n : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Thread ids, or null when the task directory cannot be read (gone). */
 function tidsOrNull(pid: number): number[] | null {
   try {
