@@ -198,6 +198,45 @@ describe('live crash: HOTSTACK_FAULT=after-write:N kills the tool mid-action', (
   }
 });
 
+describe('live crash: a fleet load (upload and apply in one stop) killed midway', () => {
+  // A fleet's load puts the upload's last save off until the apply's journal (Engine.together):
+  // killed in between, the next command frees the upload; killed after a write, it undoes the apply
+  // (the notice counts the journaled writes, both, whether or not they reached memory).
+  const cases: { fault: string; action: string; how: RegExp; repaired: [string, string][] }[] = [
+    { fault: 'after-upload', action: 'upload', how: /its memory was freed/, repaired: [] },
+    { fault: 'after-write:1', action: 'apply', how: /2 write\(s\) undone/, repaired: [['twofunc', 'CHECKED']] },
+    { fault: 'after-write:2', action: 'apply', how: /2 write\(s\) undone/, repaired: [['twofunc', 'CHECKED']] },
+  ];
+  for (const c of cases) {
+    it(`HOTSTACK_FAULT=${c.fault}: the next list repairs the process it hit, the other is untouched; the load then goes through`, { timeout: 120_000 }, async () => {
+      const ps = [reaper.add(await startBase(files.base!)), reaper.add(await startBase(files.base!))];
+      const before: Observed[] = [];
+      for (const p of ps) before.push((await checkConsistent(p, `before (${p.pid})`)).seen);
+      const pids = ps.map((p) => p.pid).join(',');
+      const r = await cli(['--pid', pids, '--jobs', '1', 'load', files.twofunc!], { env: { HOTSTACK_FAULT: c.fault, HOTSTACK_TEST_MODE: '1' }, timeoutMs: 60_000 });
+      assert.equal(r.signal, 'SIGKILL', `the tool died by its fault: ${show(r)}`);
+
+      const seen = [];
+      for (const p of ps) seen.push(await checkConsistent(p, `after the kill (${p.pid})`));
+      const hit = seen.findIndex((x) => /repaired an interrupted/.test(x.stderr));
+      assert.ok(hit >= 0, `one process was repaired: ${JSON.stringify(seen.map((x) => x.stderr))}`);
+      const other = seen[1 - hit]!;
+      assert.match(seen[hit]!.stderr, new RegExp(`repaired an interrupted ${c.action} of twofunc\\b`));
+      assert.match(seen[hit]!.stderr, c.how);
+      assert.deepEqual(states(seen[hit]!.list), c.repaired);
+      assert.deepEqual(seen[hit]!.seen, before[hit], 'memory is back to what it was before the load');
+      assert.equal(other.stderr, '', 'the other process had nothing to repair');
+      assert.deepEqual(states(other.list), [], 'the other process was not reached');
+
+      // And the same load, without the fault, patches both.
+      const again = await cli(['--pid', pids, 'load', files.twofunc!], { timeoutMs: 60_000 });
+      assert.equal(again.code, 0, show(again));
+      for (const p of ps) assert.deepEqual(states((await checkConsistent(p, `after the load (${p.pid})`)).list), [['twofunc', 'APPLIED']]);
+      for (const p of ps) await p.stop();
+    });
+  }
+});
+
 describe('live crash: SIGKILL at random instants', () => {
   it('a loop of 30 apply/revert runs killed at random instants: every state is consistent', { timeout: 600_000 }, async (t) => {
     const p = reaper.add(await startBase(files.base!));

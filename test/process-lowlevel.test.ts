@@ -275,6 +275,8 @@ test('stop all threads, read and write memory, detach leaves no stop behind', as
     assert.equal(p.mainThread.tid, t.pid);
     const worker = p.threads.find((x) => x.name === 'sleeper')!.tid;
     expectHotstack(() => StoppedProcess.stop(worker), 'EINVAL', new RegExp(`${worker} is a thread of process ${t.pid}`));
+    // Locking checks it too (a process target's stops rely on that and skip the check).
+    expectHotstack(() => lockProcess(worker, 100), 'EINVAL', new RegExp(`${worker} is a thread of process ${t.pid}`));
     for (const th of p.threads) assert.ok(th.regs && th.regs.rip > 0n && th.regs.rsp > 0n);
     assert.ok(threadStates(t.pid).every((s) => s === 't'), 'all threads in tracing stop');
     // Really stopped: the sleeper's counter does not move.

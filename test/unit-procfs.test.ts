@@ -6,7 +6,9 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { hasSeccompFilter, processStartTime, signalMasksOf, startBrk, startTimeAndComm, statFacts, threadCount } from '../src/targets/process/procfs.js';
+import { spawn } from 'node:child_process';
+import { hasSeccompFilter, processStartTime, readStackLimit, signalMasksOf, startBrk, startTimeAndComm, statFacts, threadCount } from '../src/targets/process/procfs.js';
+import { stackLimitOf } from '../src/targets/process/ptrace.js';
 
 const status = (blk: string, ign: string, cgt: string, seccomp = '0'): string =>
   `Name:\tx\nSigQ:\t0/1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t${blk}\nSigIgn:\t${ign}\nSigCgt:\t${cgt}\nSeccomp:\t${seccomp}\n`;
@@ -49,4 +51,18 @@ test('thread count: what the kernel counts, as the task directory lists it and s
   assert.equal(n, Number(/^Threads:\s+(\d+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]));
   assert.ok(n! > 1, 'Node runs several threads');
   assert.equal(threadCount(0x3fffffff), null);
+});
+
+test('stack limit: prlimit says what /proc/PID/limits says, for a process with a limit of its own; undefined for no process', async () => {
+  const child = spawn('bash', ['-c', 'ulimit -s 1234 && exec sleep 30'], { stdio: 'ignore' });
+  try {
+    // Until bash has set the limit and become sleep, the limit is bash's own.
+    for (let i = 0; i < 200 && readStackLimit(child.pid!) !== 1234n * 1024n; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(readStackLimit(child.pid!), 1234n * 1024n);
+    assert.equal(stackLimitOf(child.pid!), 1234n * 1024n);
+    assert.equal(stackLimitOf(process.pid), readStackLimit(process.pid));
+    assert.equal(stackLimitOf(0x3fffffff), undefined);
+  } finally {
+    child.kill('SIGKILL');
+  }
 });

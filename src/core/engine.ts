@@ -19,7 +19,7 @@ import { emptyState, type EngineState, type FuncRecord, type PayloadRecord, type
 import type { AddrRange, HookKind, HookResult, Quiesced, Target } from './target.js';
 import { upload } from './upload.js';
 import { checkPayloadName } from '../payload/name.js';
-import { faultPoint } from './fault.js';
+import { faultPoint, uploadFaultPoint } from './fault.js';
 
 export type ActionCmd = 'APPLY' | 'REVERT' | 'REPLACE' | 'UNLOAD';
 
@@ -59,6 +59,10 @@ export class Engine {
   private byName = new Map<string, PayloadRecord>();
   private byBuildId = new Map<string, PayloadRecord>();
   private outcome: ActionOutcome = { hooksCalled: [], hooksSkipped: [], tries: 0 };
+  /** Depth of together(): inside, an upload's last save waits for the next one (see settle). */
+  private batching = 0;
+  /** The state changed since the last save, which is put off (see upload). */
+  private saveOwed = false;
 
   constructor(target: Target) {
     this.target = target;
@@ -100,10 +104,31 @@ export class Engine {
    * Run `fn` (an upload, then actions on it) in one stop of a live target:
    * the thread that maps the payload is held throughout, the others are
    * stopped only for each action's quiesced part, as they would be anyway.
-   * Saves a detach, seize and interrupt per process in a fleet's load.
+   * Saves a detach, seize and interrupt per process in a fleet's load, and
+   * a save of the state: the upload's last one waits for the apply's
+   * journal (see settle), and is made at the end if nothing saved since.
    */
   together<T>(fn: () => T): T {
-    return this.target.batch ? this.target.batch(fn) : fn();
+    const batch = this.target.batch?.bind(this.target);
+    if (!batch) return fn();
+    return batch(() => {
+      this.batching++;
+      let done = false;
+      try {
+        const r = fn();
+        done = true;
+        return r;
+      } finally {
+        if (--this.batching === 0) {
+          try {
+            this.settle();
+          } catch (e) {
+            // After a failure, that failure is the one to report (the save before it stands).
+            if (done) throw e;
+          }
+        }
+      }
+    });
   }
 
   // ---- upload --------------------------------------------------------
@@ -119,6 +144,7 @@ export class Engine {
     const persist = this.target.kind === 'process';
     // Whether the state changed: an upload refused before it mapped anything leaves the target untouched.
     let changed = !persist;
+    let uploaded = false;
     try {
       const rec = upload(
         {
@@ -140,10 +166,16 @@ export class Engine {
       this.state.nextSeq = seq + 1;
       this.index(rec);
       changed = true;
+      uploaded = true;
+      uploadFaultPoint();
       return rec;
     } finally {
       this.state.pending = null;
-      if (changed) this.save();
+      // In a batch the next save is near (an apply journals its writes before making them):
+      // until then the last save (the allocation's, with its regions) is what a repair goes by,
+      // and it frees this payload's memory, which no command reported as loaded yet.
+      if (changed && uploaded && persist && this.batching > 0) this.saveOwed = true;
+      else if (changed) this.save();
     }
   }
 
@@ -302,6 +334,7 @@ export class Engine {
 
   private unload(p: PayloadRecord, timeout: number): void {
     rules.checkState(p, 'CHECKED', 'unload');
+    this.settle();
     const busy: AddrRange[] = p.text ? [{ start: p.text.start, end: p.text.end, label: `code of payload ${p.name}` }] : [];
     for (const f of p.funcs) {
       if (f.veneer) busy.push({ start: f.veneer.addr, end: f.veneer.addr + BigInt(f.veneer.size), label: `veneer of ${f.name} of payload ${p.name}` });
@@ -391,6 +424,7 @@ export class Engine {
 
   /** The target's quiesce, noting in the outcome how many consistency checks it took. */
   private quiesced<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {
+    this.settle();
     return this.target.quiesce(busy, timeoutMs, (q) => {
       this.outcome.tries = Math.max(this.outcome.tries, q.tries);
       return fn(q);
@@ -449,6 +483,8 @@ export class Engine {
   // ---- hooks ---------------------------------------------------------
 
   private writeHookArg(p: PayloadRecord): void {
+    // Every hook call comes here first: the payload's code runs, the state must be on record.
+    this.settle();
     if (p.hookArg === 0n || !this.target.canRunHooks) return;
     this.target.write(p.hookArg, encodeHookArg(p, p.funcsAddr, p.funcs.length).subarray(0, HOOK_ARG_SIZE));
   }
@@ -511,6 +547,12 @@ export class Engine {
   }
 
   private save(): void {
+    this.saveOwed = false;
     this.target.store.save(this.state);
+  }
+
+  /** Make the save put off in a batch (see upload), before the process is acted on again. */
+  private settle(): void {
+    if (this.saveOwed) this.save();
   }
 }

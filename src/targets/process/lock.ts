@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { fail } from '../../errors.js';
 import * as pt from './ptrace.js';
-import { innermostPidOf, pidNamespaceOf, readComm, readProcFile, startTimeAndComm, type StatFacts } from './procfs.js';
+import { checkLeaderStatus, innermostPidOf, pidNamespaceOf, readComm, readProcFile, startTimeAndComm, type StatFacts } from './procfs.js';
 import { StateDir } from './statedir.js';
 
 export { stateDir } from './statedir.js';
@@ -89,7 +89,10 @@ function sameFile(fd: number, file: string): boolean {
  */
 function lockName(pid: number): string {
   const ns = pidNamespaceOf(pid);
-  const inner = innermostPidOf(readProcFile(pid, 'status'), pid);
+  const status = readProcFile(pid, 'status');
+  // A thread id is no process to lock (and the target's stops rely on this check).
+  checkLeaderStatus(pid, status);
+  const inner = innermostPidOf(status, pid);
   return `pidns${ns}-pid${inner}.lock`;
 }
 

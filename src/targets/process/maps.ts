@@ -227,9 +227,13 @@ export interface ProcessLimits {
   startBrk: bigint | undefined;
 }
 
-/** The stack limit and the start of the heap of a process (`known`: start_brk already read, see statFacts). */
-export function readLimits(pid: number, known?: { startBrk: bigint | undefined }): ProcessLimits {
-  return { stackLimit: readStackLimit(pid), startBrk: known ? known.startBrk : startBrk(pid) };
+/**
+ * The stack limit and the start of the heap of a process, from /proc but
+ * for what the caller has already read: `known` start_brk (see
+ * statFacts), `stackLimit` (see stackLimitOf).
+ */
+export function readLimits(pid: number, known?: { startBrk: bigint | undefined }, stackLimit?: bigint): ProcessLimits {
+  return { stackLimit: stackLimit ?? readStackLimit(pid), startBrk: known ? known.startBrk : startBrk(pid) };
 }
 
 /** findFreeGaps for a live process, with its real stack limit and brk; one read of its maps. */

@@ -16,15 +16,23 @@ function hex(a: bigint): string {
 export class ProcessMemory {
   readonly pid: number;
   private fd: number | null = null;
+  /** /proc/PID, when the caller has just seen the leader alive (see procBase). */
+  private readonly base: string | undefined;
 
-  constructor(pid: number) {
+  /**
+   * `leaderAlive`: the caller has just read the leader's state and it is
+   * no zombie, so /proc/PID/mem is the one to open (one read of its stat
+   * less); else procBase looks when the file is first opened.
+   */
+  constructor(pid: number, leaderAlive = false) {
     this.pid = pid;
+    this.base = leaderAlive ? `/proc/${pid}` : undefined;
   }
 
   private open(): number {
     if (this.fd !== null) return this.fd;
     try {
-      this.fd = fs.openSync(`${procBase(this.pid)}/mem`, 'r+');
+      this.fd = fs.openSync(`${this.base ?? procBase(this.pid)}/mem`, 'r+');
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ESRCH') fail('ESRCH', `process ${this.pid} exited`);

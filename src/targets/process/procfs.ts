@@ -255,6 +255,16 @@ export function threadGroupOf(status: string): number | null {
   return statusNumber(status, 'Tgid');
 }
 
+/**
+ * EINVAL when `status` (of /proc/`pid`/status) is a thread's that is not
+ * its process's leader: /proc/TID answers for any thread id, so a thread
+ * id given as a pid would otherwise be taken for a process.
+ */
+export function checkLeaderStatus(pid: number, status: string): void {
+  const tgid = threadGroupOf(status) ?? pid;
+  if (tgid !== pid) fail('EINVAL', `${pid} is a thread of process ${tgid}, not a process id: use ${tgid}`);
+}
+
 /** `Uid:` second value: the effective user id. */
 export function effectiveUidOf(status: string): number | null {
   return statusNumber(status, 'Uid', 1);

@@ -34,6 +34,7 @@ const PR_SET_TIMERSLACK = 29;
 // slack), while a target may be stopped: per thread, so each worker's load sets its own.
 c_prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0);
 const c_pwrite = libc.func('long pwrite64(int fd, const void *buf, size_t count, int64_t offset)');
+const c_prlimit = libc.func('int prlimit(int pid, int resource, void *new_limit, void *old_limit)');
 
 // ---------------------------------------------------------------------------
 // constants
@@ -367,6 +368,20 @@ export function flock(fd: number, operation: number): boolean {
     if (e === ERRNO.EAGAIN) return false;
     fail(errnoKey(e), `flock failed: ${errnoName(e)}`);
   }
+}
+
+const RLIMIT_STACK = 3;
+const rlimitBuf = Buffer.alloc(16);
+
+/**
+ * RLIMIT_STACK (soft) of process `pid` (2^64-1 when unlimited), or
+ * undefined when prlimit refuses (another user's process without
+ * CAP_SYS_RESOURCE): one system call where /proc/PID/limits is a file
+ * of sixteen lines to open, read and parse.
+ */
+export function stackLimitOf(pid: number): bigint | undefined {
+  if (c_prlimit(pid, RLIMIT_STACK, null, rlimitBuf) !== 0) return undefined;
+  return rlimitBuf.readBigUInt64LE(0);
 }
 
 /**

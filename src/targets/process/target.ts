@@ -20,6 +20,7 @@ import { remoteCall } from './remote/calls.js';
 import { RUNTIME_PAGE_SIZE, runtimePageOf, runtimePageValid, useRuntimePage } from './remote/runtime.js';
 import { ProcessStore, removeStale } from './store.js';
 import { StoppedProcess } from './threads.js';
+import * as pt from './ptrace.js';
 import { coveredByAnonymous, unmapped } from './validate.js';
 import { StateKeeper } from './keeper.js';
 
@@ -83,13 +84,13 @@ export class ProcessTarget implements Target {
   /** The state file's saves are held (see flushState). */
   private holding = true;
 
-  private constructor(pid: number, lock: ProcessLock) {
+  private constructor(pid: number, lock: ProcessLock, leaderAlive: boolean) {
     this.pid = pid;
     this.lock = lock;
     this.description = `process ${pid} (${lock.identity.comm})`;
     this.fileStore = new ProcessStore(lock.identity);
     this.fileStore.hold();
-    this.mem = new ProcessMemory(pid);
+    this.mem = new ProcessMemory(pid, leaderAlive);
     this.keeper = new StateKeeper(this.fileStore, {
       pid,
       mem: this.mem,
@@ -118,7 +119,9 @@ export class ProcessTarget implements Target {
   static open(pid: number, lockTimeoutMs = 5000, known?: StatFacts): ProcessTarget {
     const facts = known ?? statFactsOrNull(pid);
     checkAccess(pid, facts?.state);
-    const t = new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs, facts ?? undefined));
+    // The memory file is opened next (the state's copy is read at once): a leader seen alive
+    // just now is the one to open it through.
+    const t = new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs, facts ?? undefined), facts !== null && !'ZX'.includes(facts.state));
     t.startBrk = facts ? { startBrk: facts.startBrk } : undefined;
     return t;
   }
@@ -252,7 +255,8 @@ export class ProcessTarget implements Target {
     const open = this.snapshot;
     this.stopStart = performance.now();
     this.phase = { rec: {}, last: this.stopStart };
-    const p = scope === 'one' ? StoppedProcess.stopOne(this.pid, STOP_TIMEOUT_MS, this.mem) : StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS, this.mem);
+    // The lock checked that the pid is a process's (see lockName): the stops need not.
+    const p = scope === 'one' ? StoppedProcess.stopOne(this.pid, STOP_TIMEOUT_MS, this.mem, true) : StoppedProcess.stop(this.pid, STOP_TIMEOUT_MS, this.mem, true);
     // Seizing (and listing threads) happens while they run: the pause starts at the first interrupt.
     if (p.interruptedAt) {
       this.lap('attach', p.interruptedAt);
@@ -343,7 +347,7 @@ export class ProcessTarget implements Target {
       else segments.push({ off: total, size, perm });
       total += size;
     }
-    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid, this.startBrk)), this.mapsInStop());
+    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid, this.startBrk, pt.stackLimitOf(this.pid))), this.mapsInStop());
     let hints = gaps();
     const store = this.fileStore;
     const oldTrap = store.runtime.trap;

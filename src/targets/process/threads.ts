@@ -7,7 +7,7 @@
 import { fail, isHotstackError } from '../../errors.js';
 import * as pt from './ptrace.js';
 import { ProcessMemory } from './memory.js';
-import { listTids, notRunning, readComm, readStatus, threadCount, threadGroupOf, threadListed, threadSchedState, tracerOf } from './procfs.js';
+import { checkLeaderStatus, listTids, notRunning, readComm, readStatus, threadCount, threadListed, threadSchedState, tracerOf } from './procfs.js';
 
 /** A signal we took out of the kernel's queue (a signal-delivery-stop) and owe the thread. */
 export interface OwedSignal {
@@ -67,8 +67,7 @@ function checkProcessId(pid: number): void {
   } catch {
     fail('ESRCH', `process ${pid} does not exist`);
   }
-  const tgid = threadGroupOf(status) ?? pid;
-  if (tgid !== pid) fail('EINVAL', `${pid} is a thread of process ${tgid}, not a process id: use ${tgid}`);
+  checkLeaderStatus(pid, status);
 }
 
 /** " (traced by PID N: name)" when /proc says who the other tracer is. */
@@ -134,8 +133,8 @@ export class StoppedProcess {
    * the error is thrown: ESRCH when the process exited, EPERM when tracing is
    * not allowed, ETIMEDOUT when a thread would not stop (uninterruptible sleep).
    */
-  static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS, memory?: ProcessMemory): StoppedProcess {
-    return StoppedProcess.attach(pid, timeoutMs, false, memory);
+  static stop(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS, memory?: ProcessMemory, checked = false): StoppedProcess {
+    return StoppedProcess.attach(pid, timeoutMs, false, memory, checked);
   }
 
   /**
@@ -144,13 +143,18 @@ export class StoppedProcess {
    * on memory no thread can reach yet (mapping a payload's memory, running
    * IFUNC resolvers). Errors as for stop(). restop() stops that thread again.
    */
-  static stopOne(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS, memory?: ProcessMemory): StoppedProcess {
-    return StoppedProcess.attach(pid, timeoutMs, true, memory);
+  static stopOne(pid: number, timeoutMs = DEFAULT_TIMEOUT_MS, memory?: ProcessMemory, checked = false): StoppedProcess {
+    return StoppedProcess.attach(pid, timeoutMs, true, memory, checked);
   }
 
-  /** `memory`: the caller's open /proc/PID/mem to use (it stays open after detach). */
-  private static attach(pid: number, timeoutMs: number, single: boolean, memory: ProcessMemory | undefined): StoppedProcess {
-    checkProcessId(pid);
+  /**
+   * `memory`: the caller's open /proc/PID/mem to use (it stays open after
+   * detach). `checked`: the caller has made sure `pid` is a process, not
+   * another thread's id (a process target does when it locks the process:
+   * one read of its status less per stop).
+   */
+  private static attach(pid: number, timeoutMs: number, single: boolean, memory: ProcessMemory | undefined, checked: boolean): StoppedProcess {
+    if (!checked) checkProcessId(pid);
     const p = new StoppedProcess(pid, memory);
     p.single = single;
     try {
@@ -375,17 +379,20 @@ export class StoppedProcess {
       if (this.exited) fail('ESRCH', `process ${this.pid} exited`);
       // One thread held is the goal of stopOne (no rescan: the others are not held anyway).
       if (this.single && this.threads.length > 0) break;
+      // Done when the kernel counts no thread that is not held: the held ones are stopped and
+      // make no more, so a count that matches needs no second scan (one readdir less in the
+      // pause). Held: the stopped ones, and a zombie leader (counted until the whole group
+      // exits). More counted than held: threads made before their maker stopped, or missed by
+      // the listing (a thread exiting while the kernel walks the list ends the walk early and
+      // the threads after it are left out; seen: a thread the churning fixture had just made,
+      // running untraced after a stop, 1 in 400 to 3000), so scan again.
+      const counted = threadCount(this.pid);
+      let held = listed.includes(this.pid) && this.map.get(this.pid)?.state !== 'stopped' ? 1 : 0;
+      for (const t of this.map.values()) if (t.state === 'stopped') held++;
+      if (counted === null ? fresh === 0 : counted <= held) break;
       if (fresh === 0) {
-        // The listing may have missed threads: a thread exiting while the kernel walks the list
-        // ends the walk early, and the threads after it are left out (seen: a thread the
-        // churning fixture had just made, running untraced after a stop, 1 in 400 to 3000).
-        // The kernel counts every thread: more counted than held is another scan. Held: the
-        // stopped ones, and a zombie leader (counted until the whole group exits). A thread
-        // that was exiting is counted until reaped, which takes a moment: nap, then look again.
-        const counted = threadCount(this.pid);
-        let held = listed.includes(this.pid) && this.map.get(this.pid)?.state !== 'stopped' ? 1 : 0;
-        for (const t of this.map.values()) if (t.state === 'stopped') held++;
-        if (counted === null || counted <= held) break;
+        // Nothing new listed, yet more counted: a thread that was exiting is counted until
+        // reaped, which takes a moment: nap, then look again.
         if (performance.now() >= deadline) {
           fail('ETIMEDOUT', `process ${this.pid} counts ${counted} threads but only ${held} could be found and stopped within ${timeoutMs} ms; try again`);
         }
