@@ -5,9 +5,10 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fail, type ErrnoName } from '../errors.js';
+import { packageRoot } from '../package-root.js';
 
 /**
  * The flags every payload source is compiled with (besides -c, -I and
@@ -27,15 +28,13 @@ export const PAYLOAD_CFLAGS: readonly string[] = [
  */
 export const DEFAULT_CF_PROTECTION = '-fcf-protection=none';
 
-/** Directory holding hotstack.h: `include/` of the installed package (found from this module, in src/ or dist/src/). */
+/** Directory holding hotstack.h: `include/` of the installed package. */
 export function includeDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'include', 'hotstack.h'))) return join(dir, 'include');
-    const up = dirname(dir);
-    if (up === dir) fail('ENOENT', `cannot find include/hotstack.h above ${fileURLToPath(import.meta.url)}: is the hotstack package complete?`);
-    dir = up;
+  const root = packageRoot();
+  if (root === null || !existsSync(join(root, 'include', 'hotstack.h'))) {
+    fail('ENOENT', `cannot find include/hotstack.h in the hotstack package (${root ?? `no package.json of hotstack above ${fileURLToPath(import.meta.url)}`}): is the package complete?`);
   }
+  return join(root, 'include');
 }
 
 /** The full compiler flags for payload sources, `user` appended (they win where gcc lets the last flag win). */

@@ -4,8 +4,10 @@
  * retrying); never a stack trace.
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { HotstackError, toHotstackError } from '../errors.js';
+import { packageRoot } from '../package-root.js';
 import type { Engine } from '../core/engine.js';
 import { registerAnalyze } from './analyze.js';
 import { registerBuild } from './build.js';
@@ -22,7 +24,9 @@ import { loadPayloadFile, preloadForLive, registerTrust, requireSignatureOption 
 /** The version in package.json (read once, for --version). */
 function packageVersion(): string {
   try {
-    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    const dir = packageRoot();
+    if (dir === null) return 'unknown';
+    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version?: string };
     return pkg.version ?? 'unknown';
   } catch {
     return 'unknown';
@@ -270,6 +274,9 @@ HOTSTACK_KEYRING (trusted keys, default /etc/hotstack/keys), HOTSTACK_POLICY (de
 
   return program;
 }
+
+// bin/hotstack takes both from one module (the CLI's bundle, see package.json).
+export { guardOutput } from './output.js';
 
 /** Run the CLI; resolves to the exit status. */
 export async function main(argv: string[]): Promise<number> {

@@ -97,7 +97,13 @@ function stopSlot(s: Slot): void {
   else s.stopping = true;
 }
 
-const early: Slot[] = [];
+/**
+ * The workers prestartFleet started, until a pool takes them. Kept with
+ * the process, not this module: bin/hotstack calls prestartFleet from a
+ * small bundle of this module, and the CLI's bundle holds a copy of its
+ * own (see package.json's bundle script).
+ */
+const early: Slot[] = ((globalThis as Record<symbol, unknown>)[Symbol.for('hotstack.fleet.early')] ??= []) as Slot[];
 
 /**
  * Start the workers of a fleet command before the CLI loads its own
