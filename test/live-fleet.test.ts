@@ -213,8 +213,9 @@ test('narrowing: --pid A,B --pid C, --exe, --uid, --base-build-id', () => {
 test('a fleet worker that dies: its process fails with the reason, another worker takes the rest; with no worker left, the rest are failed, not forgotten', () => {
   const set = survivors.slice(0, 6).map((p) => p.pid);
   const dies = set[1]!;
+  // Workers only (test switch): which thread takes which process is then the workers' race alone.
   const run = (jobs: string): FleetJson => {
-    const r = cli.raw(['--pid', set.join(','), '--jobs', jobs, 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_WORKER_EXIT: String(dies) } });
+    const r = cli.raw(['--pid', set.join(','), '--jobs', jobs, 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_FLEET_WORKERS_ONLY: '1', HOTSTACK_TEST_WORKER_EXIT: String(dies) } });
     assert.equal(r.status, 1, showResult(r));
     return JSON.parse(r.stdout) as FleetJson;
   };
@@ -237,13 +238,19 @@ test('fleet workers started before the CLI loads: a command refused first still 
   assert.match(r.stderr, /^hotstack: Error \d+: ENOENT: /);
   r = cli.raw(['--all', '--jobs', '2', 'frobnicate'], { timeoutMs: 20_000 });
   assert.equal(r.status, 1, showResult(r));
-  // Every worker dies as it starts (before the pool posts the action): nothing is acted on, each process says so.
+  // Every worker dies as it starts (before the pool posts the action): with workers only (test switch)
+  // nothing is acted on, each process says so; else the main thread, one of the jobs, acts on every one.
   const set = survivors.slice(0, 3).map((p) => p.pid);
-  r = cli.raw(['--pid', set.join(','), '--jobs', '2', 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_WORKER_EXIT: 'start' }, timeoutMs: 20_000 });
+  r = cli.raw(['--pid', set.join(','), '--jobs', '2', 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_FLEET_WORKERS_ONLY: '1', HOTSTACK_TEST_WORKER_EXIT: 'start' }, timeoutMs: 20_000 });
   assert.equal(r.status, 1, showResult(r));
   const j = JSON.parse(r.stdout) as FleetJson;
   assert.deepEqual(j.summary, { listed: 0, skipped: 0, failed: 3 });
   for (const p of j.processes) assert.match(p.message, /^not acted on: the fleet workers stopped$/, `process ${p.pid}`);
+  for (const jobs of ['2', '3']) {
+    r = cli.raw(['--pid', set.join(','), '--jobs', jobs, 'list', '--json'], { env: { HOTSTACK_TEST_MODE: '1', HOTSTACK_TEST_WORKER_EXIT: 'start' }, timeoutMs: 20_000 });
+    assert.equal(r.status, 0, showResult(r));
+    assert.deepEqual((JSON.parse(r.stdout) as FleetJson).summary, { listed: 3, skipped: 0, failed: 0 }, `--jobs ${jobs}`);
+  }
   // More --jobs than prestarted, and fewer: the pool starts or stops workers to match; all listed.
   for (const jobs of ['1', '4']) {
     r = cli.raw(['--pid', set.join(','), '--jobs', jobs, 'list', '--json'], { timeoutMs: 20_000 });

@@ -9,7 +9,8 @@ import { toHotstackError, HotstackError } from '../errors.js';
 import { inspectPayload } from '../payload/inspect.js';
 import { discover, type FleetFilter, type FleetProcess } from '../targets/process/discover.js';
 import { defaultJobs, FleetPool, type FleetRun } from '../fleet/pool.js';
-import type { FleetAction, FleetActionName, ProcessOutcome } from '../fleet/task.js';
+import { runOnProcess, type FleetAction, type FleetActionName, type ProcessOutcome } from '../fleet/task.js';
+import { testMode } from '../core/fault.js';
 import { errorLine, exitCodeFor, listTable } from './format.js';
 import type { FleetErrorJson, FleetJson, FleetProcessJson, ListEntryJson } from './json-types.js';
 import { reporterFor, type Io } from './report.js';
@@ -177,7 +178,9 @@ export async function runFleet(c: FleetCommand, o: FleetOptions, io: Io, stderrI
   let run: FleetRun | undefined;
   try {
     prep = prepare(c, o);
-    pool = new FleetPool(prep.action, o.jobs ?? defaultJobs());
+    // Test switch: every job a worker thread (how the pool copes with workers that die).
+    const workersOnly = testMode() && process.env.HOTSTACK_TEST_FLEET_WORKERS_ONLY === '1';
+    pool = new FleetPool(prep.action, o.jobs ?? defaultJobs(), workersOnly ? undefined : runOnProcess);
     const acting = (run = pool.start(show));
     // The workers start on the first processes found while the scan goes on (it took 55 ms for
     // 1000 processes, which they spent waiting), a few at a time to keep the messages few.

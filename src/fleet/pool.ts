@@ -1,7 +1,8 @@
 /**
- * Bounded parallelism for a fleet command: `jobs` worker threads, each
- * given the next process as soon as it is done with one, so a slow process
- * (one retrying for a safe moment) holds up one worker, not the run.
+ * Bounded parallelism for a fleet command: `jobs` threads, the main thread
+ * (once its scan of /proc is done) and `jobs - 1` workers, each taking the
+ * next process as soon as it is done with one, so a slow process (one
+ * retrying for a safe moment) holds up one thread, not the run.
  */
 import { availableParallelism } from 'node:os';
 import { setFlagsFromString } from 'node:v8';
@@ -44,11 +45,11 @@ export function claim(board: Int32Array, worker: number, known: number): number 
 }
 
 /**
- * Default --jobs: one worker per CPU, at most 16. The per-process work is
- * mostly CPU (parsing /proc, remote system calls, state saves) with short
- * waits for the target to reach a ptrace stop; measured on 2 CPUs (the
- * fleet bench's sweep), 2 workers beat 1 by about 1.4x while 4 gained
- * less and 8 was slower than 1: more threads than CPUs only compete.
+ * Default --jobs: one thread per CPU (the main thread counts), at most 16.
+ * The per-process work is mostly CPU (parsing /proc, remote system calls,
+ * state saves) with short waits for the target to reach a ptrace stop;
+ * measured on 2 CPUs (the fleet bench's sweep), 2 beat 1 while 4 and 8
+ * were slower than 1: more threads than CPUs only compete.
  */
 export function defaultJobs(): number {
   return Math.max(1, Math.min(16, availableParallelism()));
@@ -110,10 +111,10 @@ const early: Slot[] = ((globalThis as Record<symbol, unknown>)[Symbol.for('hotst
  * modules (bin/hotstack calls this first): a worker loading the engine and
  * the main thread loading the CLI then overlap, on a machine with CPUs to
  * spare, instead of one after the other (each takes 70-80 ms). Only when
- * `argv` asks for a fleet (`--all`, several `--pid`); `--jobs` is read
- * roughly here (the CLI checks both), and FleetPool starts or stops
- * workers to match. A command that ends without a pool stops them with
- * releaseEarlyWorkers.
+ * `argv` asks for a fleet (`--all`, several `--pid`), one fewer than
+ * `--jobs` (the main thread is one); `--jobs` is read roughly here (the
+ * CLI checks both), and FleetPool starts or stops workers to match. A
+ * command that ends without a pool stops them with releaseEarlyWorkers.
  */
 export function prestartFleet(argv: readonly string[]): void {
   const pids = argv.filter((a, i) => a.startsWith('--pid=') || argv[i - 1] === '--pid').join(',');
@@ -122,7 +123,8 @@ export function prestartFleet(argv: readonly string[]): void {
   const i = argv.findIndex((a) => a === '--jobs' || a.startsWith('--jobs='));
   const v = i < 0 ? undefined : argv[i]!.startsWith('--jobs=') ? argv[i]!.slice(7) : argv[i + 1];
   const jobs = v !== undefined && /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 256 ? Number(v) : defaultJobs();
-  for (let k = 0; k < jobs; k++) early.push(startSlot());
+  // The main thread is one of the jobs (see FleetRun): one worker fewer.
+  for (let k = 1; k < jobs; k++) early.push(startSlot());
 }
 
 /** Stop the workers prestartFleet started that no pool took (bin/hotstack, once the command is done). */
@@ -144,9 +146,17 @@ export interface WorkerAction {
 export class FleetPool {
   private readonly slots: Slot[];
 
-  constructor(action: FleetAction, jobs: number) {
+  /**
+   * `local`: how the main thread acts on a process itself (runOnProcess:
+   * passed in, so that this module stays small for bin/hotstack). With it
+   * the main thread is one of the `jobs`, taking processes once the scan
+   * is done, and one worker fewer is started (each costs its start-up:
+   * Node's environment, the engine, the decoder); without it (a test
+   * switch) every job is a worker.
+   */
+  constructor(private readonly action: FleetAction, jobs: number, private readonly local?: LocalRunner) {
     noOptimizingCompiler();
-    const want = Math.max(1, jobs);
+    const want = Math.max(local ? 0 : 1, jobs - (local ? 1 : 0));
     this.slots = early.splice(0, want);
     releaseEarlyWorkers();
     while (this.slots.length < want) this.slots.push(startSlot());
@@ -164,9 +174,15 @@ export class FleetPool {
    * as each finishes (in completion order).
    */
   start(onOutcome: (o: ProcessOutcome) => void): FleetRun {
-    return new FleetRun(this.slots, onOutcome);
+    return new FleetRun(this.slots, onOutcome, this.local ? { run: this.local, action: this.action } : undefined);
   }
 }
+
+/** The main thread's way of acting on one process (runOnProcess). */
+export type LocalRunner = (pid: number, comm: string, action: FleetAction) => ProcessOutcome;
+
+/** How long the main thread acts on processes before it lets the workers' outcomes and the progress through. */
+const LOCAL_SLICE_MS = 20;
 
 /** One fleet command's processes handed to the workers as they are found (FleetPool.start). */
 export class FleetRun {
@@ -177,8 +193,17 @@ export class FleetRun {
   private ended = false;
   private resolve: ((o: ProcessOutcome[]) => void) | null = null;
 
-  constructor(private readonly slots: Slot[], private readonly onOutcome: (o: ProcessOutcome) => void) {
-    const board = new SharedArrayBuffer(4 * (1 + slots.length));
+  /** The main thread is done acting (or does not act). */
+  private localDone: boolean;
+
+  constructor(
+    private readonly slots: Slot[],
+    private readonly onOutcome: (o: ProcessOutcome) => void,
+    private readonly local?: { run: LocalRunner; action: FleetAction },
+  ) {
+    this.localDone = !local;
+    // One place per worker, and the main thread's after them.
+    const board = new SharedArrayBuffer(4 * (2 + slots.length));
     this.claims = new Int32Array(board);
     this.claims.fill(-1, 1);
     this.live = slots.length;
@@ -223,8 +248,38 @@ export class FleetRun {
     for (const s of this.slots) if (!s.ended) s.worker.postMessage({ total } satisfies WorkerTasks);
     return new Promise((resolve) => {
       this.resolve = resolve;
-      if (this.live <= 0) this.finish();
+      if (this.local) void this.actLocally();
+      else if (this.live <= 0) this.finish();
     });
+  }
+
+  /**
+   * The main thread's share, once the scan is done: claims like a worker,
+   * acts synchronously (as a single-process command does), and every
+   * LOCAL_SLICE_MS goes back to the event loop for the workers' outcomes.
+   * Between two processes it holds no tracee, so nothing can report to it.
+   */
+  private async actLocally(): Promise<void> {
+    const { run, action } = this.local!;
+    const me = this.slots.length;
+    let slice = performance.now();
+    for (let i = claim(this.claims, me, this.procs.length); i !== undefined; i = claim(this.claims, me, this.procs.length)) {
+      const p = this.procs[i]!;
+      let o: ProcessOutcome;
+      try {
+        o = run(p.pid, p.comm, action);
+      } catch (e) {
+        // runOnProcess reports every HotstackError itself: this is a bug, kept to this one process.
+        o = workerFailure(p, `internal error: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      this.record(o);
+      if (performance.now() - slice >= LOCAL_SLICE_MS) {
+        await new Promise((r) => setImmediate(r));
+        slice = performance.now();
+      }
+    }
+    this.localDone = true;
+    if (this.live <= 0) this.finish();
   }
 
   private record(o: ProcessOutcome): void {
@@ -234,7 +289,7 @@ export class FleetRun {
   }
 
   private workerGone(): void {
-    if (--this.live <= 0 && this.ended) this.finish();
+    if (--this.live <= 0 && this.ended && this.localDone) this.finish();
   }
 
   private finish(): void {
