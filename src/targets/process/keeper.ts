@@ -105,15 +105,16 @@ export class StateKeeper implements StateStore {
    */
   private saveMirror(): void {
     const { mem } = this.host;
-    const len = Buffer.byteLength(this.file.mirrorText(), 'utf8');
+    let text = this.file.mirrorText();
     const old = this.mirror;
-    if (!old || !fits(old.size, len)) {
-      const size = mirrorSizeFor(len);
+    if (!old || !fits(old.size, Buffer.byteLength(text, 'utf8'))) {
+      const size = mirrorSizeFor(Buffer.byteLength(text, 'utf8'));
       this.mirror = initMirror(mem, this.host.mapReadOnly(size), size);
       if (old) this.staleMirrors.push(old);
+      // The text again: making the runtime page or the mirror may have changed it.
+      text = this.file.mirrorText();
     }
-    // The text again: making the runtime page or the mirror may have changed it.
-    writeMirror(mem, this.mirror!, this.file.seq, this.file.mirrorText());
+    writeMirror(mem, this.mirror!, this.file.seq, text);
     for (const m of this.staleMirrors.splice(0)) {
       try {
         this.host.free(m.addr, m.size);

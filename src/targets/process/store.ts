@@ -22,13 +22,14 @@ function stateFileName(id: ProcessIdentity): string {
 }
 
 /**
- * When the state directory was last swept, per directory. A fleet run opens
- * thousands of processes in one hotstack; sweeping on every open would read
- * /proc/PID/stat for every state file each time (quadratic), so one sweep a
- * second is enough there. A single-process run still sweeps on its open.
+ * State directories this thread has swept. Once per command: a fleet run
+ * opens thousands of processes in one hotstack, and sweeping on every open
+ * (or every second, as before: the last sweeps of a 1000-process run read
+ * /proc/PID/stat for every file it had just written) costs a read per
+ * state file each time. Files of processes that die meanwhile wait for
+ * the next command's sweep.
  */
-const lastSweep = new Map<string, number>();
-const SWEEP_INTERVAL_MS = 1000;
+const swept = new Set<string>();
 
 /** A mapping about to be made in the process: freed by the next command if a killed tool never recorded it. */
 export interface MappingIntent {
@@ -93,10 +94,8 @@ export class ProcessStore implements StateStore {
     this.key = id.key;
     this.name = stateFileName(id);
     this.file = this.dir.shown(this.name);
-    const now = performance.now();
-    const last = lastSweep.get(this.dir.path);
-    if (last === undefined || now - last >= SWEEP_INTERVAL_MS) {
-      lastSweep.set(this.dir.path, now);
+    if (!swept.has(this.dir.path)) {
+      swept.add(this.dir.path);
       removeStale(this.dir);
     }
   }
