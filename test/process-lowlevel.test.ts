@@ -263,6 +263,37 @@ test('findFreeGaps: nearest first, inside +-2 GiB, not on mappings or below the 
 // ---------------------------------------------------------------------------
 // against a live process
 
+test('one thread held, then the rest (a fleet\'s load): every thread stopped, then all but the held one running again; a single-threaded process has no rest', async () => {
+  const t = await startTarget();
+  const p = StoppedProcess.stopOne(t.pid, 5000);
+  try {
+    assert.deepEqual(p.threads.map((x) => x.tid), [t.pid]);
+    assert.equal(threadStates(t.pid).filter((s) => s === 't').length, 1, 'only the leader is held');
+    p.stopRest(5000);
+    assert.equal(p.threads.length, 4);
+    assert.ok(threadStates(t.pid).every((s) => s === 't'), 'all threads in tracing stop');
+    p.releaseRest();
+    assert.deepEqual(p.threads.map((x) => x.tid), [t.pid]);
+    p.stopRest(5000);
+    assert.equal(p.threads.length, 4, 'and again');
+  } finally {
+    p.detach();
+  }
+  assert.equal(await t.ask('get'), 'value 1234');
+  // One thread: the kernel counts no other, so stopRest holds just it.
+  const one = spawn('sleep', ['30'], { stdio: 'ignore' });
+  children.push(one);
+  const q = StoppedProcess.stopOne(one.pid!, 5000);
+  try {
+    q.stopRest(5000);
+    assert.deepEqual(q.threads.map((x) => x.tid), [one.pid]);
+    assert.deepEqual(threadStates(one.pid!), ['t']);
+  } finally {
+    q.detach();
+  }
+  assert.notEqual(threadStates(one.pid!)[0], 't', 'running again');
+});
+
 test('stop all threads, read and write memory, detach leaves no stop behind', async () => {
   const t = await startTarget();
   assert.equal(await t.ask('get'), 'value 1234');
