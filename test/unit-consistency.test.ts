@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { returnAddressIn } from '../src/targets/process/consistency.js';
+import { returnAddressIn, stackSpan } from '../src/targets/process/consistency.js';
 
 const TWO_32 = 4294967296;
 
@@ -60,4 +60,16 @@ test('returnAddressIn: a return address at the end of a range counts, one at its
   const hi = [0x555555556000];
   assert.deepEqual(returnAddressIn(b, lo, hi), { offset: 8, range: 0 });
   assert.equal(returnAddressIn(b.subarray(0, 8), lo, hi), null);
+});
+
+test('stackSpan: the main thread on its initial stack is scanned up to where that stack started, any other to its mapping\'s end (at most 8 MiB)', () => {
+  const m = { start: 0x7ffd5ea93000n, end: 0x7ffd5eab4000n };
+  const top = 0x7ffd5eab2ff0n;
+  // Frames lie below the start; argv, the environment and the auxiliary vector above it.
+  assert.equal(stackSpan(0x7ffd5eab2000n, m, top), 0xff0);
+  assert.equal(stackSpan(0x7ffd5eab2000n, m), 0x2000);
+  // Not on its initial stack (a coroutine's, a signal stack): the start is not above sp in that mapping.
+  assert.equal(stackSpan(0x7ffd5eab3000n, m, top), 0x1000);
+  assert.equal(stackSpan(0x10000n, { start: 0x10000n, end: 0x20000n }, top), 0x10000);
+  assert.equal(stackSpan(0x10000n, { start: 0x10000n, end: 0x10000000n }), 8 * 1024 * 1024);
 });

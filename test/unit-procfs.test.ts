@@ -42,6 +42,9 @@ test('stat facts: one read gives what four reads gave (start time, state, name, 
   assert.equal(f.comm, startTimeAndComm(process.pid).comm);
   assert.equal(f.startBrk, startBrk(process.pid));
   assert.equal(f.state, 'R', 'this thread is running while it reads');
+  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
+  assert.equal(f.startStack, BigInt(fields[28 - 3]!), 'startstack, field 28');
+  assert.ok(f.startStack! > 0n);
   assert.throws(() => statFacts(0x3fffffff), (e: Error & { errno?: string }) => e.errno === 'ESRCH');
 });
 

@@ -26,11 +26,26 @@ function hex(v: bigint): string {
 const MAX_STACK_SCAN = 8 * 1024 * 1024;
 
 /**
+ * How many bytes of a thread's stack to scan, from `sp` (in mapping `m`):
+ * to the end of the mapping, at most MAX_STACK_SCAN; for the main thread
+ * on its initial stack (`initialTop`, stat's startstack, within the same
+ * mapping above `sp`) only up to there: above it lie argc, argv, the
+ * environment and the auxiliary vector, which no call ever pushed (and
+ * the environment's strings are often most of the mapping).
+ */
+export function stackSpan(sp: bigint, m: { start: bigint; end: bigint }, initialTop?: bigint): number {
+  const end = initialTop !== undefined && initialTop > sp && initialTop <= m.end ? initialTop : m.end;
+  const n = end - sp;
+  return Number(n < BigInt(MAX_STACK_SCAN) ? n : BigInt(MAX_STACK_SCAN));
+}
+
+/**
  * The first conflict found, or null when it is safe to patch. `maps` may
  * have been read before the threads stopped: a thread whose stack pointer
  * lies in no mapping it lists (a thread started since) gets `fresh()`.
+ * `initialTop`: where the main thread's initial stack started (see stackSpan).
  */
-export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: MapEntry[], busy: AddrRange[], fresh?: () => MapEntry[]): Conflict | null {
+export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: MapEntry[], busy: AddrRange[], fresh?: () => MapEntry[], initialTop?: bigint): Conflict | null {
   if (!busy.length) return null;
   // Stack words are compared as doubles, not BigInts (this runs while the
   // process is stopped): user addresses are below 2^47, so exact; a word
@@ -51,7 +66,7 @@ export function findConflict(proc: StoppedProcess, mem: ProcessMemory, maps: Map
     for (;;) {
       const m = maps.find((e) => rsp >= e.start && rsp < e.end);
       if (m) {
-        const len = Number(m.end - rsp < BigInt(MAX_STACK_SCAN) ? m.end - rsp : BigInt(MAX_STACK_SCAN));
+        const len = stackSpan(rsp, m, t.tid === proc.pid ? initialTop : undefined);
         try {
           stack = mem.read(rsp, len);
           break;

@@ -92,11 +92,17 @@ export interface StatFacts {
   comm: string;
   /** Field 47 (fixed at exec), undefined on kernels that hide it. */
   startBrk: bigint | undefined;
+  /** Field 28, where the main thread's initial stack started (fixed at exec); undefined when hidden (shown as 0). */
+  startStack: bigint | undefined;
 }
 
 export function statFacts(pid: number): StatFacts {
   const s = readStat(pid);
-  return { startTime: numericField(pid, s, 22, 'start time'), state: statField(s, 3) ?? '?', comm: s.comm, startBrk: startBrkOf(s) };
+  const stack = statField(s, 28);
+  return {
+    startTime: numericField(pid, s, 22, 'start time'), state: statField(s, 3) ?? '?', comm: s.comm, startBrk: startBrkOf(s),
+    startStack: stack !== undefined && /^\d+$/.test(stack) && stack !== '0' ? BigInt(stack) : undefined,
+  };
 }
 
 /** One-letter scheduler state ('R', 'S', 'Z', 't', ...) from the stat file of a /proc directory, or '?' when gone. */

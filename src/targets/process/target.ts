@@ -54,6 +54,8 @@ export class ProcessTarget implements Target {
   private limits: ProcessLimits | undefined;
   /** start_brk as read at open (fixed at exec), for the limits. */
   private startBrk: { startBrk: bigint | undefined } | undefined;
+  /** Where the main thread's initial stack started (stat's startstack, see stackSpan). */
+  private startStack: bigint | undefined;
   /**
    * The process's maps during a stop, kept current with the mappings
    * hotstack makes in it (nothing else maps while its threads are
@@ -123,6 +125,7 @@ export class ProcessTarget implements Target {
     // just now is the one to open it through.
     const t = new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs, facts ?? undefined), facts !== null && !'ZX'.includes(facts.state));
     t.startBrk = facts ? { startBrk: facts.startBrk } : undefined;
+    t.startStack = facts?.startStack;
     return t;
   }
 
@@ -522,7 +525,7 @@ export class ProcessTarget implements Target {
       let tries = 0;
       for (;;) {
         tries++;
-        const conflict = findConflict(p, this.mem, maps, busy, () => (maps = readMaps(this.pid)));
+        const conflict = findConflict(p, this.mem, maps, busy, () => (maps = readMaps(this.pid)), this.startStack);
         this.lap('check');
         if (!conflict) return fn({ tries, callHook: (kind, f, arg) => this.call(p, kind, f, arg) });
         const elapsed = performance.now() - start;
