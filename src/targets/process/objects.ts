@@ -30,6 +30,8 @@ interface FileData {
   index?: SymbolIndex;
   dynamic?: SymbolIndex;
   debug?: ElfFile;
+  /** Its GNU build-id, once looked for (null: none). */
+  buildId?: Uint8Array | null;
 }
 
 /**
@@ -80,7 +82,8 @@ export class ProcessObject implements BaseObject {
     this.path = m.deleted ? `${m.path} (deleted)` : m.path;
     this.file = file;
     const elf = (this.elf = file.elf);
-    this.buildId = findBuildId(elf);
+    // Once per file, not per process mapping it (a fleet maps the same few files a thousand times).
+    this.buildId = file.buildId === undefined ? (file.buildId = findBuildId(elf)) : file.buildId;
     this.bias = loadBias(m, elf);
     this.range = { start: m.mappings[0]!.start, end: m.mappings[m.mappings.length - 1]!.end };
   }
