@@ -136,18 +136,18 @@ export class ProcessStore implements StateStore {
     return this.text(false, this.nextText ?? this.engineText);
   }
 
+  /** The engine text last quoted for text(): a save quotes the same state for the process's copy and the file. */
+  private quoted: { engine: string; json: string } | undefined;
+
+  /** JSON.stringify of the FileShape, byte for byte, with the engine text quoted once per state. */
   private text(withIntent: boolean, engine = this.engineText): string {
     const { trap, intents } = this.runtime;
-    const f: FileShape = {
-      key: this.key,
-      seq: this.seq.toString(),
-      engine,
-      runtime: {
-        trap: trap !== undefined ? trap.toString() : undefined,
-        intents: withIntent && intents?.length ? intents.map((i) => ({ addr: i.addr.toString(), size: i.size, perms: i.perms })) : undefined,
-      },
+    const runtime: FileShape['runtime'] = {
+      trap: trap !== undefined ? trap.toString() : undefined,
+      intents: withIntent && intents?.length ? intents.map((i) => ({ addr: i.addr.toString(), size: i.size, perms: i.perms })) : undefined,
     };
-    return JSON.stringify(f);
+    if (this.quoted?.engine !== engine) this.quoted = { engine, json: JSON.stringify(engine) };
+    return `{"key":${JSON.stringify(this.key)},"seq":${JSON.stringify(this.seq.toString())},"engine":${this.quoted.json},"runtime":${JSON.stringify(runtime)}}`;
   }
 
   save(s: EngineState): void {
