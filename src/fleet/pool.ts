@@ -239,8 +239,10 @@ export class FleetRun {
   }
 
   /**
-   * No more processes: resolves with every outcome in the order they were
-   * added, once the workers are gone. Never rejects for a process's sake.
+   * No more processes: the main thread takes its share now (see
+   * actLocally); resolves with every outcome in the order they were added,
+   * once it is done and the workers are gone. Never rejects for a
+   * process's sake.
    */
   end(): Promise<ProcessOutcome[]> {
     this.ended = true;
