@@ -115,16 +115,20 @@ const early: Slot[] = ((globalThis as Record<symbol, unknown>)[Symbol.for('hotst
  * `--jobs` (the main thread is one); `--jobs` is read roughly here (the
  * CLI checks both), and FleetPool starts or stops workers to match. A
  * command that ends without a pool stops them with releaseEarlyWorkers.
+ * True when `argv` asks for a fleet (V8's optimizing compiler is then off:
+ * bin/hotstack loads the CLI's code cache made for that).
  */
-export function prestartFleet(argv: readonly string[]): void {
+export function prestartFleet(argv: readonly string[]): boolean {
   const pids = argv.filter((a, i) => a.startsWith('--pid=') || argv[i - 1] === '--pid').join(',');
-  if (!(argv.includes('--all') || pids.includes(',')) || early.length) return;
+  if (!(argv.includes('--all') || pids.includes(','))) return false;
+  if (early.length) return true;
   noOptimizingCompiler();
   const i = argv.findIndex((a) => a === '--jobs' || a.startsWith('--jobs='));
   const v = i < 0 ? undefined : argv[i]!.startsWith('--jobs=') ? argv[i]!.slice(7) : argv[i + 1];
   const jobs = v !== undefined && /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 256 ? Number(v) : defaultJobs();
   // The main thread is one of the jobs (see FleetRun): one worker fewer.
   for (let k = 1; k < jobs; k++) early.push(startSlot());
+  return true;
 }
 
 /** Stop the workers prestartFleet started that no pool took (bin/hotstack, once the command is done). */
