@@ -5,8 +5,9 @@
  * seize and interrupt every thread, write 5 bytes through /proc/PID/mem,
  * detach) and to the gap seen while nothing happens (noise). The payload
  * patches two functions; apply and revert run through the engine in this
- * process (what `hotstack apply` does after its start-up). Phases inside
- * the stop come from ProcessTarget.phases.
+ * process (what `hotstack apply` does after its start-up, its code warm).
+ * Phases inside the stop come from ProcessTarget.phases. Then the same
+ * through the real CLI, a fresh hotstack per action (see StallCliRow).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -16,7 +17,7 @@ import { openProcessEngine } from '../src/targets/process/session.js';
 import type { ProcessTarget } from '../src/targets/process/target.js';
 import { machineNote, median, quantile, sleep, startStress, type StressProcess } from '../test/helpers/stress.js';
 import { run } from '../test/helpers/toolchain.js';
-import { runtimeAddress } from '../test/helpers/live.js';
+import { HOTSTACK_BIN, runtimeAddress } from '../test/helpers/live.js';
 
 export interface StallRow {
   label: string;
@@ -33,10 +34,26 @@ export interface StallRow {
   phases: Record<string, number>;
 }
 
+/**
+ * The same target (2 threads) patched through the real CLI, a fresh
+ * `hotstack` per action as a person runs it: cold code (compiled on first
+ * use, or taken from the bundles' code caches), and on a machine with few
+ * CPUs the target's thread also loses its CPU to Node's own start, which
+ * `version` (a `hotstack --version` meanwhile, no stop at all) shows.
+ */
+export interface StallCliRow {
+  iterations: number;
+  floor: { medianUs: number; p90Us: number };
+  version: { medianUs: number; p90Us: number };
+  apply: { medianUs: number; p90Us: number };
+  revert: { medianUs: number; p90Us: number };
+}
+
 export interface StallBenchResult {
   machine: string;
   iterations: number;
   rows: StallRow[];
+  cli: StallCliRow;
 }
 
 const us = (ns: number[]): { medianUs: number; p90Us: number } => ({ medianUs: median(ns) / 1000, p90Us: quantile(ns, 0.9) / 1000 });
@@ -90,6 +107,32 @@ async function row(exe: string, floor: string, payload: string, label: string, s
   }
 }
 
+async function cliRow(exe: string, floor: string, payload: string, iterations: number): Promise<StallCliRow> {
+  const p = await startStress(exe);
+  try {
+    await sleep(200);
+    const addr = runtimeAddress(p.pid, exe, 'stall_one');
+    const hs = (...args: string[]): void => {
+      const r = spawnSync(process.execPath, [HOTSTACK_BIN, ...args], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`hotstack ${args.join(' ')}: ${r.stderr}`);
+    };
+    hs('--pid', String(p.pid), 'upload', 'stall', payload);
+    const fl: number[] = [], ver: number[] = [], ap: number[] = [], rv: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      fl.push(await gapOf(p, () => {
+        const r = spawnSync(floor, [String(p.pid), addr.toString(16)], { encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`floor: ${r.stderr}`);
+      }));
+      ver.push(await gapOf(p, () => hs('--version')));
+      ap.push(await gapOf(p, () => hs('--pid', String(p.pid), 'apply', 'stall')));
+      rv.push(await gapOf(p, () => hs('--pid', String(p.pid), 'revert', 'stall')));
+    }
+    return { iterations, floor: us(fl), version: us(ver), apply: us(ap), revert: us(rv) };
+  } finally {
+    p.child.kill('SIGKILL');
+  }
+}
+
 /** Runs the stall benchmark in `workDir` (removed afterwards). */
 export async function benchStall(workDir: string, opts: { iterations?: number } = {}): Promise<StallBenchResult> {
   const iterations = opts.iterations ?? 40;
@@ -107,7 +150,8 @@ export async function benchStall(workDir: string, opts: { iterations?: number } 
       await row(exe, floor, payload, '2 threads', 0, iterations),
       await row(exe, floor, payload, '16 sleeping threads + 2', 16, iterations),
     ];
-    return { machine: machineNote(), iterations, rows };
+    const cli = await cliRow(exe, floor, payload, Math.min(iterations, 15));
+    return { machine: machineNote(), iterations, rows, cli };
   } finally {
     if (saved === undefined) delete process.env.HOTSTACK_STATE_DIR;
     else process.env.HOTSTACK_STATE_DIR = saved;
@@ -125,4 +169,8 @@ export function printStallBench(r: StallBenchResult, out: (line: string) => void
     out(`    inside the stop (median ms): ${Object.entries(x.phases).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(', ')}`);
   }
   out('  (noise: the largest gap over 5 ms with nothing happening; floor: seize+interrupt all, 5-byte write, detach, in C)');
+  const c = r.cli;
+  out(`  through the CLI, a fresh hotstack per action, 2 threads (median / p90 of ${c.iterations}): floor ${f(c.floor.medianUs)} ${f(c.floor.p90Us)},`
+    + ` --version alone ${f(c.version.medianUs)} ${f(c.version.p90Us)}, apply ${f(c.apply.medianUs)} ${f(c.apply.p90Us)}, revert ${f(c.revert.medianUs)} ${f(c.revert.p90Us)}`);
+  out('  (--version stops nothing: its gap is the CPU Node\'s start takes from the target\'s thread on this machine)');
 }
