@@ -13,6 +13,8 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Module, { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Script } from 'node:vm';
 
 /**
@@ -21,8 +23,8 @@ import { Script } from 'node:vm';
  * (a fleet turns V8's optimizing compiler off before it loads anything).
  */
 export function loadBundle(dir, name, variant) {
-  const base = dir instanceof URL ? dir.pathname : dir;
-  const file = `${base}/${name}.cjs`;
+  const base = dir instanceof URL ? fileURLToPath(dir) : dir;
+  const file = join(base, `${name}.cjs`);
   const bytes = readFileSync(file);
   const source = bytes.toString('utf8');
   const cachedData = codeCache(file, bytes, variant);
@@ -33,7 +35,7 @@ export function loadBundle(dir, name, variant) {
   }
   const module = { exports: {} };
   const fn = script.runInThisContext();
-  fn.call(module.exports, module.exports, createRequire(file), module, file, base);
+  fn.call(module.exports, module.exports, createRequire(file), module, file, join(base, '.'));
   return module.exports;
 }
 

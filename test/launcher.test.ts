@@ -115,7 +115,8 @@ describe('launcher: the bundles\' code caches', () => {
 
   it('a bundle changed since its cache was made, or a damaged cache: not used (V8 would crash on the latter); the command works either way', () => {
     // A copy of the package's bin/ and dist/bundle/ (the loader finds the bundles next to itself).
-    const root = mkdtempSync(join(work, 'cc-'));
+    // A space in the path: the loader is given file URLs, whose paths are percent-encoded.
+    const root = mkdtempSync(join(work, 'cc dir-'));
     cpSync(join(REPO_ROOT, 'bin'), join(root, 'bin'), { recursive: true });
     cpSync(join(REPO_ROOT, 'dist', 'bundle'), join(root, 'dist', 'bundle'), { recursive: true });
     mkdirSync(join(root, 'dist', 'src', 'cli'), { recursive: true });
