@@ -9,10 +9,10 @@ import { bytesEqual } from '../../elf/bytes.js';
 import { testMode } from '../../core/fault.js';
 import { arch } from '../../arch/index.js';
 import type { AddrRange, AllocRequest, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
-import { findConflict } from './consistency.js';
+import { findConflict, returnAddressIn, stackSpan } from './consistency.js';
 import { lockProcess, type ProcessLock } from './lock.js';
 import { findFreeGapsFor, readLimits, readMaps, readMapsSnapshot, type MapEntry, type MapsSnapshot, type ProcessLimits } from './maps.js';
-import { hasSeccompFilter, procExists, processDead, readStatus, statFacts, type StatFacts } from './procfs.js';
+import { hasSeccompFilter, procExists, processDead, readStatus, statFacts, threadCount, type StatFacts } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
@@ -515,12 +515,37 @@ export class ProcessTarget implements Target {
     }, 'one');
   }
 
+  /**
+   * Once per thread, before its first consistency check: run what the check
+   * runs inside the stop (the stack scan both ways, a memory read, the
+   * thread count, a wait status decoded) on a few harmless bytes. A fresh
+   * command ran all of it for the first time inside the stop, where the
+   * first run of Buffer and fs paths costs most: its stop took 0.63 ms
+   * against 0.42 ms after this (medians of 20, bundles with code caches).
+   */
+  private rehearseCheck(busy: AddrRange[]): void {
+    if (rehearsed) return;
+    rehearsed = true;
+    try {
+      const b = Buffer.alloc(64);
+      returnAddressIn(b, busy.map((r) => Number(r.start)), busy.map((r) => Number(r.end)));
+      returnAddressIn(b, [0x1000], [0x2000]);
+      stackSpan(0x1000n, { start: 0n, end: 0x2000n }, 0x1800n);
+      pt.decodeStatus(0x857f);
+      threadCount(this.pid);
+      if (busy[0]) bytesEqual(this.mem.read(busy[0].start, 1), b.subarray(0, 1));
+    } catch {
+      /* only a rehearsal: the check itself says what is wrong */
+    }
+  }
+
   quiesce<T>(busy: AddrRange[], timeoutMs: number, fn: (q: Quiesced) => T): T {
     const start = performance.now();
     // Read before stopping (or at open, when still current: a fleet's load): stacks are the
     // only mappings the check needs, and a thread whose stack is not listed (started since,
     // or grown past it) makes it read them again.
     let maps = this.snapshot?.entries ?? readMaps(this.pid);
+    this.rehearseCheck(busy);
     return this.stopped((p) => {
       let tries = 0;
       for (;;) {
@@ -545,6 +570,9 @@ export class ProcessTarget implements Target {
   }
 }
 
+
+/** This thread has run the check outside a stop once (see ProcessTarget.rehearseCheck). */
+let rehearsed = false;
 
 /** The stat facts of `pid`, or null when they cannot be read (checkAccess says why). */
 function statFactsOrNull(pid: number): StatFacts | null {
