@@ -107,8 +107,9 @@ export class StateKeeper implements StateStore {
     const { mem } = this.host;
     let text = this.file.mirrorText();
     const old = this.mirror;
-    if (!old || !fits(old.size, Buffer.byteLength(text, 'utf8'))) {
-      const size = mirrorSizeFor(Buffer.byteLength(text, 'utf8'));
+    const len = Buffer.byteLength(text, 'utf8');
+    if (!old || !fits(old.size, len)) {
+      const size = mirrorSizeFor(len);
       this.mirror = initMirror(mem, this.host.mapReadOnly(size), size);
       if (old) this.staleMirrors.push(old);
       // The text again: making the runtime page or the mirror may have changed it.

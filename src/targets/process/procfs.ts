@@ -81,7 +81,7 @@ function startBrkOf(s: Stat): bigint | undefined {
  * What opening a process needs of its stat, from one read: a fleet opens
  * a thousand processes, and the start time, the state, the name and
  * start_brk were four reads of the same file (each an open, a read the
- * kernel formats, a close). ESRCH when the process does not exist.
+ * kernel formats, a close).
  */
 export interface StatFacts {
   /** Field 22: start time in clock ticks after boot. */
@@ -96,6 +96,7 @@ export interface StatFacts {
   startStack: bigint | undefined;
 }
 
+/** The stat facts of `pid`, one read; ESRCH when the process does not exist. */
 export function statFacts(pid: number): StatFacts {
   const s = readStat(pid);
   const stack = statField(s, 28);

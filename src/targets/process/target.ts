@@ -52,10 +52,8 @@ export class ProcessTarget implements Target {
   private readonly ifuncCache = new Map<string, bigint>();
   /** Stack limit and heap start, read once per command (what keeps room for the stack and the heap). */
   private limits: ProcessLimits | undefined;
-  /** start_brk as read at open (fixed at exec), for the limits. */
-  private startBrk: { startBrk: bigint | undefined } | undefined;
-  /** Where the main thread's initial stack started (stat's startstack, see stackSpan). */
-  private startStack: bigint | undefined;
+  /** The stat facts read at open (null: unreadable): start_brk for the limits, startstack for the check. */
+  private facts: StatFacts | null = null;
   /**
    * The process's maps during a stop, kept current with the mappings
    * hotstack makes in it (nothing else maps while its threads are
@@ -124,8 +122,7 @@ export class ProcessTarget implements Target {
     // The memory file is opened next (the state's copy is read at once): a leader seen alive
     // just now is the one to open it through.
     const t = new ProcessTarget(pid, lockProcess(pid, lockTimeoutMs, facts ?? undefined), facts !== null && !'ZX'.includes(facts.state));
-    t.startBrk = facts ? { startBrk: facts.startBrk } : undefined;
-    t.startStack = facts?.startStack;
+    t.facts = facts;
     return t;
   }
 
@@ -350,7 +347,7 @@ export class ProcessTarget implements Target {
       else segments.push({ off: total, size, perm });
       total += size;
     }
-    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid, this.startBrk, pt.stackLimitOf(this.pid))), this.mapsInStop());
+    const gaps = (): bigint[] => findFreeGapsFor(this.pid, range, total, { reach: REACH }, (this.limits ??= readLimits(this.pid, this.facts ?? undefined, pt.stackLimitOf(this.pid))), this.mapsInStop());
     let hints = gaps();
     const store = this.fileStore;
     const oldTrap = store.runtime.trap;
@@ -550,7 +547,7 @@ export class ProcessTarget implements Target {
       let tries = 0;
       for (;;) {
         tries++;
-        const conflict = findConflict(p, this.mem, maps, busy, () => (maps = readMaps(this.pid)), this.startStack);
+        const conflict = findConflict(p, this.mem, maps, busy, () => (maps = readMaps(this.pid)), this.facts?.startStack);
         this.lap('check');
         if (!conflict) return fn({ tries, callHook: (kind, f, arg) => this.call(p, kind, f, arg) });
         const elapsed = performance.now() - start;

@@ -322,14 +322,19 @@ export class StoppedProcess {
     }
   }
 
+  private stoppedCount(): number {
+    let n = 0;
+    for (const t of this.map.values()) if (t.state === 'stopped') n++;
+    return n;
+  }
+
   private stopAll(timeoutMs: number): void {
     const deadline = performance.now() + timeoutMs;
     let recounts = 0;
     // Threads already held (stopRest after stopOne): when the kernel counts no other, there is
     // nobody to list (a single-threaded process, the usual fleet target: one readdir less).
     if (!this.single && !this.exited) {
-      let held = 0;
-      for (const t of this.map.values()) if (t.state === 'stopped') held++;
+      const held = this.stoppedCount();
       const counted = held > 0 ? threadCount(this.pid) : null;
       if (counted !== null && counted <= held) return;
     }
@@ -395,8 +400,7 @@ export class StoppedProcess {
       // the threads after it are left out; seen: a thread the churning fixture had just made,
       // running untraced after a stop, 1 in 400 to 3000), so scan again.
       const counted = threadCount(this.pid);
-      let held = listed.includes(this.pid) && this.map.get(this.pid)?.state !== 'stopped' ? 1 : 0;
-      for (const t of this.map.values()) if (t.state === 'stopped') held++;
+      const held = this.stoppedCount() + (listed.includes(this.pid) && this.map.get(this.pid)?.state !== 'stopped' ? 1 : 0);
       if (counted === null ? fresh === 0 : counted <= held) break;
       if (fresh === 0) {
         // Nothing new listed, yet more counted: a thread that was exiting is counted until
