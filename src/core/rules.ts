@@ -9,6 +9,7 @@ import { arch } from '../arch/index.js';
 import { MAX_OPAQUE } from '../payload/sections.js';
 import { checkJumpRoom, checkNopBeyondEndbr } from '../payload/patch-size.js';
 import type { FuncRecord, PayloadRecord, PayloadStateName } from './state.js';
+import type { BaseObject } from './target.js';
 
 /** Upload: no other loaded payload has this name (EEXIST). */
 export function checkUniqueName(name: string, existing: PayloadRecord | undefined): void {
@@ -26,6 +27,26 @@ export function checkPatchSize(f: { isNop: boolean; newSize: number; oldSize: nu
   if (f.isNop) checkNopBeyondEndbr(f.newSize, off, `function ${name}`);
   else checkJumpRoom(f.oldSize, off, `function ${name}`);
   return off;
+}
+
+/**
+ * The function to patch is not an IFUNC (STT_GNU_IFUNC) of the base
+ * (EOPNOTSUPP): its code is the resolver, which ran when the program was
+ * linked and chose an implementation per CPU. Callers already bound jump
+ * to that implementation, so a patched resolver changes nothing they run
+ * (found on glibc's strlen: the load completed, strlen kept its answers),
+ * and a call bound lazily later would take the replacement's result for
+ * an address.
+ */
+export function checkNotIfunc(base: BaseObject, oldAddr: bigint, name: string): void {
+  const ifuncs = base.ifuncsAt?.(oldAddr) ?? [];
+  if (!ifuncs.length) return;
+  const what = ifuncs.includes(name) ? `${name} is an IFUNC` : `${name} is the resolver of the IFUNC ${ifuncs[0]}`;
+  fail(
+    'EOPNOTSUPP',
+    `function ${name}: ${what} of ${base.path} (the resolver picked an implementation when the program started; the calls already bound would not change): ` +
+      'patch the implementations it can select instead (local symbols such as glibc\'s __strlen_avx2 and __strlen_evex, in the object\'s .symtab or debug file)',
+  );
 }
 
 /** A jump's rel32 reaches the replacement (EOVERFLOW). */

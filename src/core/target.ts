@@ -33,6 +33,8 @@ export interface BaseObject {
   lookup(name: string): BaseSymbol | undefined;
   /** True when `name` is a global (or weak) defined symbol of this object: the EEXIST rule. */
   hasGlobal(name: string): boolean;
+  /** The names of the IFUNCs whose resolver is at run-time address `addr` (globals first; empty when none). */
+  ifuncsAt?(addr: bigint): string[];
   /**
    * Patch-safety analysis of a function of this object (link-time
    * addresses), from its machine code; undefined when not a function or

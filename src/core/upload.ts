@@ -158,6 +158,7 @@ function checkFuncs(ctx: UploadContext, p: Payload, linked: Linked, base: BaseOb
       // A literal old_addr is a link-time address of the base: add the load bias.
       oldAddr += base.bias;
     }
+    rules.checkNotIfunc(base, oldAddr, fname);
     const code = ctx.target.read(oldAddr, 4);
     const patchOffset = rules.checkPatchSize({ isNop: raw.isNop, newSize: f.newSize, oldSize: f.oldSize }, code, fname);
     rules.checkDistance({ oldAddr, newAddr: f.newAddr }, fname);

@@ -27,6 +27,8 @@ export class SymbolIndex {
   private readonly locals = new Map<string, IndexedSymbol>();
   /** Plain-name locals: null when ambiguous. */
   private readonly plainLocals = new Map<string, IndexedSymbol | null>();
+  /** IFUNC symbols by link-time value (their resolver's address), globals first. */
+  private readonly ifuncs = new Map<bigint, IndexedSymbol[]>();
   readonly count: number;
 
   constructor(symbols: ElfSymbol[]) {
@@ -43,6 +45,11 @@ export class SymbolIndex {
         global: s.bind !== STB_LOCAL,
       };
       n++;
+      if (rec.isIfunc) {
+        const at = this.ifuncs.get(rec.value) ?? [];
+        if (!at.some((x) => x.name === rec.name)) at.splice(rec.global ? at.filter((x) => x.global).length : at.length, 0, rec);
+        this.ifuncs.set(rec.value, at);
+      }
       if (rec.global) {
         // Prefer a strong definition over a weak one seen first.
         if (!this.globals.has(s.name) || s.bind === STB_GLOBAL) this.globals.set(s.name, rec);
@@ -85,5 +92,10 @@ export class SymbolIndex {
 
   hasGlobal(name: string): boolean {
     return this.globals.has(name);
+  }
+
+  /** The IFUNC symbols whose resolver is at link-time address `value` (aliases share it), globals first; empty when none. */
+  ifuncsAt(value: bigint): readonly IndexedSymbol[] {
+    return this.ifuncs.get(value) ?? [];
   }
 }

@@ -76,6 +76,10 @@ export class ElfBase implements BaseObject {
   hasGlobal(name: string): boolean {
     return this.index.hasGlobal(name);
   }
+
+  ifuncsAt(addr: bigint): string[] {
+    return this.index.ifuncsAt(addr - this.bias).map((s) => s.name);
+  }
 }
 
 class MemoryStore implements StateStore {

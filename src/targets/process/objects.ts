@@ -117,6 +117,10 @@ export class ProcessObject implements BaseObject {
     return this.symbols().hasGlobal(name);
   }
 
+  ifuncsAt(addr: bigint): string[] {
+    return this.symbols().ifuncsAt(addr - this.bias).map((s) => s.name);
+  }
+
   /** The object file's own bytes at run-time address `addr` (undefined outside its segments). */
   fileBytes(addr: bigint, len: number): Uint8Array | undefined {
     try {
