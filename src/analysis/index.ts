@@ -7,6 +7,7 @@
  */
 import type { ElfFile } from '../elf/index.js';
 import { EM_X86_64, ET_DYN, ET_EXEC, findBuildId, SymbolIndex } from '../elf/index.js';
+import { arch } from '../arch/index.js';
 import { fail } from '../errors.js';
 import { Clobbers } from './clobbers.js';
 import { loadIced } from './iced.js';
@@ -19,13 +20,17 @@ import { DataRefs } from './refs.js';
 import { CALLER_SAVED_GPR, CALLER_SAVED_VEC, setNames, GPR_NAMES } from './regs.js';
 import { noneRelied, Reliance, reliedWithin, Walker, type Relied } from './reliance.js';
 import { stackArguments } from './stackargs.js';
-import type { CallerSite, FunctionReport, Hazard, ReliedRegister } from './types.js';
+import type { CallerSite, FunctionReport, Hazard, InteriorEntry, ReliedRegister } from './types.js';
 
-export type { CallerSite, FunctionReport, Hazard, ReliedRegister } from './types.js';
+export type { CallerSite, FunctionReport, Hazard, InteriorEntry, ReliedRegister } from './types.js';
 
 const cache = new WeakMap<ElfFile, BaseAnalysis>();
 /** Reports kept per base (they are small; a base has at most this many asked about). */
 const MAX_REPORTS = 4096;
+/** A function's own branches are listed when they land this close to its start (the bytes a patch may write). */
+const OWN_HEAD = 64;
+/** Up to this size a function's bytes are looked up one by one as branch targets; larger ones walk every branch. */
+const PER_BYTE_LIMIT = 1 << 16;
 
 export class BaseAnalysis {
   readonly elf: ElfFile;
@@ -123,6 +128,8 @@ export class BaseAnalysis {
     // Exported, or entered by the kernel or the dynamic loader (entry point, DT_INIT, DT_FINI): called from outside.
     if (refs.exports.has(entry) || refs.loader.has(entry)) callers.push({ kind: 'export', at: 0n, in: null });
 
+    const interiorEntries = this.interiorEntries(f);
+
     const relied = this.reliance.of(entry);
     const reliedRegisters = reliedList(reliedWithin(relied, keep));
     const dwarf = this.dwarfInlines();
@@ -159,6 +166,19 @@ export class BaseAnalysis {
       if (c.kind === 'alias') hazards.push({ function: fn, kind: 'alias', detail: `${c.name} is the same code at the same address: patching ${fn} patches ${c.name} too` });
       else hazards.push({ function: fn, kind: 'copy', detail: `${c.name} is a ${c.kind === 'clone' ? 'compiler-made copy' : `${c.kind} copy`} of ${fn} at 0x${c.addr.toString(16)}: a patch of ${fn} does not reach it; patch it too` });
     }
+    const jumpFrom = arch.patchOffset(this.headBytes(entry));
+    for (const e of interiorEntries) {
+      if (e.own) continue;
+      const where = `${e.kind === 'call' ? 'a call' : 'a jump'} at 0x${e.at.toString(16)}${e.in ? ` in ${e.in}` : ''} enters ${fn} ${e.offset} bytes past its start`;
+      hazards.push({
+        function: fn, kind: 'entry',
+        detail: !e.inCode
+          ? `${where}, decoded from bytes no symbol or unwind entry covers (data kept in the text, or code without either): not acted on`
+          : e.offset > jumpFrom && e.offset < jumpFrom + arch.jumpLen
+          ? `${where}, inside the ${arch.jumpLen} bytes a patch's jump writes there: it would run half an instruction, so a patch of ${fn} is refused; patch ${e.in ?? 'that code'} instead`
+          : `${where}: that path runs the old code, not the replacement; patch ${e.in ?? 'that code'} as well`,
+      });
+    }
     if (undecodable.length && own.problems.length) {
       problems.push(`parts of ${undecodable.map(([s, n]) => `${s} (${n} bytes)`).join(', ')} do not decode: references from there are missing`);
     }
@@ -174,9 +194,42 @@ export class BaseAnalysis {
       reliedRegisters,
       clobbers: setNames(clob),
       stackArguments: stack,
+      interiorEntries,
       copies,
       hazards,
     };
+  }
+
+  /** The first bytes of the function at `entry` (fewer at the end of its section), for where a patch's jump goes. */
+  private headBytes(entry: number): Uint8Array {
+    const sec = this.code.sectionAt(entry);
+    return sec ? sec.bytes.subarray(entry - sec.start, Math.min(sec.end, entry + 16) - sec.start) : new Uint8Array(0);
+  }
+
+  /** Direct branches into `f` past its first byte (see InteriorEntry), by address of the target then of the branch. */
+  private interiorEntries(f: FuncSym): InteriorEntry[] {
+    const scan = this.code.scan();
+    const out: { t: number; e: InteriorEntry }[] = [];
+    // A function and its .cold part are one (entryOf gives the parent for both).
+    const home = this.table.entryOf(f.start);
+    const add = (i: number, t: number): void => {
+      const at = scan.siteAt[i]!;
+      // The .cold part of f is f's own code (entered only from f).
+      const own = this.table.entryOf(at) === home;
+      if (own && t - f.start >= OWN_HEAD) return;
+      const holder = this.table.containing(at);
+      const inCode = own || holder !== undefined || this.table.fdeAt(at) !== undefined;
+      out.push({ t, e: { at: this.code.toAddr(at), in: holder?.display ?? null, kind: scan.siteKind[i] === 0 ? 'call' : 'jmp', offset: t - f.start, own, inCode } });
+    };
+    if (f.end - f.start <= PER_BYTE_LIMIT) {
+      for (let t = f.start + 1; t < f.end; t++) for (const i of scan.byTarget.get(t) ?? []) add(i, t);
+    } else {
+      for (let i = 0; i < scan.siteTarget.length; i++) {
+        const t = scan.siteTarget[i]!;
+        if (t > f.start && t < f.end) add(i, t);
+      }
+    }
+    return out.sort((a, b) => a.t - b.t || (a.e.at < b.e.at ? -1 : 1)).map((x) => x.e);
   }
 
   private resolve(name: string): FuncSym | undefined {

@@ -28,11 +28,35 @@ export interface CallerSite {
   relies?: RegName[];
 }
 
+/**
+ * A direct branch into a function past its first byte: from other code (a
+ * second entry point, as hand-written assembly has: glibc's mempcpy jumps
+ * 3 bytes into memmove), or the function's own branch back into its first
+ * bytes (a loop at its start), which matters only when other code enters it.
+ */
+export interface InteriorEntry {
+  /** Link-time address of the branch instruction. */
+  at: bigint;
+  /** Function containing it (symbol name, or null when unknown). */
+  in: string | null;
+  kind: 'call' | 'jmp';
+  /** Where it lands: bytes past the function's start. */
+  offset: number;
+  /** The function's own branch (or its `.cold` part's): it runs only while a thread is inside the function. */
+  own: boolean;
+  /**
+   * The branch lies in code a function symbol or an unwind entry covers.
+   * Else the linear sweep may have decoded data kept in the text (OpenSSL's
+   * assembly keeps tables and strings there) as a branch.
+   */
+  inCode: boolean;
+}
+
 /** A hazard, as `check --json` and `build` show it. */
 export interface Hazard {
   function: string;
-  /** 'inlined' (no caller at all), 'registers' (callers rely on registers), 'copy' (clone such as f.constprop.N), 'alias' (another symbol at the same address), 'stack-arguments' (arguments on the stack: no veneer possible), 'unanalysable' (analysis could not finish, e.g. code it cannot decode). */
-  kind: 'inlined' | 'registers' | 'copy' | 'alias' | 'stack-arguments' | 'unanalysable';
+  /** 'inlined' (no caller at all), 'registers' (callers rely on registers), 'copy' (clone such as f.constprop.N), 'alias' (another symbol at the same address), 'stack-arguments' (arguments on the stack: no veneer possible), 'entry' (other code branches into the function past its start), 'unanalysable' (analysis could not finish, e.g. code it cannot decode). */
+  kind: 'inlined' | 'registers' | 'copy' | 'alias' | 'stack-arguments' | 'entry' | 'unanalysable';
   detail: string;
 }
 
@@ -54,6 +78,8 @@ export interface FunctionReport {
   clobbers: RegName[];
   /** true: reads arguments from the caller's stack frame; 'unknown': could not tell. */
   stackArguments: boolean | 'unknown';
+  /** Branches into the function past its start (other code's anywhere in it; its own into its first 64 bytes). */
+  interiorEntries: InteriorEntry[];
   /** Clones and aliases: `f.constprop.N`, `f.isra.N`, `f.part.N`, `f.cold`, other symbols at `addr`. */
   copies: { name: string; addr: bigint; kind: 'constprop' | 'isra' | 'part' | 'cold' | 'clone' | 'alias' }[];
   hazards: Hazard[];

@@ -7,14 +7,18 @@
  *     replacement through a preserving veneer that keeps exactly those;
  *   - that cannot be done safely (stack arguments, unknown stack use, a
  *     register a veneer cannot keep): refuse, naming the function;
- *   - nothing reaches the function, clones, aliases: report.
+ *   - other code branches into the bytes the patch writes (a second
+ *     entry point): refuse, it would run half an instruction;
+ *   - nothing reaches the function, clones, aliases, entries past the
+ *     patched bytes: report.
  *
  * On a report-only base (Xen's own image: its loader builds no veneers)
  * every hazard is reported and nothing is refused, so outcomes stay Xen's.
  */
 import { fail, toHotstackError } from '../errors.js';
 import { arch, type KeptRegister } from '../arch/index.js';
-import type { FunctionReport, Hazard } from '../analysis/types.js';
+import type { FunctionReport, Hazard, InteriorEntry } from '../analysis/types.js';
+import { patchLength } from './patching.js';
 import type { FuncRecord, PayloadRecord } from './state.js';
 import type { BaseObject } from './target.js';
 
@@ -62,6 +66,7 @@ export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPl
     const r = reportFor(base, f, hazards);
     if (!r) continue;
     hazards.push(...r.hazards.map((h) => ({ ...h, function: f.name })));
+    if (!base.reportOnly) refuseMidPatchEntry(f, r);
     // NOP patches change bytes in place: callers see the same function.
     if (f.newAddr === 0n || !r.reliedRegisters.length || base.reportOnly) continue;
     const registers = r.reliedRegisters.map((x) => ({ name: x.name, width: x.width }));
@@ -79,6 +84,34 @@ export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPl
     veneers.push({ func: f, registers });
   }
   return { hazards, veneers };
+}
+
+/**
+ * The first branch that would land inside the bytes the patch of `f`
+ * writes (past their first byte): another function's, or `f`'s own when
+ * other code enters `f` past its start (then a path into `f` survives the
+ * patch and may loop back into them).
+ */
+export function midPatchEntry(f: FuncRecord, entries: InteriorEntry[]): InteriorEntry | undefined {
+  const from = f.patchOffset;
+  const to = from + patchLength(f);
+  const inside = (e: InteriorEntry): boolean => e.offset > from && e.offset < to;
+  // Bytes no symbol or unwind entry covers may be data the sweep decoded: reported, not acted on.
+  const foreign = entries.filter((e) => !e.own && e.inCode);
+  return foreign.find(inside) ?? (foreign.length ? entries.find((e) => e.own && inside(e)) : undefined);
+}
+
+/** EOPNOTSUPP when a branch lands inside the patch of `f` (see midPatchEntry). */
+function refuseMidPatchEntry(f: FuncRecord, r: FunctionReport): void {
+  const e = midPatchEntry(f, r.interiorEntries);
+  if (!e) return;
+  const writes = f.newAddr !== 0n ? `the ${patchLength(f)}-byte jump` : `the ${patchLength(f)} bytes of NOPs`;
+  const why = e.own ? `, and other code enters ${f.name} past its start, so that branch can still run` : '';
+  fail(
+    'EOPNOTSUPP',
+    `function ${f.name}: ${e.kind === 'call' ? 'a call' : 'a jump'} at 0x${e.at.toString(16)}${e.in ? ` in ${e.in}` : ''} lands ${e.offset} bytes into it, inside ${writes} a patch writes at offset ${f.patchOffset}${why}: ` +
+      'it would run half an instruction (a second entry point, as hand-written assembly has); patch the functions that branch there instead, or the callers of this one',
+  );
 }
 
 /** The functions of `p` entered through a preserving veneer, and the registers each keeps (reports, list --json). */
