@@ -64,6 +64,7 @@ export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPl
   const veneers: VeneerNeed[] = [];
   for (const f of funcs) {
     const r = reportFor(base, f, hazards);
+    checkInterposed(base, f, r, hazards);
     if (!r) continue;
     hazards.push(...r.hazards.map((h) => ({ ...h, function: f.name })));
     if (!base.reportOnly) refuseMidPatchEntry(f, r);
@@ -84,6 +85,27 @@ export function assessFunctions(base: BaseObject, funcs: FuncRecord[]): SafetyPl
     veneers.push({ func: f, registers });
   }
   return { hazards, veneers };
+}
+
+/**
+ * In a live process, another object first in the lookup order that defines
+ * `f`'s name takes every call through the PLT (an LD_PRELOAD library, the
+ * program itself). Code of the base that reaches `f` directly (a call, a
+ * jump, its address taken) still gets the patch: a hazard. Without such
+ * code the patch would change nothing: EOPNOTSUPP.
+ */
+function checkInterposed(base: BaseObject, f: FuncRecord, r: FunctionReport | undefined, hazards: Hazard[]): void {
+  const by = base.interposer?.(f.name);
+  if (by === undefined) return;
+  const direct = r?.callers.filter((c) => c.kind === 'call' || c.kind === 'jmp' || c.kind === 'address' || c.kind === 'data') ?? [];
+  const bound = `in this process ${f.name} is bound to ${by}, which comes before ${base.path} in the dynamic linker's lookup order (LD_PRELOAD, or the program defines it): calls through the PLT go there`;
+  if (r && !direct.length) {
+    fail('EOPNOTSUPP', `function ${f.name}: ${bound}, and nothing in ${base.path} calls it directly, so the patch would change nothing: patch ${by}'s ${f.name} instead`);
+  }
+  hazards.push({
+    function: f.name, kind: 'interposed',
+    detail: `${bound}; only ${r ? `the ${direct.length} direct reference${direct.length === 1 ? ' in ' + base.path + ' reaches' : 's in ' + base.path + ' reach'}` : `${base.path}'s own direct calls reach`} the patch`,
+  });
 }
 
 /**

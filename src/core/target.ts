@@ -33,6 +33,12 @@ export interface BaseObject {
   lookup(name: string): BaseSymbol | undefined;
   /** True when `name` is a global (or weak) defined symbol of this object: the EEXIST rule. */
   hasGlobal(name: string): boolean;
+  /**
+   * In a live process: the object (path) that calls of the exported `name`
+   * through the PLT are bound to instead of this one, because it comes
+   * first in the dynamic linker's lookup order (LD_PRELOAD, the program).
+   */
+  interposer?(name: string): string | undefined;
   /** The names of the IFUNCs whose resolver is at run-time address `addr` (globals first; empty when none). */
   ifuncsAt?(addr: bigint): string[];
   /**

@@ -19,6 +19,7 @@ export const DT_STRSZ = 10;
 export const DT_SONAME = 14;
 export const DT_RPATH = 15;
 export const DT_RUNPATH = 29;
+export const DT_DEBUG = 21;
 export const DT_FLAGS_1 = 0x6ffffffb;
 /** DT_FLAGS_1: do not search the default library directories (nor the ld.so.cache). */
 export const DF_1_NODEFLIB = 0x800;
@@ -129,4 +130,17 @@ export function readDynamic(elf: ElfFile): DynamicInfo {
     }
   }
   return info;
+}
+
+/**
+ * Link-time address of the value word of the first `tag` entry of the
+ * PT_DYNAMIC segment (where the dynamic linker writes at run time, as it
+ * does DT_DEBUG's), or undefined when there is no such entry.
+ */
+export function dynamicValueAddress(elf: ElfFile, tag: number): bigint | undefined {
+  const seg = elf.segments.find((s) => s.type === PT_DYNAMIC);
+  if (!seg) return undefined;
+  const entries = readEntries(elf, seg.offset, seg.filesz, 'PT_DYNAMIC segment');
+  const i = entries.findIndex((e) => e.tag === BigInt(tag));
+  return i < 0 ? undefined : seg.vaddr + BigInt(i * DYN_SIZE + 8);
 }

@@ -6,7 +6,7 @@
  */
 import { closeSync, constants, fstatSync, openSync, statSync, type BigIntStats } from 'node:fs';
 import { fail } from '../../errors.js';
-import { ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
+import { DT_DEBUG, dynamicValueAddress, ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
 import { fromHex } from '../../elf/bytes.js';
 import { readExactly, readFileBuildId } from './buildid.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
@@ -32,6 +32,8 @@ interface FileData {
   debug?: ElfFile;
   /** Its GNU build-id, once looked for (null: none). */
   buildId?: Uint8Array | null;
+  /** Link-time address of its DT_DEBUG value word, once looked for (null: none). */
+  debugSlot?: bigint | null;
 }
 
 /**
@@ -128,6 +130,41 @@ export class ProcessObject implements BaseObject {
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * Run-time address of the word where the dynamic linker put the address
+   * of r_debug (its DT_DEBUG entry: executables have one), or undefined.
+   */
+  debugSlot(): bigint | undefined {
+    if (this.file.debugSlot === undefined) {
+      try {
+        this.file.debugSlot = dynamicValueAddress(this.elf, DT_DEBUG) ?? null;
+      } catch {
+        this.file.debugSlot = null; // a malformed dynamic segment: no link map through it
+      }
+    }
+    return this.file.debugSlot === null ? undefined : this.file.debugSlot + this.bias;
+  }
+
+  /** Set by the process target: every object of the process in the dynamic linker's lookup order. */
+  lookupScope: (() => readonly ProcessObject[]) | undefined;
+
+  /**
+   * The object the program's calls of `name` through the PLT are bound to
+   * instead of this one (path), when one before it in the lookup order
+   * exports `name` too: an LD_PRELOAD library, or the program itself.
+   * Undefined when this object's `name` is not exported or nothing comes
+   * first with it.
+   */
+  interposer(name: string): string | undefined {
+    // The executable (it has the DT_DEBUG slot) comes first: nothing interposes on it.
+    if (!this.dynamicSymbol(name) || this.debugSlot() !== undefined) return undefined;
+    for (const o of this.lookupScope?.() ?? []) {
+      if (o === this) return undefined;
+      if (o.dynamicSymbol(name)) return o.path;
+    }
+    return undefined;
   }
 
   /** An exported dynamic symbol (default version), link-time value. */

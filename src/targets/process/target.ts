@@ -15,6 +15,7 @@ import { findFreeGapsFor, readLimits, readMaps, readMapsSnapshot, type MapEntry,
 import { hasSeccompFilter, procExists, processDead, readStatus, statFacts, threadCount, type StatFacts } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
+import { linkMapOrder } from './linkmap.js';
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
 import { remoteCall } from './remote/calls.js';
 import { RUNTIME_PAGE_SIZE, runtimePageOf, runtimePageValid, useRuntimePage } from './remote/runtime.js';
@@ -49,6 +50,8 @@ export class ProcessTarget implements Target {
   private readonly lock: ProcessLock;
   private readonly mem: ProcessMemory;
   private objectsCache: ProcessObjects | undefined;
+  /** The objects in lookup order, once worked out (see lookupOrder). */
+  private scopeCache: ProcessObject[] | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
   /** Stack limit and heap start, read once per command (what keeps room for the stack and the heap). */
   private limits: ProcessLimits | undefined;
@@ -159,7 +162,11 @@ export class ProcessTarget implements Target {
   }
 
   private objects(): ProcessObject[] {
-    return (this.objectsCache ??= loadObjects(this.pid, undefined, this.openSnapshot())).objects;
+    if (!this.objectsCache) {
+      this.objectsCache = loadObjects(this.pid, undefined, this.openSnapshot());
+      for (const o of this.objectsCache.objects) o.lookupScope = () => this.lookupOrder();
+    }
+    return this.objectsCache.objects;
   }
 
   /**
@@ -182,8 +189,18 @@ export class ProcessTarget implements Target {
     return this.objects();
   }
 
+  /**
+   * The objects in the order the dynamic linker looks symbols up (see
+   * linkMapOrder), else in address order: an external of a payload must be
+   * what the program's own calls are bound to (an LD_PRELOAD allocator's
+   * malloc, not libc's).
+   */
+  private lookupOrder(): ProcessObject[] {
+    return (this.scopeCache ??= linkMapOrder(this.objects(), (a, n) => this.mem.read(a, n)) ?? this.objects());
+  }
+
   lookupExternal(name: string): ExternalSymbol | undefined {
-    for (const o of this.objects()) {
+    for (const o of this.lookupOrder()) {
       const s = o.dynamicSymbol(name);
       if (!s) continue;
       const addr = s.value + o.bias;
