@@ -81,6 +81,21 @@ describe('second entry points: a branch into the patched bytes is refused, one p
     assert.equal(await p.ask('x'), ORIGINAL);
   });
 
+  it('a .cold part jumping back into its function is the function\'s own, named or stripped', () => {
+    const lib = out('libcold.so');
+    run('gcc', ['-O2', '-Wall', '-Wextra', '-fPIC', '-shared', '-Wl,--build-id=sha1', '-o', lib, join(SRC, 'libcold.c')]);
+    run('objcopy', ['--strip-all', lib, out('libcold-stripped.so')]);
+    assert.match(run('nm', [lib]), / t checked\.cold\n/, 'gcc made a .cold part');
+    for (const base of [lib, out('libcold-stripped.so')]) {
+      const r = cli.raw(['analyze', '--base', base, '--json', 'checked']);
+      expectCli(r, { status: 0 });
+      const [checked] = (JSON.parse(r.stdout) as AnalyzeJson).functions;
+      assert.ok(checked!.interiorEntries.length > 0, `${base}: the jump back is seen`);
+      assert.ok(checked!.interiorEntries.every((e) => e.own), `${base}: ${JSON.stringify(checked!.interiorEntries)}`);
+      assert.deepEqual(checked!.hazards.filter((h) => h.kind === 'entry'), [], base);
+    }
+  });
+
   it('which branches conflict with a patch: foreign ones inside it; its own only when others enter it; unknown bytes never', () => {
     const f = (patchOffset: number, jump = true): FuncRecord => ({ patchOffset, newAddr: jump ? 0x1000n : 0n, newSize: 8 } as FuncRecord);
     const e = (offset: number, own = false, inCode = true): InteriorEntry => ({ at: 0x10n, in: own ? 'f' : 'g', kind: 'jmp', offset, own, inCode });

@@ -215,9 +215,9 @@ export class BaseAnalysis {
     const add = (i: number, t: number): void => {
       const at = scan.siteAt[i]!;
       // The .cold part of f is f's own code (entered only from f).
-      const own = this.table.entryOf(at) === home;
-      if (own && t - f.start >= OWN_HEAD) return;
       const holder = this.table.containing(at);
+      const own = this.table.entryOf(at) === home || (holder === undefined && this.fragmentOf(at, f, home));
+      if (own && t - f.start >= OWN_HEAD) return;
       const inCode = own || holder !== undefined || this.table.fdeAt(at) !== undefined;
       out.push({ t, e: { at: this.code.toAddr(at), in: holder?.display ?? null, kind: scan.siteKind[i] === 0 ? 'call' : 'jmp', offset: t - f.start, own, inCode } });
     };
@@ -230,6 +230,32 @@ export class BaseAnalysis {
       }
     }
     return out.sort((a, b) => a.t - b.t || (a.e.at < b.e.at ? -1 : 1)).map((x) => x.e);
+  }
+
+  /**
+   * True when the code at `at` (no symbol: a stripped object) lies in an
+   * unwind entry's range that only `f` enters: a `.cold` part whose name
+   * went with the symbol table. Entered means a direct branch from outside
+   * the range, or its start referenced in any other way.
+   */
+  private fragmentOf(at: number, f: FuncSym, home: number): boolean {
+    const range = this.table.fdeAt(at);
+    if (!range) return false;
+    const [a, b] = range;
+    if (b - a > PER_BYTE_LIMIT) return false;
+    const scan = this.code.scan();
+    const refs = this.dataRefs();
+    if (scan.refs.has(a) || refs.words.has(a) || refs.relocs.has(a) || refs.exports.has(a) || refs.loader.has(a)) return false;
+    let entered = false;
+    for (let t = a; t < b; t++) {
+      for (const i of scan.byTarget.get(t) ?? []) {
+        const from = scan.siteAt[i]!;
+        if (from >= a && from < b) continue;
+        if (this.table.entryOf(from) !== home && !(from >= f.start && from < f.end)) return false;
+        entered = true;
+      }
+    }
+    return entered;
   }
 
   private resolve(name: string): FuncSym | undefined {
