@@ -229,6 +229,12 @@ describe('hotstack build', () => {
       refused(['build', '--base', cetTiny, '-o', o('tiny'), src('tiny.c')], o('tiny'), 'EINVAL', /is 5 bytes/, /endbr64 \(it does\)/);
     });
 
+    it('a thread-local variable of the base: EOPNOTSUPP naming it, the relocation, and what to do', () => {
+      const tlsBase = join(work, 'tlsbase');
+      run('gcc', ['-O2', '-Wl,--build-id=sha1', '-o', tlsBase, src('tlsbase.c')]);
+      refused(['build', '--base', tlsBase, '-o', o('tls'), src('tls.c')], o('tls'), 'EOPNOTSUPP', /R_X86_64_TLSGD in \.rela\.text\.bump_tenfold\) against counter: thread-local storage \(a __thread or thread_local variable\) cannot be reached from a payload/, /through a function of the program/);
+    });
+
     it('base without a build-id: ENODATA, telling to link with --build-id', () => {
       const noId = join(work, 'noid');
       run('gcc', ['-O2', '-Wl,--build-id=none', '-o', noId, 'base.c'], { cwd: join(FIXTURES_DIR, 'base') });

@@ -51,6 +51,8 @@ export interface PatchArch {
   relocWidth(kind: RelocKind): number;
   /** Name of an ELF relocation type for messages. */
   relocName(type: number): string;
+  /** True for the relocation types of thread-local storage (to say why one is refused). */
+  isTlsReloc(type: number): boolean;
   /** Compute relocation `kind` (`value` is S+A, G included for GOT kinds; `place` is P) into `buf` at `off`; EOVERFLOW names `what`. */
   writeReloc(buf: Uint8Array, off: number, kind: RelocKind, value: bigint, place: bigint, what: string): void;
 }

@@ -75,6 +75,21 @@ export const R_X86_64 = {
   REX_GOTPCRELX: 42,
 } as const;
 
+/** x86-64 relocation types of thread-local storage (none is supported in payloads; named in messages). */
+export const R_X86_64_TLS = {
+  DTPMOD64: 16,
+  DTPOFF64: 17,
+  TPOFF64: 18,
+  TLSGD: 19,
+  TLSLD: 20,
+  DTPOFF32: 21,
+  GOTTPOFF: 22,
+  TPOFF32: 23,
+  GOTPC32_TLSDESC: 34,
+  TLSDESC_CALL: 35,
+  TLSDESC: 36,
+} as const;
+
 export const RELOC_NAMES: Record<number, string> = Object.fromEntries(
-  Object.entries(R_X86_64).map(([k, v]) => [v, `R_X86_64_${k}`]),
+  Object.entries({ ...R_X86_64, ...R_X86_64_TLS }).map(([k, v]) => [v, `R_X86_64_${k}`]),
 );

@@ -62,6 +62,15 @@ export function checkRela(c: CheckedElf, rel: Section, target: Section, r: Rela)
   if (r.offset + BigInt(width) > target.size || target.size === 0n) {
     fail('EINVAL', `${what}: offset 0x${r.offset.toString(16)} is outside section ${target.name} (${target.size} bytes)`, r.at);
   }
+  if (!kind && arch.isTlsReloc(r.type)) {
+    const name = c.symbols[r.sym]?.name || `symbol ${r.sym}`;
+    fail(
+      'EOPNOTSUPP',
+      `${what} against ${name}: thread-local storage (a __thread or thread_local variable) cannot be reached from a payload: ` +
+        'each thread\'s copy lives in a block the dynamic linker laid out, which a payload is not linked into; reach it through a function of the program (one returning its address)',
+      r.at,
+    );
+  }
   if (!kind) fail('EOPNOTSUPP', `${what}: unsupported relocation type`, r.at);
   return kind;
 }

@@ -3,7 +3,7 @@ import type { Arch } from '../arch.js';
 import { EM_X86_64 } from '../../elf/index.js';
 import { ENDBR64_LEN, encodeJump, encodeNops, encodeVeneer, fitsI32, isEndbr64, JMP_LEN, jumpTarget, VENEER_LEN } from './insn.js';
 import { encodePreservingVeneer, isPreservable } from './preserve.js';
-import { RELOC_KIND, relocName, relocWidth, writeReloc } from './relocs.js';
+import { isTlsReloc, RELOC_KIND, relocName, relocWidth, writeReloc } from './relocs.js';
 import { x86_64Process } from './process.js';
 import type { Regs } from './regs.js';
 
@@ -26,6 +26,7 @@ export const x86_64: Arch<Regs> = {
   relocKind: (type) => RELOC_KIND[type],
   relocWidth,
   relocName,
+  isTlsReloc,
   writeReloc,
   process: x86_64Process,
 };

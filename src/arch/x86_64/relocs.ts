@@ -4,7 +4,7 @@
  * address); this module checks the field and writes it.
  */
 import { fail } from '../../errors.js';
-import { R_X86_64, RELOC_NAMES } from '../../elf/constants.js';
+import { R_X86_64, R_X86_64_TLS, RELOC_NAMES } from '../../elf/constants.js';
 import type { RelocKind } from '../arch.js';
 import { fitsI32 } from './insn.js';
 
@@ -37,6 +37,12 @@ export function relocWidth(kind: RelocKind): number {
 
 export function relocName(type: number): string {
   return RELOC_NAMES[type] ?? `type ${type}`;
+}
+
+const TLS_TYPES = new Set<number>(Object.values(R_X86_64_TLS));
+
+export function isTlsReloc(type: number): boolean {
+  return TLS_TYPES.has(type);
 }
 
 /**
