@@ -1,5 +1,6 @@
 /*
- * hotstack.h: write live patches for hotstack in C.
+ * hotstack.h: write live patches for hotstack in C (or C++: the same
+ * macros compile with g++ and clang++).
  *
  * A payload is a relocatable object in Xen's livepatch format (payload
  * version 2). This header gives the record layout, the hook macros, and
@@ -46,8 +47,13 @@ struct livepatch_func {
     struct livepatch_expectation expect;
 };
 
-_Static_assert(sizeof(struct livepatch_func) == 104, "struct livepatch_func must be 104 bytes");
-_Static_assert(offsetof(struct livepatch_func, expect) == 72, "expect must be at offset 72");
+#ifdef __cplusplus
+#define HOTSTACK_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define HOTSTACK_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+HOTSTACK_STATIC_ASSERT(sizeof(struct livepatch_func) == 104, "struct livepatch_func must be 104 bytes");
+HOTSTACK_STATIC_ASSERT(offsetof(struct livepatch_func, expect) == 72, "expect must be at offset 72");
 
 /* Payload states, as hooks see them. */
 #define HOTSTACK_STATE_CHECKED 1

@@ -6,7 +6,7 @@
  * for what each hazard means.
  */
 import type { ElfFile } from '../elf/index.js';
-import { EM_X86_64, ET_DYN, ET_EXEC, findBuildId, SymbolIndex } from '../elf/index.js';
+import { EM_X86_64, ET_DYN, ET_EXEC, findBuildId, readSymbols, SHT_DYNSYM, SymbolIndex } from '../elf/index.js';
 import { arch } from '../arch/index.js';
 import { fail } from '../errors.js';
 import { Clobbers } from './clobbers.js';
@@ -179,6 +179,12 @@ export class BaseAnalysis {
           : `${where}: that path runs the old code, not the replacement; patch ${e.in ?? 'that code'} as well`,
       });
     }
+    if (this.table.fdeAt(entry) && this.throwsCxx()) {
+      hazards.push({
+        function: fn, kind: 'unwind',
+        detail: `${fn} can be unwound through and the object uses C++ exceptions: an exception passing through the replacement (thrown by code it calls, caught by ${fn}'s callers) ends the process (std::terminate), because a payload's unwind tables are not registered with the process's unwinder: patch functions no exception passes through, or catch inside the replacement where that is right`,
+      });
+    }
     if (undecodable.length && own.problems.length) {
       problems.push(`parts of ${undecodable.map(([s, n]) => `${s} (${n} bytes)`).join(', ')} do not decode: references from there are missing`);
     }
@@ -199,6 +205,24 @@ export class BaseAnalysis {
       hazards,
     };
   }
+
+  /** Whether the object takes part in C++ exception handling (it imports or defines the C++ personality routine or _Unwind_Resume). */
+  private throwsCxx(): boolean {
+    if (this.cxx === undefined) {
+      const dyn = this.elf.sections.find((x) => x.type === SHT_DYNSYM);
+      let names: string[] = [];
+      try {
+        names = dyn ? readSymbols(this.elf, dyn).map((x) => x.name.replace(/@.*$/, '')) : [];
+      } catch {
+        names = []; // an unreadable table is reported by the function table
+      }
+      names.push(...this.table.symbols.map((x) => x.name));
+      this.cxx = names.some((n) => n === '__gxx_personality_v0' || n === '_Unwind_Resume');
+    }
+    return this.cxx;
+  }
+
+  private cxx: boolean | undefined;
 
   /** The first bytes of the function at `entry` (fewer at the end of its section), for where a patch's jump goes. */
   private headBytes(entry: number): Uint8Array {

@@ -55,8 +55,8 @@ export interface InteriorEntry {
 /** A hazard, as `check --json` and `build` show it. */
 export interface Hazard {
   function: string;
-  /** 'inlined' (no caller at all), 'registers' (callers rely on registers), 'copy' (clone such as f.constprop.N), 'alias' (another symbol at the same address), 'stack-arguments' (arguments on the stack: no veneer possible), 'entry' (other code branches into the function past its start), 'interposed' (in a live process, calls through the PLT are bound to another object's function of that name), 'unanalysable' (analysis could not finish, e.g. code it cannot decode). */
-  kind: 'inlined' | 'registers' | 'copy' | 'alias' | 'stack-arguments' | 'entry' | 'interposed' | 'unanalysable';
+  /** 'inlined' (no caller at all), 'registers' (callers rely on registers), 'copy' (clone such as f.constprop.N), 'alias' (another symbol at the same address), 'stack-arguments' (arguments on the stack: no veneer possible), 'entry' (other code branches into the function past its start), 'interposed' (in a live process, calls through the PLT are bound to another object's function of that name), 'unwind' (C++ exceptions cannot pass through a replacement), 'unanalysable' (analysis could not finish, e.g. code it cannot decode). */
+  kind: 'inlined' | 'registers' | 'copy' | 'alias' | 'stack-arguments' | 'entry' | 'interposed' | 'unwind' | 'unanalysable';
   detail: string;
 }
 
