@@ -47,7 +47,7 @@ describe('C++ programs and C++ payloads', () => {
   it('a function exceptions pass through: the build and analyze say an exception through the replacement ends the process', () => {
     const prog = join(work, 'checked');
     run('g++', ['-O2', '-Wall', '-Wextra', '-Wl,--build-id=sha1', '-o', prog, join(SRC, 'checked.cc')]);
-    const unwind = /hazard: _Z4worki: unwind: _Z4worki can be unwound through and the object uses C\+\+ exceptions: an exception passing through the replacement .* ends the process \(std::terminate\)/;
+    const unwind = /hazard: _Z4worki: unwind: _Z4worki can be unwound through and the object unwinds for exceptions \(C\+\+ exceptions, Rust panics\): an exception passing through the replacement .* ends the process \(std::terminate, or an abort\)/;
     expectCli(cli.raw(['build', '--cc', 'g++', '--base', prog, '-o', join(work, 'fix_work.livepatch'), join(SRC, 'fix_work.cc')]), { status: 0, stdout: unwind });
     const r = cli.raw(['analyze', '--base', prog, '_Z4worki', 'main']);
     expectCli(r, { status: 0, stdout: /unwind: _Z4worki can be unwound through/ });

@@ -182,7 +182,7 @@ export class BaseAnalysis {
     if (this.table.fdeAt(entry) && this.throwsCxx()) {
       hazards.push({
         function: fn, kind: 'unwind',
-        detail: `${fn} can be unwound through and the object uses C++ exceptions: an exception passing through the replacement (thrown by code it calls, caught by ${fn}'s callers) ends the process (std::terminate), because a payload's unwind tables are not registered with the process's unwinder: patch functions no exception passes through, or catch inside the replacement where that is right`,
+        detail: `${fn} can be unwound through and the object unwinds for exceptions (C++ exceptions, Rust panics): an exception passing through the replacement (thrown by code it calls, caught by ${fn}'s callers) ends the process (std::terminate, or an abort), because a payload's unwind tables are not registered with the process's unwinder: patch functions no exception passes through, or catch inside the replacement where that is right`,
       });
     }
     if (undecodable.length && own.problems.length) {
@@ -206,7 +206,7 @@ export class BaseAnalysis {
     };
   }
 
-  /** Whether the object takes part in C++ exception handling (it imports or defines the C++ personality routine or _Unwind_Resume). */
+  /** Whether the object unwinds for exceptions: it imports or defines the C++ personality routine or _Unwind_Resume (C++, and Rust's panics). */
   private throwsCxx(): boolean {
     if (this.cxx === undefined) {
       const dyn = this.elf.sections.find((x) => x.type === SHT_DYNSYM);
