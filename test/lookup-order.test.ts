@@ -132,5 +132,8 @@ describe('the dynamic linker\'s lookup order in a live process (LD_PRELOAD)', ()
     words.set(0xb018n, 0xa000n); // a loop back to the first node
     assert.equal(linkMapOrder([exeObj, lib], read), undefined);
     assert.equal(linkMapOrder([obj(0x1000n), lib], read), undefined, 'no object with a DT_DEBUG slot');
+    words.set(0xb018n, 0n);
+    words.set(0x5100n, 0n);
+    assert.deepEqual(linkMapOrder([exeObj, obj(0x5000n, 0x5100n)], read)?.map((o) => o.range.start), [0x5000n, 0x1000n], 'a second DT_DEBUG left 0 (an executable dlopened as a library) is not the program\'s');
   });
 });

@@ -39,10 +39,16 @@ function word(read: ReadMemory, addr: bigint): bigint {
  */
 export function linkMapOrder(objects: readonly ProcessObject[], read: ReadMemory): ProcessObject[] | undefined {
   try {
-    const slots = objects.map((o) => o.debugSlot()).filter((a): a is bigint => a !== undefined);
-    if (slots.length !== 1) return undefined;
-    const rDebug = word(read, slots[0]!);
-    if (rDebug === 0n) return undefined;
+    // ld.so fills in the main program's DT_DEBUG only (an executable dlopened as a library keeps 0).
+    const filled: bigint[] = [];
+    for (const o of objects) {
+      const slot = o.debugSlot();
+      if (slot === undefined) continue;
+      const v = word(read, slot);
+      if (v !== 0n) filled.push(v);
+    }
+    if (filled.length !== 1) return undefined;
+    const rDebug = filled[0]!;
     const ordered: ProcessObject[] = [];
     const seen = new Set<bigint>();
     for (let node = word(read, rDebug + R_MAP), n = 0; node !== 0n; n++) {
