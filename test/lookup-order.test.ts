@@ -9,12 +9,15 @@
  * - a patch of libc's rand() would change nothing there (every call goes
  *   to the preloaded one, nothing in libc calls it): refused, EOPNOTSUPP;
  * - a patch of libdice's dice(), which its own dice_sum() calls directly,
- *   still reaches those calls: loaded, with an 'interposed' hazard.
+ *   still reaches those calls: loaded, with an 'interposed' hazard;
+ * - plugins dlopen'd RTLD_LOCAL are outside the global scope: one defining
+ *   dice takes nobody's calls; two copies of one build cannot both be
+ *   patched by one payload: refused.
  *
  * Plain gcc -O2 programs and libraries, built at test time.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -106,6 +109,38 @@ describe('the dynamic linker\'s lookup order in a live process (LD_PRELOAD)', ()
       status: 0, stdout: /hazard: dice: interposed: in this process dice is bound to .*libfake\.so, .*; only the 1 direct reference in .*libdice\.so reaches the patch/,
     });
     assert.equal(await pre.ask('x'), '42 10');
+  });
+
+  /** A script that execs the plugin loader with `args` (startBase takes a path only). */
+  const plugins = (name: string, args: string[]): string => {
+    const script = out(name);
+    writeFileSync(script, `#!/bin/sh\nexec ${[out('plugins'), ...args].join(' ')}\n`, { mode: 0o755 });
+    return script;
+  };
+
+  it('plugins dlopened RTLD_LOCAL: one defining dice takes nobody\'s calls, so the patch of the other loads without the hazard', async () => {
+    run('gcc', ['-O2', '-Wall', '-Wextra', '-Wl,--build-id=sha1', '-o', out('plugins'), join(SRC, 'plugins.c'), '-ldl']);
+    const p = await startBase(plugins('plugins-one', [fake, out('libdice.so')]));
+    started.push(p);
+    assert.equal(await p.ask('x'), '2');
+    const r = cli.run(p.pid, 'load', out('fix_dice.livepatch'));
+    expectCli(r, { status: 0 });
+    assert.doesNotMatch(r.stdout, /interposed/);
+    assert.equal(await p.ask('x'), '10');
+  });
+
+  it('two copies of one build mapped: EOPNOTSUPP naming both, nothing loaded (a payload patches one)', async () => {
+    const copy = join(work, 'copy');
+    mkdirSync(copy, { recursive: true });
+    copyFileSync(out('libdice.so'), join(copy, 'libdice.so'));
+    const p = await startBase(plugins('plugins-two', [fake, out('libdice.so'), join(copy, 'libdice.so')]));
+    started.push(p);
+    assert.equal(await p.ask('x'), '2 2');
+    expectCli(cli.run(p.pid, 'load', out('fix_dice.livepatch')), {
+      status: 1, stderr: /EOPNOTSUPP: 2 objects with build-id [0-9a-f]+ are mapped in process \d+ \(.*libdice\.so, .*libdice\.so\): a payload is linked against one of them and would leave the other running the old code/,
+    });
+    assert.deepEqual(cli.states(p.pid), []);
+    assert.equal(await p.ask('x'), '2 2');
   });
 
   it('a link map that cannot be read, loops or names nothing known gives no order (address order is kept)', () => {

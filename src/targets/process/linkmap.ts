@@ -68,3 +68,36 @@ export function linkMapOrder(objects: readonly ProcessObject[], read: ReadMemory
     return undefined;
   }
 }
+
+/**
+ * The objects in the global lookup scope, in order, out of `ordered` (the
+ * link-map order): the program, LD_PRELOAD libraries and the DT_NEEDED
+ * closure, which ld.so loads first, so they are the chain's prefix up to
+ * the last object of the closure. What dlopen added later (RTLD_LOCAL
+ * plugins) is left out: it binds nobody else's calls.
+ */
+export function globalScope(ordered: readonly ProcessObject[]): ProcessObject[] {
+  const [program] = ordered;
+  if (!program) return [];
+  const bySoname = new Map<string, ProcessObject>();
+  for (const o of ordered) {
+    const name = o.soname() ?? o.path.replace(/^.*\//, '');
+    if (!bySoname.has(name)) bySoname.set(name, o);
+  }
+  const closure = new Set<ProcessObject>([program]);
+  const queue = [program];
+  while (queue.length) {
+    for (const n of queue.shift()!.needed()) {
+      const o = bySoname.get(n.replace(/^.*\//, ''));
+      if (o && !closure.has(o)) {
+        closure.add(o);
+        queue.push(o);
+      }
+    }
+  }
+  let last = 0;
+  ordered.forEach((o, i) => {
+    if (closure.has(o)) last = i;
+  });
+  return ordered.slice(0, last + 1);
+}

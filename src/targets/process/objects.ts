@@ -6,7 +6,7 @@
  */
 import { closeSync, constants, fstatSync, openSync, statSync, type BigIntStats } from 'node:fs';
 import { fail } from '../../errors.js';
-import { DT_DEBUG, dynamicValueAddress, ElfFile, findBuildId, SymbolIndex, type IndexedSymbol } from '../../elf/index.js';
+import { DT_DEBUG, dynamicValueAddress, ElfFile, findBuildId, readDynamic, SymbolIndex, type DynamicInfo, type IndexedSymbol } from '../../elf/index.js';
 import { fromHex } from '../../elf/bytes.js';
 import { readExactly, readFileBuildId } from './buildid.js';
 import type { BaseObject, BaseSymbol } from '../../core/target.js';
@@ -34,6 +34,8 @@ interface FileData {
   buildId?: Uint8Array | null;
   /** Link-time address of its DT_DEBUG value word, once looked for (null: none). */
   debugSlot?: bigint | null;
+  /** Its DT_NEEDED names and DT_SONAME, once read (null: unreadable). */
+  dynamicInfo?: DynamicInfo | null;
 }
 
 /**
@@ -147,19 +149,47 @@ export class ProcessObject implements BaseObject {
     return this.file.debugSlot === null ? undefined : this.file.debugSlot + this.bias;
   }
 
-  /** Set by the process target: every object of the process in the dynamic linker's lookup order. */
-  lookupScope: (() => readonly ProcessObject[]) | undefined;
+  /**
+   * Set by the process target: the objects of the process's global lookup
+   * scope in order (see globalScope), or undefined when its link map is
+   * not known.
+   */
+  lookupScope: (() => readonly ProcessObject[] | undefined) | undefined;
+
+  private dynamicInfo(): DynamicInfo | null {
+    if (this.file.dynamicInfo === undefined) {
+      try {
+        this.file.dynamicInfo = readDynamic(this.elf);
+      } catch {
+        this.file.dynamicInfo = null; // malformed: it names nothing, and nothing finds it by name
+      }
+    }
+    return this.file.dynamicInfo;
+  }
+
+  /** Its DT_NEEDED names (empty when it has none or they cannot be read). */
+  needed(): string[] {
+    return this.dynamicInfo()?.needed ?? [];
+  }
+
+  /** Its DT_SONAME, if any. */
+  soname(): string | undefined {
+    return this.dynamicInfo()?.soname;
+  }
 
   /**
    * The object the program's calls of `name` through the PLT are bound to
-   * instead of this one (path), when one before it in the lookup order
-   * exports `name` too: an LD_PRELOAD library, or the program itself.
-   * Undefined when this object's `name` is not exported or nothing comes
-   * first with it.
+   * instead of this one (path), when one of the global scope before it
+   * exports `name` too: an LD_PRELOAD library, the program itself, or for
+   * a plugin dlopen'd RTLD_LOCAL any object of the global scope. Undefined
+   * when this object's `name` is not exported, nothing comes first with
+   * it, or the link map is unknown.
    */
   interposer(name: string): string | undefined {
     // The executable (it has the DT_DEBUG slot) comes first: nothing interposes on it.
     if (!this.dynamicSymbol(name) || this.debugSlot() !== undefined) return undefined;
+    // Every lookup searches the global scope first: an object outside it (a plugin dlopen'd
+    // RTLD_LOCAL) loses its calls to any object of it; one inside, to those before it.
     for (const o of this.lookupScope?.() ?? []) {
       if (o === this) return undefined;
       if (o.dynamicSymbol(name)) return o.path;

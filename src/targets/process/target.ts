@@ -5,7 +5,7 @@
  */
 import { accessSync, constants } from 'node:fs';
 import { ERRNO, fail, HotstackError } from '../../errors.js';
-import { bytesEqual } from '../../elf/bytes.js';
+import { bytesEqual, toHex } from '../../elf/bytes.js';
 import { testMode } from '../../core/fault.js';
 import { arch } from '../../arch/index.js';
 import type { AddrRange, AllocRequest, BaseObject, ExternalSymbol, HookKind, HookResult, Perm, Quiesced, StateStore, Target } from '../../core/target.js';
@@ -15,7 +15,7 @@ import { findFreeGapsFor, readLimits, readMaps, readMapsSnapshot, type MapEntry,
 import { hasSeccompFilter, procExists, processDead, readStatus, statFacts, threadCount, type StatFacts } from './procfs.js';
 import { ProcessMemory } from './memory.js';
 import { loadObjects, unreadBase, unreadForTotal, type ProcessObject, type ProcessObjects } from './objects.js';
-import { linkMapOrder } from './linkmap.js';
+import { globalScope, linkMapOrder } from './linkmap.js';
 import { MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, mmapFailure, mprotectFailure, PROT_EXEC, PROT_READ, PROT_WRITE, remoteMmap, remoteMunmap, remoteSyscall, remoteSyscalls, type SyscallResult } from './remote/syscalls.js';
 import { remoteCall } from './remote/calls.js';
 import { RUNTIME_PAGE_SIZE, runtimePageOf, runtimePageValid, useRuntimePage } from './remote/runtime.js';
@@ -50,8 +50,9 @@ export class ProcessTarget implements Target {
   private readonly lock: ProcessLock;
   private readonly mem: ProcessMemory;
   private objectsCache: ProcessObjects | undefined;
-  /** The objects in lookup order, once worked out (see lookupOrder). */
-  private scopeCache: ProcessObject[] | undefined;
+  /** The objects in link-map order, once worked out (null: no link map; see lookupOrder). */
+  private scopeCache: ProcessObject[] | null | undefined;
+  private globalCache: ProcessObject[] | undefined;
   private readonly ifuncCache = new Map<string, bigint>();
   /** Stack limit and heap start, read once per command (what keeps room for the stack and the heap). */
   private limits: ProcessLimits | undefined;
@@ -164,7 +165,7 @@ export class ProcessTarget implements Target {
   private objects(): ProcessObject[] {
     if (!this.objectsCache) {
       this.objectsCache = loadObjects(this.pid, undefined, this.openSnapshot());
-      for (const o of this.objectsCache.objects) o.lookupScope = () => this.lookupOrder();
+      for (const o of this.objectsCache.objects) o.lookupScope = () => this.globalScope();
     }
     return this.objectsCache.objects;
   }
@@ -178,7 +179,12 @@ export class ProcessTarget implements Target {
   }
 
   findBase(buildId: Uint8Array): BaseObject | undefined {
-    const o = this.objects().find((x) => x.buildId && bytesEqual(x.buildId, buildId));
+    const all = this.objects().filter((x) => x.buildId && bytesEqual(x.buildId, buildId));
+    if (all.length > 1) {
+      // Copies of one build (a library bundled by two plugins): a payload is linked against one.
+      fail('EOPNOTSUPP', `${all.length} objects with build-id ${toHex(buildId)} are mapped in process ${this.pid} (${all.map((x) => x.path).join(', ')}): a payload is linked against one of them and would leave the other${all.length > 2 ? 's' : ''} running the old code`);
+    }
+    const o = all[0];
     if (o) return o;
     const big = this.objectsCache!.oversized.find((x) => x.buildId && bytesEqual(x.buildId, buildId));
     if (big) unreadBase(big, this.pid);
@@ -196,7 +202,19 @@ export class ProcessTarget implements Target {
    * malloc, not libc's).
    */
   private lookupOrder(): ProcessObject[] {
-    return (this.scopeCache ??= linkMapOrder(this.objects(), (a, n) => this.mem.read(a, n)) ?? this.objects());
+    return this.linkMap() ?? this.objects();
+  }
+
+  /** The objects in link-map order (read once), or undefined when the link map cannot be read. */
+  private linkMap(): ProcessObject[] | undefined {
+    if (this.scopeCache === undefined) this.scopeCache = linkMapOrder(this.objects(), (a, n) => this.mem.read(a, n)) ?? null;
+    return this.scopeCache ?? undefined;
+  }
+
+  /** The global lookup scope (see globalScope), or undefined without a link map. */
+  private globalScope(): ProcessObject[] | undefined {
+    const order = this.linkMap();
+    return order && (this.globalCache ??= globalScope(order));
   }
 
   lookupExternal(name: string): ExternalSymbol | undefined {
