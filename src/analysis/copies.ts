@@ -11,14 +11,26 @@ export type Copy = FunctionReport['copies'][number];
 
 const KINDS = new Set(['constprop', 'isra', 'part', 'cold']);
 
+/** `exp` of `exp@@GLIBC_2.29` or `exp@GLIBC_2.2.5`: the name without its symbol version. */
+function unversioned(name: string): string {
+  const at = name.indexOf('@');
+  return at > 0 ? name.slice(0, at) : name;
+}
+
 /** Copies and aliases of `f`, by address then name. */
 export function copiesOf(table: FunctionTable, f: FuncSym, toAddr: (at: number) => bigint): Copy[] {
   const out = new Map<string, Copy>();
   const prefix = f.name + '.';
+  const plain = unversioned(f.name);
   for (const s of table.all) {
     if (s === f || s.name === f.name) continue;
     if (s.start === f.start) {
       out.set(s.display, { name: s.display, addr: toAddr(s.start), kind: 'alias' });
+      continue;
+    }
+    // Another version of the same name (glibc keeps old ones for old programs): separate code.
+    if (s.global && s.name.includes('@') && unversioned(s.name) === plain) {
+      out.set(s.display, { name: s.display, addr: toAddr(s.start), kind: 'version' });
       continue;
     }
     // C names cannot contain a dot: `f.<anything>` is something the compiler made from f.

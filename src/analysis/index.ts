@@ -164,6 +164,7 @@ export class BaseAnalysis {
     }
     for (const c of copies) {
       if (c.kind === 'alias') hazards.push({ function: fn, kind: 'alias', detail: `${c.name} is the same code at the same address: patching ${fn} patches ${c.name} too` });
+      else if (c.kind === 'version') hazards.push({ function: fn, kind: 'copy', detail: `${c.name} is another version of ${fn} at 0x${c.addr.toString(16)}, kept for programs linked against it: a patch of ${fn} does not reach them; patch it too` });
       else hazards.push({ function: fn, kind: 'copy', detail: `${c.name} is a ${c.kind === 'clone' ? 'compiler-made copy' : `${c.kind} copy`} of ${fn} at 0x${c.addr.toString(16)}: a patch of ${fn} does not reach it; patch it too` });
     }
     const jumpFrom = arch.patchOffset(this.headBytes(entry));

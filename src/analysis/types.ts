@@ -80,7 +80,7 @@ export interface FunctionReport {
   stackArguments: boolean | 'unknown';
   /** Branches into the function past its start (other code's anywhere in it; its own into its first 64 bytes). */
   interiorEntries: InteriorEntry[];
-  /** Clones and aliases: `f.constprop.N`, `f.isra.N`, `f.part.N`, `f.cold`, other symbols at `addr`. */
-  copies: { name: string; addr: bigint; kind: 'constprop' | 'isra' | 'part' | 'cold' | 'clone' | 'alias' }[];
+  /** Clones and aliases: `f.constprop.N`, `f.isra.N`, `f.part.N`, `f.cold`, other symbols at `addr`, other versions of its name (`exp@GLIBC_2.2.5`). */
+  copies: { name: string; addr: bigint; kind: 'constprop' | 'isra' | 'part' | 'cold' | 'clone' | 'alias' | 'version' }[];
   hazards: Hazard[];
 }

@@ -29,6 +29,7 @@ import { SHT_DYNSYM, SHT_SYMTAB } from './constants.js';
 import { ElfFile, type Section } from './file.js';
 import { findBuildId } from './notes.js';
 import { readSymbols, type ElfSymbol } from './symbols.js';
+import { defaultVersionSymbols } from './symindex.js';
 
 /** Environment variable overriding the debug directory (default /usr/lib/debug), e.g. for tests or a sysroot. */
 export const DEBUG_ROOT_ENV = 'HOTSTACK_DEBUG_ROOT';
@@ -242,5 +243,5 @@ export function baseSymbols(elf: ElfFile, path: string | undefined, opts: DebugF
     }
   }
   const dyn = elf.sections.find((s) => s.type === SHT_DYNSYM);
-  return dyn ? { symbols: readSymbols(elf, dyn), source: 'dynsym', debug } : { symbols: [], source: 'none', debug };
+  return dyn ? { symbols: defaultVersionSymbols(elf, dyn), source: 'dynsym', debug } : { symbols: [], source: 'none', debug };
 }
