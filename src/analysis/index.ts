@@ -183,7 +183,7 @@ export class BaseAnalysis {
     if (this.table.fdeAt(entry) && this.throwsCxx()) {
       hazards.push({
         function: fn, kind: 'unwind',
-        detail: `${fn} can be unwound through and the object unwinds for exceptions (C++ exceptions, Rust panics): an exception passing through the replacement (thrown by code it calls, caught by ${fn}'s callers) ends the process (std::terminate, or an abort), because a payload's unwind tables are not registered with the process's unwinder: patch functions no exception passes through, or catch inside the replacement where that is right`,
+        detail: `${fn} can be unwound through and the object unwinds for exceptions (C++ exceptions, Rust panics): an exception passing through the replacement (thrown by code it calls, caught by ${fn}'s callers) ends the process (std::terminate, or an abort), because a payload's unwind tables are not registered with the process's unwinder (a catch in the replacement is not found either): patch functions no exception passes through`,
       });
     }
     if (undecodable.length && own.problems.length) {

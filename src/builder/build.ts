@@ -331,15 +331,32 @@ function checkSizes(base: BaseInfo, f: DeclaredFunc, oldSize: number, endbr64: b
   checkNopBeyondEndbr(f.newSize, keep, what);
 }
 
+/** The extensions gcc compiles as C++. */
+const CXX_SOURCE = /\.(cc|cp|cxx|cpp|CPP|c\+\+|C)$/;
+
 /** A compiled object per source (in `work`), and what the compiler said. */
 function compile(opts: BuildOptions, cwd: string, work: string): { objects: string[]; output: string } {
   const cc = splitCommand(opts.cc ?? process.env.CC, 'gcc');
   const flags = payloadCflags(opts.cflags ?? []);
   const objects: string[] = [];
   let output = '';
+  let gnu: boolean | undefined;
+  /**
+   * C++ sources: no exceptions (a payload's unwind tables are not registered, so no exception
+   * can pass through or be caught in its code: a `throw` or `try` fails the build instead of
+   * the process; it also leaves out the DW.ref personality word the program defines too). g++
+   * makes the static data of inline and template code STB_GNU_UNIQUE, which marks the object
+   * ELFOSABI_GNU, refused by the payload rules (OS ABI none or FreeBSD, as Xen's): plain weak
+   * symbols instead. clang makes none, and rejects that flag. The user's flags come after.
+   */
+  const cxxFlags = (src: string): string[] => {
+    if (!CXX_SOURCE.test(src)) return [];
+    gnu ??= !/clang/i.test(runTool([...cc, '--version'], `asking ${cc.join(' ')} its version`).stdout);
+    return gnu ? ['-fno-exceptions', '-fno-gnu-unique'] : ['-fno-exceptions'];
+  };
   opts.sources.forEach((src, i) => {
     const obj = join(work, `${i}-${basename(src).replace(/\.[^.]*$/, '')}.o`);
-    const r = runTool([...cc, '-c', ...flags, src, '-o', obj], `compiling ${src}`, { cwd });
+    const r = runTool([...cc, '-c', ...cxxFlags(src), ...flags, src, '-o', obj], `compiling ${src}`, { cwd });
     output += r.stderr;
     objects.push(obj);
   });
