@@ -6,7 +6,7 @@
  * for what each hazard means.
  */
 import type { ElfFile } from '../elf/index.js';
-import { EM_X86_64, ET_DYN, ET_EXEC, findBuildId, readSymbols, SHT_DYNSYM, SymbolIndex } from '../elf/index.js';
+import { EM_X86_64, ET_DYN, ET_EXEC, findBuildId, SymbolIndex } from '../elf/index.js';
 import { arch } from '../arch/index.js';
 import { fail } from '../errors.js';
 import { Clobbers } from './clobbers.js';
@@ -209,17 +209,8 @@ export class BaseAnalysis {
 
   /** Whether the object unwinds for exceptions: it imports or defines the C++ personality routine or _Unwind_Resume (C++, and Rust's panics). */
   private throwsCxx(): boolean {
-    if (this.cxx === undefined) {
-      const dyn = this.elf.sections.find((x) => x.type === SHT_DYNSYM);
-      let names: string[] = [];
-      try {
-        names = dyn ? readSymbols(this.elf, dyn).map((x) => x.name.replace(/@.*$/, '')) : [];
-      } catch {
-        names = []; // an unreadable table is reported by the function table
-      }
-      names.push(...this.table.symbols.map((x) => x.name));
-      this.cxx = names.some((n) => n === '__gxx_personality_v0' || n === '_Unwind_Resume');
-    }
+    // The function table's symbols include the undefined ones (imports carry their version: `@CXXABI_1.3`).
+    this.cxx ??= this.table.symbols.some((x) => /^(__gxx_personality_v0|_Unwind_Resume)(@|$)/.test(x.name));
     return this.cxx;
   }
 

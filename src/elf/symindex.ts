@@ -67,9 +67,9 @@ export class SymbolIndex {
       };
       n++;
       if (rec.isIfunc) {
-        const at = this.ifuncs.get(rec.value) ?? [];
-        if (!at.some((x) => x.name === rec.name)) at.splice(rec.global ? at.filter((x) => x.global).length : at.length, 0, rec);
-        this.ifuncs.set(rec.value, at);
+        const at = this.ifuncs.get(rec.value);
+        if (at) at.push(rec);
+        else this.ifuncs.set(rec.value, [rec]);
       }
       if (rec.global) {
         // Prefer a strong definition over a weak one seen first.
@@ -116,7 +116,7 @@ export class SymbolIndex {
   }
 
   /** The IFUNC symbols whose resolver is at link-time address `value` (aliases share it), globals first; empty when none. */
-  ifuncsAt(value: bigint): readonly IndexedSymbol[] {
-    return this.ifuncs.get(value) ?? [];
+  ifuncsAt(value: bigint): IndexedSymbol[] {
+    return [...(this.ifuncs.get(value) ?? [])].sort((a, b) => Number(b.global) - Number(a.global));
   }
 }
